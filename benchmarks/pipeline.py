@@ -1,0 +1,165 @@
+"""End-to-end pipeline figures on generated scenes.
+
+1. Throughput: the pure model on the scene's tiles (already in memory) against the whole ``segment``
+   pipeline (read, normalise, batch, run, stitch, write) on the same scene, tiles and settings; their
+   ratio shows how much of reading, stitching and writing is hidden behind the model.
+2. Memory: peak RSS of ``segment``-style runs on a 4k x 4k and a 16k x 16k scene, each in its own
+   process, with a cheap stand-in model (a 1x1 convolution), for both seam modes.
+
+    python benchmarks/pipeline.py                  # everything
+    python benchmarks/pipeline.py --skip-memory    # throughput only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from lemevit_geo.bundle import BundleConfig, build_model, load_bundle, save_bundle
+from lemevit_geo.choices import Stitch
+from lemevit_geo.device import precision_name, resolve_device, resolve_precision
+from lemevit_geo.pipelines.engine import SourceSpec, TileReader, run_model
+from lemevit_geo.pipelines.predict import Runtime, dense_predict, segment
+from lemevit_geo.pipelines.tiling import TileGrid
+from lemevit_geo.raster import inspect_source
+
+CLASSES = ["water", "vegetation", "built-up", "bare", "road", "other"]
+
+
+def make_scene(path: Path, size: int, seed: int = 0) -> Path:
+    """A 3-band uint8 GeoTIFF of ``size`` x ``size`` px, written in strips (bounded memory)."""
+    rng = np.random.default_rng(seed)
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", tiled=True, blockxsize=512,
+                   blockysize=512, compress="deflate", crs="EPSG:32633", transform=from_origin(400000, 5500000, 1, 1),
+                   BIGTIFF="IF_SAFER")  # fmt: skip
+    xx = np.arange(size, dtype=np.float32)
+    with rasterio.open(path, "w", **profile) as dst:
+        for row in range(0, size, 512):
+            h = min(512, size - row)
+            yy = np.arange(row, row + h, dtype=np.float32)[:, None]
+            base = 127 + 60 * np.sin(xx / 97.0) * np.cos(yy / 83.0)
+            noise = rng.integers(-20, 20, size=(3, h, size))
+            dst.write(np.clip(base[None] + noise, 1, 255).astype(np.uint8), window=Window(0, row, size, h))
+    return path
+
+
+def throughput(args: argparse.Namespace, tmp: Path) -> dict:
+    scene = make_scene(tmp / "scene.tif", args.size)
+    bundle = tmp / "tiny.safetensors"
+    config = BundleConfig(task="segment", arch="tiny", classes=CLASSES, bands=3, mean=[127.0] * 3, std=[50.0] * 3,
+                          tile_size=args.tile, head={"decoder_channels": 256})  # fmt: skip
+    torch.manual_seed(0)
+    save_bundle(bundle, build_model(config), config)
+    device = resolve_device(args.device)
+    dtype = resolve_precision(args.precision, device)
+    model, config = load_bundle(bundle)
+    runtime = Runtime(device, dtype, args.batch_size, args.threads)
+    model = runtime.prepare(model)
+
+    # pure model: the same tiles, read and normalised beforehand, in the same batches
+    info = inspect_source(scene, None, 3)
+    grid = TileGrid(info.height, info.width, args.tile, args.overlap)
+    spec = SourceSpec(info, np.array(config.mean, np.float32), np.array(config.std, np.float32))
+    tiles = [t.data for t in TileReader([spec], grid)]
+    batches = [np.stack(tiles[i : i + args.batch_size]) for i in range(0, len(tiles), args.batch_size)]
+    run_model(model, batches[0], device, dtype)  # warm-up
+    start = time.perf_counter()
+    for batch in batches:
+        run_model(model, batch, device, dtype)
+    model_s = time.perf_counter() - start
+
+    out = tmp / "mask.tif"
+    summary = segment(image=scene, output=out, model=bundle, tile_size=args.tile, overlap=args.overlap,
+                      stitch=Stitch.blend, batch_size=args.batch_size, device=args.device, precision=args.precision,
+                      threads=args.threads, overwrite=True)  # fmt: skip
+    e2e_s = summary["seconds"]
+    return {
+        "scene": f"{args.size}x{args.size}",
+        "tiles": len(tiles),
+        "tile": args.tile,
+        "overlap": args.overlap,
+        "batch_size": args.batch_size,
+        "device": str(device),
+        "precision": precision_name(dtype),
+        "model_tiles_per_s": round(len(tiles) / model_s, 3),
+        "segment_tiles_per_s": round(len(tiles) / e2e_s, 3),
+        "segment_megapixels_per_s": summary["megapixels_per_s"],
+        "ratio": round(model_s / e2e_s, 3),
+    }
+
+
+def memory_child(scene: str, stitch: str, tile: int, overlap: int, out: str) -> None:
+    """One memory run (in its own process): stand-in 1x1 conv model, 6 classes, then print peak RSS."""
+    info = inspect_source(scene, None, 3)
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, len(CLASSES), 1).eval()
+    spec = SourceSpec(info, np.full(3, 127, np.float32), np.full(3, 50, np.float32))
+    start = time.perf_counter()
+    summary = dense_predict(sources=[spec], grid_info=info, model=model, classes=CLASSES,
+                            colors=[(i * 40, 255 - i * 40, 128) for i in range(len(CLASSES))], output=Path(out),
+                            runtime=Runtime(torch.device("cpu"), torch.float32, 8, 2), tile_size=tile,
+                            overlap=overlap, stitch=Stitch(stitch), overwrite=True)  # fmt: skip
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mb": round(rss_mb, 1), "tiles": summary["tiles"],
+                      "seconds": round(time.perf_counter() - start, 1)}))  # fmt: skip
+
+
+def memory(args: argparse.Namespace, tmp: Path) -> list[dict]:
+    rows = []
+    for size in args.memory_sizes:
+        scene = make_scene(tmp / f"scene{size}.tif", size)
+        for stitch in ("crop", "blend"):
+            cmd = [sys.executable, __file__, "--memory-child", str(scene), stitch, str(args.tile), str(args.overlap),
+                   str(tmp / f"out{size}{stitch}.tif")]  # fmt: skip
+            res = json.loads(
+                subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            )
+            rows.append({"scene": f"{size}x{size}", "stitch": stitch, **res})
+            print(rows[-1], flush=True)
+        scene.unlink()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=2048, help="side of the throughput scene")
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--memory-sizes", type=int, nargs="*", default=[4096, 16384])
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        scene, stitch, tile, overlap, out = args.memory_child
+        memory_child(scene, stitch, int(tile), int(overlap), out)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if not args.skip_throughput:
+            print(json.dumps({"throughput": throughput(args, tmp)}, indent=2), flush=True)
+        if not args.skip_memory:
+            rows = memory(args, tmp)
+            print("\n| scene | stitch | tiles | peak RSS (MB) | seconds |\n| --- | --- | ---: | ---: | ---: |")
+            for r in rows:
+                print(f"| {r['scene']} | {r['stitch']} | {r['tiles']} | {r['peak_rss_mb']} | {r['seconds']} |")
+
+
+if __name__ == "__main__":
+    main()

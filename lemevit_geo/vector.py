@@ -1,0 +1,136 @@
+"""Polygons from class rasters, window by window, merged across window seams; vector writing."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import shapely
+from rasterio.features import rasterize, shapes
+from rasterio.windows import Window
+from shapely.geometry import shape
+
+from lemevit_geo.errors import OutputError
+from lemevit_geo.outputs import atomic_path
+
+DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".parquet": "parquet"}
+
+
+def check_vector_path(path: Path) -> None:
+    """Refuse a vector output whose extension names no supported format."""
+    if path.suffix.lower() not in DRIVERS:
+        raise OutputError(f"{path}: vector outputs are .gpkg, .parquet or .geojson")
+
+
+def polygonize(
+    class_path: str | Path,
+    confidence_path: str | Path,
+    classes: Sequence[str],
+    window: int = 2048,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    skip_classes: Sequence[int] = (),
+) -> gpd.GeoDataFrame:
+    """Polygons of the class regions of a written class raster.
+
+    The raster is read ``window`` x ``window`` pixels at a time; pieces that touch a window seam are
+    unioned with their neighbours at the end, so a region crossing seams is one polygon. Each
+    polygon carries its class, area (in CRS units) and the mean probability of its class from the
+    confidence raster (uint8, 0..254). ``simplify`` (CRS units) simplifies the polygons as a
+    coverage, so neighbours keep sharing their edges.
+    """
+    done: list[tuple[int, shapely.Geometry, float, int]] = []
+    seam: dict[int, list[tuple[shapely.Geometry, float, int]]] = defaultdict(list)
+    with rasterio.open(class_path) as src, rasterio.open(confidence_path) as conf_src:
+        nodata, crs = src.nodata, src.crs
+        for row in range(0, src.height, window):
+            for col in range(0, src.width, window):
+                win = Window(col, row, min(window, src.width - col), min(window, src.height - row))
+                cls = src.read(1, window=win)
+                conf = conf_src.read(1, window=win).astype(np.float64)
+                valid = cls != nodata
+                for c in skip_classes:
+                    valid &= cls != c
+                if not valid.any():
+                    continue
+                tr = src.window_transform(win)
+                pieces = [(shape(g), int(v)) for g, v in shapes(cls, mask=valid, transform=tr, connectivity=4)]
+                ids = rasterize(
+                    ((g, i + 1) for i, (g, _) in enumerate(pieces)), out_shape=cls.shape, transform=tr, dtype="int32"
+                )
+                sums = np.bincount(ids.ravel(), weights=conf.ravel(), minlength=len(pieces) + 1)
+                counts = np.bincount(ids.ravel(), minlength=len(pieces) + 1)
+                # pixel bounds of the window's inner edges: pieces reaching them may continue next door
+                inner = (row > 0, col > 0, row + win.height < src.height, col + win.width < src.width)
+                for i, (geom, value) in enumerate(pieces):
+                    rec = (geom, float(sums[i + 1]), int(counts[i + 1]))
+                    if _touches_seam(geom, tr, win, inner):
+                        seam[value].append(rec)
+                    else:
+                        done.append((value, *rec))
+    for value, recs in seam.items():
+        done.extend(_merge(value, recs))
+    gdf = gpd.GeoDataFrame(
+        {
+            "class_id": [d[0] for d in done],
+            "class_name": [classes[d[0]] if d[0] < len(classes) else str(d[0]) for d in done],
+            "mean_prob": [d[2] / max(d[3], 1) / 254.0 for d in done],
+        },
+        geometry=[d[1] for d in done],
+        crs=crs,
+    )
+    if simplify > 0 and len(gdf):
+        gdf.geometry = shapely.coverage_simplify(gdf.geometry.values, simplify)
+    gdf["area"] = gdf.geometry.area
+    if min_area > 0:
+        gdf = gdf[gdf["area"] >= min_area]
+    return gdf.sort_values(["class_id", "area"], ascending=[True, False], ignore_index=True)[
+        ["class_id", "class_name", "area", "mean_prob", "geometry"]
+    ]
+
+
+def _touches_seam(geom: shapely.Geometry, tr: rasterio.Affine, win: Window, inner: tuple[bool, ...]) -> bool:
+    """True if ``geom`` reaches a window edge that is not the scene edge."""
+    minx, miny, maxx, maxy = geom.bounds
+    inv = ~tr
+    cols, rows = zip(*(inv @ (x, y) for x, y in ((minx, miny), (maxx, maxy))), strict=True)
+    r0, r1, c0, c1 = min(rows), max(rows), min(cols), max(cols)
+    top, left, bottom, right = inner
+    eps = 1e-6
+    return (
+        (top and r0 <= eps)
+        or (left and c0 <= eps)
+        or (bottom and r1 >= win.height - eps)
+        or (right and c1 >= win.width - eps)
+    )
+
+
+def _merge(
+    value: int, recs: list[tuple[shapely.Geometry, float, int]]
+) -> list[tuple[int, shapely.Geometry, float, int]]:
+    """Union the seam pieces of one class and add up their probability sums and pixel counts."""
+    parts = list(shapely.get_parts(shapely.union_all([r[0] for r in recs])))
+    tree = shapely.STRtree(parts)
+    points = shapely.point_on_surface([r[0] for r in recs])
+    which = tree.query(points, predicate="within")
+    sums, counts = np.zeros(len(parts)), np.zeros(len(parts), dtype=np.int64)
+    for piece, part in zip(*which, strict=True):
+        sums[part] += recs[piece][1]
+        counts[part] += recs[piece][2]
+    return [(value, p, float(s), int(n)) for p, s, n in zip(parts, sums, counts, strict=True)]
+
+
+def write_vector(gdf: gpd.GeoDataFrame, path: Path, overwrite: bool) -> Path:
+    """Write polygons atomically: GeoPackage, GeoParquet or GeoJSON by extension."""
+    check_vector_path(path)
+    driver = DRIVERS[path.suffix.lower()]
+    with atomic_path(path, overwrite) as tmp:
+        if driver == "parquet":
+            gdf.to_parquet(tmp)
+        else:
+            gdf.to_file(tmp, driver=driver, layer=path.stem, engine="pyogrio")
+    return path

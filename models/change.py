@@ -1,0 +1,111 @@
+"""Bitemporal change detection: a Siamese LeMeViT with a BIT-style head.
+
+Following BIT (Chen et al., "Remote Sensing Image Change Detection with Transformers", TGRS 2021), the
+head condenses each date's features into a few *semantic tokens* (a spatial-attention tokenizer), lets
+the tokens of both dates interact in a transformer encoder, projects each date's tokens back onto its
+pixels with a transformer decoder, and classifies the absolute difference of the refined features.
+The backbone is shared between the dates; channel counts come from its ``feature_info``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class FeatureFusion(nn.Module):
+    """Project the multi-scale features to ``dim`` channels and sum them at the finest stride."""
+
+    def __init__(self, in_channels: Sequence[int], dim: int) -> None:
+        super().__init__()
+        self.proj = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, dim, 1, bias=False), nn.BatchNorm2d(dim)) for c in in_channels
+        )
+        self.out = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim), nn.ReLU())
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = features[0].shape[-2:]
+        x = sum(
+            F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) if i else p(f)
+            for i, (p, f) in enumerate(zip(self.proj, features, strict=True))
+        )
+        return self.out(x)
+
+
+class SemanticTokenizer(nn.Module):
+    """Spatial attention pooling: ``tokens`` attention maps over the pixels, each giving one token."""
+
+    def __init__(self, dim: int, tokens: int) -> None:
+        super().__init__()
+        self.attn = nn.Conv2d(dim, tokens, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.attn(x).flatten(2).softmax(dim=-1)  # (B, L, HW)
+        return weights @ x.flatten(2).transpose(1, 2)  # (B, L, C)
+
+
+class BITHead(nn.Module):
+    """BIT-style change head on two dates' multi-scale features; returns logits at the finest stride."""
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_classes: int = 2,
+        dim: int = 64,
+        tokens: int = 4,
+        heads: int = 4,
+        enc_depth: int = 1,
+        dec_depth: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.fuse = FeatureFusion(in_channels, dim)
+        self.tokenizer = SemanticTokenizer(dim, tokens)
+        self.token_pos = nn.Parameter(torch.randn(1, 2 * tokens, dim) * 0.02)
+        layer = dict(d_model=dim, nhead=heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True,
+                     norm_first=True)  # fmt: skip
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), enc_depth, enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), dec_depth)
+        self.classifier = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, padding=1, bias=False),
+            nn.BatchNorm2d(dim),
+            nn.ReLU(),
+            nn.Conv2d(dim, num_classes, 3, padding=1),
+        )
+
+    def forward(self, feats1: Sequence[torch.Tensor], feats2: Sequence[torch.Tensor]) -> torch.Tensor:
+        x1, x2 = self.fuse(feats1), self.fuse(feats2)
+        b, c, h, w = x1.shape
+        tokens = torch.cat([self.tokenizer(x1), self.tokenizer(x2)], dim=1) + self.token_pos
+        t1, t2 = self.encoder(tokens).chunk(2, dim=1)
+        y1 = self.decoder(x1.flatten(2).transpose(1, 2), t1)
+        y2 = self.decoder(x2.flatten(2).transpose(1, 2), t2)
+        diff = (y1 - y2).abs().transpose(1, 2).reshape(b, c, h, w)
+        return self.classifier(diff)
+
+
+class ChangeModel(nn.Module):
+    """Siamese LeMeViT + BIT head. Input: both dates stacked on the channel axis ``(B, 2 * bands, H, W)``
+    (before first); output: change logits ``(B, num_classes, H, W)`` at the input's size."""
+
+    def __init__(
+        self, arch: str = "tiny", in_chans: int = 3, num_classes: int = 2, drop_path_rate: float = 0.1, **head: int
+    ) -> None:
+        super().__init__()
+        self.in_chans = in_chans
+        self.encoder = timm.create_model(
+            f"lemevit_{arch}", features_only=True, in_chans=in_chans, drop_path_rate=drop_path_rate
+        )
+        self.head = BITHead(self.encoder.feature_info.channels(), num_classes=num_classes, **head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != 2 * self.in_chans:
+            raise ValueError(f"expected both dates stacked: {2 * self.in_chans} channels, got {x.shape[1]}")
+        b = x.shape[0]
+        feats = self.encoder(torch.cat([x[:, : self.in_chans], x[:, self.in_chans :]], dim=0))
+        logits = self.head([f[:b] for f in feats], [f[b:] for f in feats])
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,0 +1,55 @@
+"""Task models around one LeMeViT backbone, built from a small config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import timm
+import torch.nn as nn
+
+from lemevit_geo.models.lemevit import LeMeViT
+
+
+def build_task_model(
+    task: str, arch: str, in_chans: int, num_classes: int, drop_path_rate: float = 0.1, **head: Any
+) -> nn.Module:
+    """Build the model of a task (``head`` holds the head options a bundle stores).
+
+    - ``segment``: UPerNet (segmentation_models_pytorch) on the four dense LeMeViT features; maps
+      ``(B, bands, H, W)`` to class logits ``(B, classes, H, W)``.
+    - ``change``: Siamese LeMeViT with the BIT-style head; maps both dates stacked on the channel
+      axis ``(B, 2 * bands, H, W)`` to change logits ``(B, classes, H, W)``.
+    - ``classify``: LeMeViT with its pooled image-and-meta-token head; maps ``(B, bands, H, W)`` to
+      ``(B, classes)``.
+    """
+    name = f"lemevit_{arch}"
+    if task == "segment":
+        return smp.UPerNet(
+            encoder_name=f"tu-{name}",
+            encoder_weights=None,
+            in_channels=in_chans,
+            classes=num_classes,
+            decoder_channels=head.get("decoder_channels", 256),
+            drop_path_rate=drop_path_rate,
+        )
+    if task == "change":
+        from lemevit_geo.models.change import ChangeModel
+
+        return ChangeModel(arch, in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate, **head)
+    if task == "classify":
+        return timm.create_model(name, in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate)
+    raise ValueError(f"no model for task {task!r} yet")
+
+
+def backbone_of(model: nn.Module) -> LeMeViT:
+    """The LeMeViT backbone inside a task model."""
+    for module in model.modules():
+        if isinstance(module, LeMeViT):
+            return module
+    raise ValueError("model has no LeMeViT backbone")
+
+
+def head_options(task: str) -> dict[str, Any]:
+    """Default head options stored in a bundle for ``task``."""
+    return {"segment": {"decoder_channels": 256}, "change": {"dim": 64, "tokens": 4}}.get(task, {})

@@ -1,0 +1,191 @@
+"""Bitemporal change detection: align the two dates, then run the shared dense engine on tile pairs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import rasterio
+import rasterio.errors
+import shapely
+import torch
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_geom
+from shapely.geometry import mapping, shape
+
+from lemevit_geo.bundle import BundleConfig, load_bundle
+from lemevit_geo.choices import Precision, Stitch, Task
+from lemevit_geo.errors import InputError
+from lemevit_geo.pipelines.predict import Progress, Runtime, dense_predict, sources_for
+from lemevit_geo.raster import SourceInfo, inspect_source
+
+
+class WarpedSource:
+    """A source warped onto another grid (bilinear, windowed reads); closes what it opened."""
+
+    def __init__(self, path: str, crs: Any, transform: Affine, width: int, height: int) -> None:
+        self._src = rasterio.open(path)
+        extra: dict[str, Any] = {"nodata": self._src.nodata} if self._src.nodata is not None else {"add_alpha": True}
+        self._vrt = WarpedVRT(self._src, crs=crs, transform=transform, width=width, height=height,
+                              resampling=Resampling.bilinear, **extra)  # fmt: skip
+
+    def read(self, **kwargs: Any) -> Any:
+        return self._vrt.read(**kwargs)
+
+    def close(self) -> None:
+        self._vrt.close()
+        self._src.close()
+
+
+def _footprint(info: SourceInfo) -> shapely.Polygon:
+    t = info.transform
+    corners = [t @ (0, 0), t @ (info.width, 0), t @ (info.width, info.height), t @ (0, info.height)]
+    return shapely.Polygon(corners)
+
+
+@dataclass
+class Alignment:
+    """How the ``after`` image is brought onto the ``before`` grid, cropped to the overlap."""
+
+    grid: SourceInfo  # output grid: the before grid cropped to the footprints' intersection
+    before_offset: tuple[int, int]
+    after_offset: tuple[int, int] | None  # exact pixel offset when no resampling is needed
+    report: dict[str, Any]
+
+
+def align(before: SourceInfo, after: SourceInfo) -> Alignment:
+    """Intersect the footprints on the ``before`` grid and decide how to read ``after`` there."""
+    fp_before = _footprint(before)
+    fp_after = _footprint(after)
+    same_crs = before.crs == after.crs
+    if not same_crs:
+        if before.crs is None or after.crs is None:
+            raise InputError("one date has a CRS and the other has none: the pair cannot be aligned")
+        dense = shapely.segmentize(fp_after, fp_after.length / 256)  # edges bend under reprojection
+        fp_after = shape(transform_geom(after.crs, before.crs, mapping(dense)))
+    inter = fp_before.intersection(fp_after)
+    if inter.is_empty or inter.area <= 0:
+        raise InputError(f"{before.path} and {after.path} do not overlap: there is nothing to compare")
+    inv = ~before.transform
+    cols, rows = zip(*(inv @ xy for xy in shapely.get_coordinates(inter.envelope)), strict=True)
+    eps = 1e-6
+    c0, r0 = max(0, math.floor(min(cols) + eps)), max(0, math.floor(min(rows) + eps))
+    c1, r1 = min(before.width, math.ceil(max(cols) - eps)), min(before.height, math.ceil(max(rows) - eps))
+    if c1 <= c0 or r1 <= r0:
+        raise InputError(f"{before.path} and {after.path} overlap by less than one pixel")
+    transform = before.transform @ Affine.translation(c0, r0)
+    grid = SourceInfo(before.path, c1 - c0, r1 - r0, before.crs, transform, before.bands, before.dtype)
+
+    res_before = (abs(before.transform.a), abs(before.transform.e))
+    res_after = (abs(after.transform.a), abs(after.transform.e))
+    after_offset = None
+    shift = None
+    if same_crs and res_before == res_after and before.transform.b == after.transform.b == 0:
+        # same grid up to a translation: an exact pixel offset when it is whole pixels
+        dx, dy = ~after.transform @ (before.transform.c, before.transform.f)
+        if abs(dx - round(dx)) < 1e-6 and abs(dy - round(dy)) < 1e-6:
+            shift = (-round(dx), -round(dy))
+            after_offset = (r0 + round(dy), c0 + round(dx))
+    report = {
+        "same_crs": same_crs,
+        "before_crs": before.crs.to_string() if before.crs else None,
+        "after_crs": after.crs.to_string() if after.crs else None,
+        "before_resolution": res_before,
+        "after_resolution": res_after,
+        "after_shift_pixels": shift,
+        "resampled": after_offset is None,
+        "overlap_share_before": round(inter.area / fp_before.area, 4),
+        "overlap_share_after": round(inter.area / fp_after.area, 4),
+        "output_window": {"col_off": c0, "row_off": r0, "width": c1 - c0, "height": r1 - r0},
+    }
+    return Alignment(grid, (r0, c0), after_offset, report)
+
+
+def change(*, model: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Change map of ``before`` and ``after`` with the change bundle at ``model`` (see :func:`run_change`)."""
+    net, config = load_bundle(model, Task.change)
+    return run_change(net=net, config=config, **kwargs)
+
+
+def run_change(
+    *,
+    net: torch.nn.Module,
+    config: BundleConfig,
+    before: str | Path,
+    after: str | Path,
+    output: str | Path,
+    bands: Sequence[int] | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    stitch: Stitch | str = Stitch.blend,
+    batch_size: int = 4,
+    device: str = "auto",
+    precision: Precision | str = Precision.auto,
+    threads: int = 2,
+    probabilities: str | Path | None = None,
+    vector: str | Path | None = None,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    cog: bool = False,
+    overwrite: bool = False,
+    allow_pixel_grid: bool = False,
+    progress: Progress | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Change map of ``before`` and ``after`` on the ``before`` grid, cropped to their overlap.
+
+    ``net`` maps both dates stacked on the channel axis to per-pixel change logits; ``config`` gives
+    classes, bands, normalisation and tile size.
+    """
+    for path in (before, after):
+        if not Path(path).exists():
+            raise InputError(f"{path} does not exist")
+    if bands is None:
+        try:
+            with rasterio.open(before) as b, rasterio.open(after) as a:
+                counts = b.count, a.count
+        except rasterio.errors.RasterioIOError:
+            counts = None  # inspect_source says what is wrong with the file
+        if counts and counts[0] != counts[1]:
+            raise InputError(f"the dates differ in bands: {before} has {counts[0]}, {after} has {counts[1]}")
+    info_b = inspect_source(before, bands, config.bands, allow_pixel_grid)
+    info_a = inspect_source(after, bands, config.bands, allow_pixel_grid)
+    alignment = align(info_b, info_a)
+    grid = alignment.grid
+    src_b = sources_for(info_b, config)
+    src_b.offset = alignment.before_offset
+    src_a = sources_for(info_a, config)
+    if alignment.after_offset is not None:
+        src_a.offset = alignment.after_offset
+    else:
+        src_a.opener = lambda: WarpedSource(info_a.path, grid.crs, grid.transform, grid.width, grid.height)
+    runtime = Runtime.create(device, precision, batch_size, threads)
+    tile = tile_size or config.tile_size
+    summary = dense_predict(
+        sources=[src_b, src_a],
+        grid_info=grid,
+        model=runtime.prepare(net),
+        classes=config.classes,
+        colors=config.colors,
+        output=Path(output),
+        runtime=runtime,
+        tile_size=tile,
+        overlap=tile // 8 if overlap is None else overlap,
+        stitch=Stitch(stitch),
+        probabilities=Path(probabilities) if probabilities else None,
+        vector=Path(vector) if vector else None,
+        min_area=min_area,
+        simplify=simplify,
+        vector_skip_classes=(0,),
+        cog=cog,
+        overwrite=overwrite,
+        progress=progress,
+        on_start=on_start,
+    )
+    summary["alignment"] = alignment.report
+    return summary
