@@ -20,6 +20,7 @@ from lemevit_geo.pipelines.engine import TileData
 from lemevit_geo.pipelines.tiling import TileGrid, blend_window, ownership
 
 PROB_SCALE = 254  # probabilities are written as uint8 0..254; 255 is nodata
+FINISH_COLUMNS = 2048
 
 
 def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -38,11 +39,50 @@ class Band:
     confidence: np.ndarray  # (h, W) uint8 probability of the chosen class, 255 where invalid
 
 
+class BlockRows:
+    """Regroups finished bands into writes that start and end on block-row boundaries.
+
+    A compressed GeoTIFF block written twice is stored twice; writing whole block rows once keeps the
+    file compact and lets GDAL evict finished blocks from its cache.
+    """
+
+    def __init__(self, write: Callable[[Band], None], block: int) -> None:
+        self._write, self.block = write, block
+        self.pending: list[Band] = []
+
+    def __call__(self, band: Band) -> None:
+        self.pending.append(band)
+        start = self.pending[0].row
+        end = band.row + band.classes.shape[0]
+        cut = end - end % self.block
+        if cut > start:
+            merged = self._merge()
+            n = cut - start
+            self._write(Band(start, merged.classes[:n], None if merged.probs is None else merged.probs[:, :n],
+                             merged.confidence[:n]))  # fmt: skip
+            rest = Band(cut, merged.classes[n:], None if merged.probs is None else merged.probs[:, n:],
+                        merged.confidence[n:])  # fmt: skip
+            self.pending = [rest] if rest.classes.shape[0] else []
+
+    def _merge(self) -> Band:
+        if len(self.pending) == 1:
+            return self.pending[0]
+        p = self.pending
+        probs = None if p[0].probs is None else np.concatenate([b.probs for b in p], axis=1)
+        return Band(p[0].row, np.concatenate([b.classes for b in p]), probs, np.concatenate([b.confidence for b in p]))
+
+    def flush(self) -> None:
+        if self.pending:
+            self._write(self._merge())
+            self.pending = []
+
+
 class BandWriter:
     """Writes finished bands in a background thread (the device never waits on the disk)."""
 
-    def __init__(self, write: Callable[[Band], None], depth: int = 4) -> None:
-        self._write = write
+    def __init__(self, write: Callable[[Band], None], depth: int = 4, block: int = 256) -> None:
+        self._rows = BlockRows(write, block)
+        self._write = self._rows
         self._queue: queue.Queue[Band | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="lemevit-write", daemon=True)
@@ -64,6 +104,8 @@ class BandWriter:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
+        if self._error is None:
+            self._rows.flush()
         if self._error is not None:
             raise self._error
 
@@ -88,6 +130,7 @@ class DenseStitcher:
         self.weights = blend_window(grid.tile, grid.overlap)
         self.counts = np.zeros(num_classes, dtype=np.int64)
         self.row = -1
+        self.carry: np.ndarray | None = None
         self._start_row(0)
 
     # -- tile rows ---------------------------------------------------------------------------
@@ -100,26 +143,47 @@ class DenseStitcher:
         return y0, y1
 
     def _start_row(self, r: int) -> None:
-        width, tile = self.grid.width, self.grid.tile
         self.row = r
+        y0, y1 = self._rows(r)
+        self._reset(y1 - y0)
         if self.mode == Stitch.crop:
-            y0, y1 = self.own_y[r]
-            self.classes = np.full((y1 - y0, width), self.nodata, dtype=self._dtype)
-            self.conf = np.full((y1 - y0, width), 255, dtype=np.uint8)
-            self.probs = np.full((self.k, y1 - y0, width), 255, dtype=np.uint8) if self.with_probs else None
             return
-        # rolling buffer over rows [ys[r], ys[r] + tile): keep what the previous row left in the overlap
-        y0 = self.ys[r]
-        h = min(tile, self.grid.height - y0)
-        acc = np.zeros((self.k, h, width), dtype=np.float32)
-        wsum = np.zeros((h, width), dtype=np.float32)
-        if r > 0:
-            prev_y0 = self.ys[r - 1]
-            keep = self.acc.shape[1] - (y0 - prev_y0)
-            if keep > 0:
-                acc[:, :keep] = self.acc[:, y0 - prev_y0 :]
-                wsum[:keep] = self.wsum[y0 - prev_y0 :]
-        self.acc, self.wsum = acc, wsum
+        # blend: rows [y0, y1) finish in this tile row; the rows below, down to the tile's bottom edge,
+        # carry over to the next tile row. Accumulators (K logit sums + 1 weight sum) live in a window
+        # two tiles wide that slides left to right, and in a full-width carry of overlap height only.
+        self.h = min(self.grid.tile, self.grid.height - y0)
+        self.fin = y1 - y0
+        self.prev_carry = self.carry if r > 0 else None
+        self.carry = np.zeros((self.k + 1, self.h - self.fin, self.grid.width), dtype=np.float32)
+        self.wx = 0
+        self.win = np.zeros((self.k + 1, self.h, 2 * self.grid.tile), dtype=np.float32)
+        self._fill(0, self.win.shape[2])
+
+    def _fill(self, a: int, b: int) -> None:
+        """Load window columns [a, b) (window coordinates) with what the previous tile row carried."""
+        lo, hi = self.wx + a, min(self.wx + b, self.grid.width)
+        if self.prev_carry is not None and hi > lo:
+            keep = min(self.prev_carry.shape[1], self.h)
+            self.win[:, :keep, a : a + hi - lo] = self.prev_carry[:, :keep, lo:hi]
+
+    def _flush_columns(self, x_end: int) -> None:
+        """Finish scene columns [wx, x_end): no later tile of this row touches them."""
+        n = x_end - self.wx
+        if n <= 0:
+            return
+        cols = slice(self.wx, x_end)
+        for a in range(0, n, FINISH_COLUMNS):  # chunks bound the temporaries
+            b = min(a + FINISH_COLUMNS, n)
+            wsum = self.win[self.k, : self.fin, a:b]
+            valid = wsum > 0
+            logits = self.win[: self.k, : self.fin, a:b] / np.where(valid, wsum, 1.0)
+            self._set(slice(0, self.fin), slice(self.wx + a, self.wx + b), logits, valid)
+        self.carry[:, :, cols] = self.win[:, self.fin :, :n]
+        width = self.win.shape[2]
+        self.win[:, :, : width - n] = self.win[:, :, n:].copy()
+        self.win[:, :, width - n :] = 0.0
+        self.wx = x_end
+        self._fill(width - n, width)
 
     @property
     def _dtype(self) -> type:
@@ -127,25 +191,23 @@ class DenseStitcher:
 
     def _finish_row(self) -> None:
         r = self.row
-        y0, y1 = self._rows(r)
+        y0, _ = self._rows(r)
         if self.mode == Stitch.blend:
-            h = y1 - y0
-            wsum = self.wsum[:h]
-            valid = wsum > 0
-            mean = self.acc[:, :h] / np.where(valid, wsum, 1.0)
-            self._set(slice(0, h), slice(0, self.grid.width), mean, valid, reset=True)
+            while self.wx < self.grid.width:
+                self._flush_columns(min(self.grid.width, self.wx + self.grid.tile))
         self._count()
         self.writer.put(Band(y0, self.classes, self.probs, self.conf))
         if r + 1 < len(self.ys):
             self._start_row(r + 1)
 
-    def _set(self, rows: slice, cols: slice, logits: np.ndarray, valid: np.ndarray, reset: bool = False) -> None:
+    def _reset(self, h: int) -> None:
+        """Fresh output rows (nodata) for ``h`` rows of the full width."""
+        self.classes = np.full((h, self.grid.width), self.nodata, dtype=self._dtype)
+        self.conf = np.full((h, self.grid.width), 255, dtype=np.uint8)
+        self.probs = np.full((self.k, h, self.grid.width), 255, dtype=np.uint8) if self.with_probs else None
+
+    def _set(self, rows: slice, cols: slice, logits: np.ndarray, valid: np.ndarray) -> None:
         """Write classes, confidences and probabilities for a block of the current band."""
-        if reset:
-            h = logits.shape[1]
-            self.classes = np.full((h, self.grid.width), self.nodata, dtype=self._dtype)
-            self.conf = np.full((h, self.grid.width), 255, dtype=np.uint8)
-            self.probs = np.full((self.k, h, self.grid.width), 255, dtype=np.uint8) if self.with_probs else None
         probs = softmax(logits)
         cls = logits.argmax(axis=0)
         conf = np.take_along_axis(probs, cls[None], axis=0)[0]
@@ -169,9 +231,10 @@ class DenseStitcher:
             self._set(slice(0, y1 - y0), slice(x0, x1), output[:, ty, tx], item.valid[ty, tx])
         else:
             h, w = tile.clipped(self.grid.height, self.grid.width)
+            self._flush_columns(tile.x)
             wgt = self.weights[:h, :w] * item.valid[:h, :w]
-            self.acc[:, :h, tile.x : tile.x + w] += output[:, :h, :w] * wgt
-            self.wsum[:h, tile.x : tile.x + w] += wgt
+            self.win[: self.k, :h, :w] += output[:, :h, :w] * wgt
+            self.win[self.k, :h, :w] += wgt
         self._after(tile.col)
 
     def skip(self, item: TileData) -> None:
