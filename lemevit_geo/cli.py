@@ -201,6 +201,109 @@ def classify(
     report(summary, as_json, quiet)
 
 
+@app.command()
+def train(
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset", help="potsdam, vaihingen, loveda, levircd, oscd, ucmerced, resisc45, millionaid or custom."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle to write (.safetensors).")] = Path(
+        "model.safetensors"
+    ),
+    root: Annotated[Path | None, typer.Option("--root", help="Folder of a torchgeo dataset.")] = None,
+    images: Annotated[
+        list[str] | None, typer.Option("--images", help="Own images: paths or globs (segmentation).")
+    ] = None,
+    labels: Annotated[
+        list[str] | None, typer.Option("--labels", help="Label rasters, or a vector file (with --label-column).")
+    ] = None,
+    before: Annotated[list[str] | None, typer.Option("--before", help="Own earlier images (change).")] = None,
+    after: Annotated[list[str] | None, typer.Option("--after", help="Own later images (change).")] = None,
+    label_column: Annotated[str | None, typer.Option("--label-column", help="Class column of vector labels.")] = None,
+    classes: Annotated[
+        str | None, typer.Option("--classes", help="Class names of own labels, comma-separated.")
+    ] = None,
+    task: Annotated[
+        o.Task | None, typer.Option("--task", help="Own data only: classify trains scene labels (tile majority).")
+    ] = None,
+    arch: o.ArchOpt = o.Arch.tiny,
+    backbone_weights: Annotated[
+        Path | None, typer.Option("--backbone-weights", help="Official LeMeViT checkpoint.")
+    ] = None,
+    epochs: Annotated[int, typer.Option("--epochs")] = 10,
+    batch_size: o.BatchSize = 8,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).")] = 1e-3,
+    tile_size: o.TileSize = None,
+    num_workers: Annotated[int, typer.Option("--num-workers", help="Data loader processes.")] = 0,
+    precision: o.PrecisionOpt = Precision.auto,
+    devices: Annotated[str, typer.Option("--devices", help="Lightning devices: auto, a count, or a list.")] = "auto",
+    num_nodes: Annotated[int, typer.Option("--num-nodes", help="Machines (DDP via torchrun or SLURM).")] = 1,
+    strategy: Annotated[str, typer.Option("--strategy", help="Lightning strategy: auto, ddp, ...")] = "auto",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of own data's area kept for validation.")
+    ] = 0.2,
+    steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch", help="Batches per epoch on own data.")] = 100,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this --out.")] = False,
+    fast_dev_run: Annotated[bool, typer.Option("--fast-dev-run", help="One batch of training and validation.")] = False,
+    overwrite: o.Overwrite = False,
+    quiet: o.Quiet = False,
+    as_json: o.Json = False,
+) -> None:
+    """Train a model on a torchgeo dataset or on your own rasters; writes a bundle."""
+    from lemevit_geo.pipelines.train import train as run
+
+    summary = run(
+        dataset=dataset, out=out, root=root, images=images, labels=labels, before=before, after=after,
+        label_column=label_column, classes=[c.strip() for c in classes.split(",")] if classes else None, task=task,
+        arch=arch,
+        backbone_weights=backbone_weights, epochs=epochs, batch_size=batch_size, lr=lr, tile_size=tile_size,
+        num_workers=num_workers, precision=precision, devices=int(devices) if devices.isdigit() else devices,
+        num_nodes=num_nodes, strategy=strategy, seed=seed, val_fraction=val_fraction,
+        steps_per_epoch=steps_per_epoch, resume=resume, fast_dev_run=fast_dev_run, overwrite=overwrite,
+        progress=not (quiet or as_json),
+    )  # fmt: skip
+    report(summary, as_json, quiet)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the scene, models and results.")] = Path(
+        "lemevit-demo"
+    ),
+    size: Annotated[int, typer.Option("--size", help="Side of the generated scene in pixels.")] = 2048,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs per model (time for quality).")] = 3,
+    steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch", help="Batches per epoch.")] = 40,
+    device: o.Device = "auto",
+    precision: o.PrecisionOpt = Precision.auto,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the scene and of training.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace earlier demo results.")] = True,
+    as_json: o.Json = False,
+) -> None:
+    """Run the whole tool offline on a generated georeferenced scene (a few minutes on a CPU)."""
+    from lemevit_geo.pipelines.demo import run_demo
+
+    def log(msg: str) -> None:
+        if not as_json:
+            console.print(f"[bold cyan]demo[/] {msg}")
+
+    summary = run_demo(out=out, size=size, epochs=epochs, steps_per_epoch=steps_per_epoch, device=device,
+                       precision=precision, seed=seed, overwrite=overwrite, log=log)  # fmt: skip
+    if as_json:
+        print_json(summary)
+        return
+    table = Table(title=f"lemevit-geo demo: {size} x {size} px scene, {summary['seconds']:.0f} s in all")
+    for col in ("task", "held-out metric", "train s", "predict s", "outputs"):
+        table.add_column(col)
+    for name, t in summary["tasks"].items():
+        table.add_row(name, t["metric"], f"{t['train_seconds']:.0f}", f"{t['predict_seconds']:.0f}",
+                      "\n".join(t["outputs"]))  # fmt: skip
+    Console().print(table)
+    Console().print("previews: " + ", ".join(summary["previews"].values()))
+
+
 @bundle_app.command("init")
 def bundle_init(
     task: o.TaskOpt,
