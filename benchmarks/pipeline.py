@@ -2,7 +2,8 @@
 
 1. Throughput: the pure model on the scene's tiles (already in memory) against the whole ``segment``
    pipeline (read, normalise, batch, run, stitch, write) on the same scene, tiles and settings; their
-   ratio shows how much of reading, stitching and writing is hidden behind the model.
+   ratio shows how much of reading, stitching and writing is hidden behind the model. The same for
+   the ``change`` pipeline and the change model on the same tile pairs.
 2. Memory: peak RSS of ``segment``-style runs on a 4k x 4k and a 16k x 16k scene, each in its own
    process, with a cheap stand-in model (a 1x1 convolution), for both seam modes.
 
@@ -30,6 +31,7 @@ from rasterio.windows import Window
 from lemevit_geo.bundle import BundleConfig, build_model, load_bundle, save_bundle
 from lemevit_geo.choices import Stitch
 from lemevit_geo.device import precision_name, resolve_device, resolve_precision
+from lemevit_geo.pipelines.change import change
 from lemevit_geo.pipelines.engine import SourceSpec, TileReader, run_model
 from lemevit_geo.pipelines.predict import Runtime, dense_predict, segment
 from lemevit_geo.pipelines.tiling import TileGrid
@@ -108,6 +110,46 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def change_throughput(args: argparse.Namespace, tmp: Path) -> dict:
+    """The change pipeline against the pure change model on the same tile pairs (same grid: no warping)."""
+    before = make_scene(tmp / "before.tif", args.size, seed=0)
+    after = make_scene(tmp / "after.tif", args.size, seed=1)
+    tile = args.change_tile
+    config = BundleConfig(task="change", arch="tiny", classes=["no change", "change"], bands=3, mean=[127.0] * 3,
+                          std=[50.0] * 3, tile_size=tile, head={"dim": 64, "tokens": 4})  # fmt: skip
+    bundle = tmp / "change.safetensors"
+    torch.manual_seed(0)
+    save_bundle(bundle, build_model(config), config)
+    device = resolve_device(args.device)
+    dtype = resolve_precision(args.precision, device)
+    model, config = load_bundle(bundle)
+    runtime = Runtime(device, dtype, args.batch_size, args.threads)
+    model = runtime.prepare(model)
+    info_b, info_a = inspect_source(before, None, 3), inspect_source(after, None, 3)
+    grid = TileGrid(info_b.height, info_b.width, tile, tile // 8)
+    mean, std = np.array(config.mean, np.float32), np.array(config.std, np.float32)
+    pairs = [t.data for t in TileReader([SourceSpec(info_b, mean, std), SourceSpec(info_a, mean, std)], grid)]
+    batches = [np.stack(pairs[i : i + args.batch_size]) for i in range(0, len(pairs), args.batch_size)]
+    run_model(model, batches[0], device, dtype)
+    start = time.perf_counter()
+    for batch in batches:
+        run_model(model, batch, device, dtype)
+    model_s = time.perf_counter() - start
+    summary = change(before=before, after=after, output=tmp / "change.tif", model=bundle, tile_size=tile,
+                     overlap=tile // 8, batch_size=args.batch_size, device=args.device, precision=args.precision,
+                     threads=args.threads, overwrite=True)  # fmt: skip
+    return {
+        "scene": f"{args.size}x{args.size} pair",
+        "tile_pairs": len(pairs),
+        "tile": tile,
+        "device": str(device),
+        "precision": precision_name(dtype),
+        "model_pairs_per_s": round(len(pairs) / model_s, 3),
+        "change_pairs_per_s": round(len(pairs) / summary["seconds"], 3),
+        "ratio": round(model_s / summary["seconds"], 3),
+    }
+
+
 def memory_child(scene: str, stitch: str, tile: int, overlap: int, out: str) -> None:
     """One memory run (in its own process): stand-in 1x1 conv model, 6 classes, then print peak RSS."""
     info = inspect_source(scene, None, 3)
@@ -146,6 +188,7 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--change-tile", type=int, default=256, help="tile of the change benchmark")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
@@ -162,6 +205,7 @@ def main() -> None:
         tmp = Path(d)
         if not args.skip_throughput:
             print(json.dumps({"throughput": throughput(args, tmp)}, indent=2), flush=True)
+            print(json.dumps({"change_throughput": change_throughput(args, tmp)}, indent=2), flush=True)
         if not args.skip_memory:
             rows = memory(args, tmp)
             print("\n| scene | stitch | tiles | peak RSS (MB) | seconds |\n| --- | --- | ---: | ---: | ---: |")

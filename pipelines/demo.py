@@ -8,6 +8,7 @@ held-out part, and writes PNG previews.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import rasterio
 from rasterio.windows import Window, from_bounds
 
 from lemevit_geo.choices import Precision
+from lemevit_geo.errors import InputError
 from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.change import change
 from lemevit_geo.pipelines.predict import classify, segment
@@ -88,8 +90,10 @@ def evaluate_change(pred: Path, labels: Path, val_bounds: list[float]) -> dict:
 
 def _decimated(path: Path, bands: list[int]) -> tuple[np.ndarray, Any]:
     with rasterio.open(path) as src:
-        scale = max(src.width, src.height) / PREVIEW
-        shape = (len(bands), max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1))))
+        side = max(src.width, src.height)
+        # large rasters are decimated to PREVIEW px; coarse ones (the tile grid) blown up to >= 256 px
+        scale = side / PREVIEW if side > PREVIEW else 1 / math.ceil(256 / side) if side < 256 else 1.0
+        shape = (len(bands), max(1, round(src.height / scale)), max(1, round(src.width / scale)))
         nearest = rasterio.enums.Resampling.nearest
         return src.read(bands, out_shape=shape, resampling=nearest), src.colormap(1) if src.count == 1 else None
 
@@ -120,7 +124,7 @@ def run_demo(
     epochs: int = 3,
     steps_per_epoch: int = 40,
     batch_size: int = 8,
-    tile_size: int = 128,
+    tile_size: int | None = None,
     device: str = "auto",
     precision: Precision | str = Precision.auto,
     seed: int = 0,
@@ -129,6 +133,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo into ``out``; returns per-task metrics, runtimes and output files."""
     start = time.perf_counter()
+    if size < 320:
+        raise InputError(f"--size {size} is too small for the demo: use at least 320 px")
+    tile_size = tile_size or (128 if size >= 640 else 64)  # the held-out strip must hold a tile
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     models, results = out / "models", out / "results"

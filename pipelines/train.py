@@ -9,9 +9,13 @@ the best checkpoint, and a CSV of per-epoch metrics.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
+import inspect
+import io
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -120,6 +124,16 @@ class FrameMask:
         return out
 
 
+def _wrap_dataset_transforms(dm: Any) -> None:
+    """Apply :class:`FrameMask` to transforms that a change datamodule put inside its datasets (OSCD)."""
+    for attr in ("dataset", "train_dataset", "val_dataset", "test_dataset"):
+        ds = getattr(dm, attr, None)
+        inner = getattr(ds, "dataset", ds)
+        transforms = getattr(inner, "transforms", None)
+        if transforms is not None and not isinstance(transforms, FrameMask):
+            inner.transforms = FrameMask(transforms)
+
+
 def _values(t: Any, n: int) -> list[float]:
     v = torch.as_tensor(t, dtype=torch.float64).flatten().tolist()
     return v * n if len(v) == 1 else v
@@ -137,12 +151,13 @@ def torchgeo_data(name: str, root: Path, batch_size: int, tile_size: int, num_wo
             f"{name}: dataset root {root} does not exist; torchgeo expects {info.expects} (from {info.url})"
         )
     kwargs: dict[str, Any] = dict(batch_size=batch_size, num_workers=num_workers, root=str(root), **info.kwargs)
-    if info.task != Task.classify:
-        kwargs["patch_size"] = tile_size
     if name == "millionaid":
         dm: Any = MillionAIDDataModule(tile_size=tile_size, **kwargs)
     else:
-        dm = getattr(tdm, info.datamodule)(**kwargs)
+        cls = getattr(tdm, info.datamodule)
+        if "patch_size" in inspect.signature(cls.__init__).parameters:  # datamodules that crop patches
+            kwargs["patch_size"] = tile_size
+        dm = cls(**kwargs)
     try:
         dm.setup("fit")
     except DatasetNotFoundError as exc:
@@ -154,15 +169,20 @@ def torchgeo_data(name: str, root: Path, batch_size: int, tile_size: int, num_wo
         for attr in ("aug", "train_aug", "val_aug", "test_aug"):
             if getattr(dm, attr, None) is not None:
                 setattr(dm, attr, FrameMask(getattr(dm, attr)))
-        for ds in (getattr(dm, "dataset", None), getattr(dm, "train_dataset", None)):
-            inner = getattr(ds, "dataset", ds)
-            if inner is not None and getattr(inner, "transforms", None) is not None:
-                inner.transforms = FrameMask(inner.transforms)
+        _wrap_dataset_transforms(dm)
+        setup = dm.setup
+
+        def setup_and_wrap(stage: str) -> None:  # Lightning sets the datamodule up again
+            setup(stage)
+            _wrap_dataset_transforms(dm)
+
+        dm.setup = setup_and_wrap
     dataset = getattr(dm, "train_dataset", None) or getattr(dm, "dataset", None)
     inner = getattr(dataset, "dataset", dataset)
-    classes = list(getattr(inner, "classes", None) or getattr(tds, info.dataset).classes)
     if info.task == Task.change:
         classes = list(CHANGE_CLASSES)
+    else:
+        classes = list(getattr(inner, "classes", None) or getattr(tds, info.dataset).classes)
     sample = inner[0]
     image = sample["image"]
     bands = image.shape[-3]
@@ -325,9 +345,27 @@ class GeoDataModule(L.LightningDataModule):
         return self._loader(RandomGeoSampler(self.dataset, self.tile_size, self.length, roi=self.train_roi))
 
     def val_dataloader(self) -> DataLoader:
-        from torchgeo.samplers import GridGeoSampler
+        return self._loader(self.val_sampler())
 
-        return self._loader(GridGeoSampler(self.dataset, self.tile_size, self.tile_size, roi=self.val_roi))
+    def val_sampler(self) -> Any:
+        """A tile grid that covers the validation region and stays inside it (neighbours overlap as needed)."""
+        from torchgeo.samplers import GridGeoSampler, Units
+
+        res = self.dataset.res
+        size = (self.tile_size * res[1], self.tile_size * res[0])
+        probe = GridGeoSampler(self.dataset, size, size, roi=self.val_roi, units=Units.CRS)
+        minx, miny, maxx, maxy = probe.index.total_bounds
+        if maxx - minx < size[1] or maxy - miny < size[0]:
+            raise InputError(
+                "the validation region is smaller than one tile: raise --val-fraction or lower --tile-size"
+            )  # noqa: E501
+
+        def fit(extent: float, s: float) -> float:
+            steps = math.ceil((extent - s) / s - 1e-9)
+            return (extent - s) / steps if steps > 0 else s
+
+        stride = (fit(maxy - miny, size[0]), fit(maxx - minx, size[1]))
+        return GridGeoSampler(self.dataset, size, stride, roi=self.val_roi, units=Units.CRS)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         image = batch["image"].float()
@@ -451,8 +489,10 @@ def custom_data(
         if change and info.counts[1:].sum():  # rare change pixels: weigh them up (capped)
             weight = float(np.clip(np.sqrt(info.counts[0] / max(info.counts[1:].sum(), 1)), 1.0, 20.0))
             class_weights = [1.0] + [weight] * (len(names) - 1)
+    notes = io.StringIO()
     try:
-        dataset = imgs & lab
+        with contextlib.redirect_stdout(notes):  # torchgeo prints its reprojections; they go in the report
+            dataset = imgs & lab
     except Exception as exc:  # torchgeo raises RuntimeError/ValueError for disjoint datasets
         raise InputError(f"the images and the labels do not overlap: {exc}") from exc
     xs, ys, _ = dataset.bounds
@@ -464,7 +504,8 @@ def custom_data(
     bands = len(mean)
     with rasterio.open(image_files[0]) as src:
         gsd = abs(src.transform.a) if src.crs is not None and src.crs.is_projected else None
-    report = {**split["report"], "crs": dataset.crs.to_string()}
+    aligned = [line.split(" from ")[0] for line in notes.getvalue().splitlines() if line.startswith("Converting")]
+    report = {**split["report"], "crs": dataset.crs.to_string(), "labels_aligned": aligned}
     task = Task.change if change else Task.classify if scene_labels else Task.segment
     return TrainData(dm, task, names, bands, mean, std, gsd, ignore, report, colors, class_weights)
 

@@ -1,0 +1,50 @@
+"""The demo at a small size: every output file is checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import rasterio
+import shapely
+from PIL import Image
+
+from tests.conftest import cli
+
+
+def test_demo_writes_every_output(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    summary = json.loads(cli("demo", "--out", out, "--size", 384, "--epochs", 1, "--steps-per-epoch", 3,
+                             "--json").output)  # fmt: skip
+    assert set(summary["tasks"]) == {"segment", "change", "classify"}
+    seg = summary["tasks"]["segment"]["held_out"]
+    assert 0 <= seg["mIoU"] <= 1 and 0 <= seg["baseline_mIoU"] <= 1
+    with rasterio.open(out / "data" / "scene_before.tif") as src:
+        crs, transform, shape, bounds = src.crs, src.transform, (src.height, src.width), src.bounds
+    assert crs.to_epsg() == 32633 and shape == (384, 384)
+    footprint = shapely.box(*bounds)
+    for name in ("landcover.tif", "change.tif"):
+        with rasterio.open(out / "results" / name) as ds:
+            assert (ds.crs, ds.transform, (ds.height, ds.width)) == (crs, transform, shape)
+            assert ds.colormap(1) and ds.read(1).max() < 255
+    with rasterio.open(out / "results" / "scenes.tif") as ds:
+        assert ds.crs == crs and ds.transform.a == 64 * transform.a  # one pixel per classify tile (64 px)
+    for name in ("landcover.gpkg", "change.gpkg", "scenes.gpkg"):
+        gdf = gpd.read_file(out / "results" / name)
+        assert gdf.crs.to_epsg() == 32633
+        assert all(footprint.buffer(1e-6).contains(g) for g in gdf.geometry)
+    assert len(gpd.read_file(out / "results" / "landcover.gpkg")) > 0
+    for name, png in summary["previews"].items():
+        with Image.open(png) as im:
+            assert im.size == ((258, 258) if name == "scenes" else (384, 384)) and im.mode == "RGB"
+    for task in ("segment", "change", "classify"):
+        assert (out / "models" / f"{task}.safetensors").is_file()
+    # the same seed gives the same scene
+    again = tmp_path / "again"
+    from lemevit_geo.pipelines.scene import make_scene
+
+    make_scene(again, 384, 0)
+    for name in ("scene_before.tif", "labels.tif", "change_labels.tif"):
+        with rasterio.open(out / "data" / name) as a, rasterio.open(again / name) as b:
+            assert (a.read() == b.read()).all()

@@ -1,0 +1,195 @@
+"""Training: torchgeo datasets (fake, in their on-disk layouts), own rasters, resume, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.windows
+from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+from lemevit_geo.bundle import read_config
+from lemevit_geo.pipelines.scene import CLASSES, COLORS, make_scene
+from lemevit_geo.pipelines.train import custom_data
+from tests.conftest import cli, cli_subprocess, textured_scene, write_raster
+from tests.fake_datasets import FAKE_DATASETS
+
+EXPECTED = {  # task, bands, classes
+    "potsdam": ("segment", 4, 6),
+    "vaihingen": ("segment", 3, 6),
+    "loveda": ("segment", 3, 8),
+    "levircd": ("change", 3, 2),
+    "oscd": ("change", 13, 2),
+    "ucmerced": ("classify", 3, 21),
+    "resisc45": ("classify", 3, 45),
+    "millionaid": ("classify", 3, 51),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAKE_DATASETS))
+def test_torchgeo_dataset_trains_and_its_bundle_runs(tmp_path: Path, name: str) -> None:
+    root = FAKE_DATASETS[name](tmp_path / "data")
+    bundle = tmp_path / f"{name}.safetensors"
+    summary = json.loads(
+        cli(
+            "train",
+            "--dataset",
+            name,
+            "--root",
+            root,
+            "--out",
+            bundle,
+            "--fast-dev-run",
+            "--batch-size",
+            2,
+            "--tile-size",
+            64,
+            "--json",
+        ).output  # fmt: skip
+    )
+    task, bands, n_classes = EXPECTED[name]
+    config = read_config(bundle)
+    assert (config.task.value, config.bands) == (task, bands)
+    if name != "millionaid":
+        assert len(config.classes) == n_classes
+    assert summary["global_steps"] == 1 and len(config.mean) == bands
+    scene = write_raster(tmp_path / "scene.tif", textured_scene(96, 130, bands=bands))
+    if task == "segment":
+        cli("segment", scene, "-o", tmp_path / "out.tif", "-m", bundle, "-q")
+    elif task == "change":
+        cli("change", scene, scene, "-o", tmp_path / "out.tif", "-m", bundle, "-q")
+    else:
+        cli("classify", scene, "-o", tmp_path / "out.gpkg", "-m", bundle, "-q")
+    out = tmp_path / ("out.gpkg" if task == "classify" else "out.tif")
+    assert out.exists()
+    if task != "classify":
+        with rasterio.open(out) as ds:
+            assert (ds.width, ds.height) == (130, 96) and ds.read(1).max() < len(config.classes)
+
+
+def _scene_with_reprojected_labels(tmp: Path) -> tuple[Path, Path]:
+    scene = make_scene(tmp / "scene", size=384, seed=1)
+    labels = tmp / "labels_3857.tif"
+    with rasterio.open(scene.labels) as src:
+        transform, w, h = calculate_default_transform(src.crs, "EPSG:3857", src.width, src.height, *src.bounds)
+        arr = np.full((1, h, w), 255, dtype=np.uint8)
+        reproject(src.read(), arr, src_transform=src.transform, src_crs=src.crs, dst_transform=transform,
+                  dst_crs="EPSG:3857", resampling=Resampling.nearest, dst_nodata=255)  # fmt: skip
+        tags, cmap = src.tags(1), src.colormap(1)
+    with rasterio.open(labels, "w", driver="GTiff", width=w, height=h, count=1, dtype="uint8", crs="EPSG:3857",
+                       transform=transform, nodata=255) as dst:  # fmt: skip
+        dst.write(arr)
+        dst.update_tags(1, **tags)
+        dst.write_colormap(1, cmap)
+    return scene.before, labels
+
+
+def test_own_rasters_with_labels_in_another_crs(tmp_path: Path) -> None:
+    image, labels = _scene_with_reprojected_labels(tmp_path)
+    data = custom_data(images=str(image), labels=str(labels), label_column=None, classes=None, tile_size=64,
+                       batch_size=4, num_workers=0, val_fraction=0.25, length=16, work_dir=tmp_path)  # fmt: skip
+    assert data.classes == CLASSES and data.colors == COLORS and data.ignore_index == 255 and data.bands == 4
+    assert data.split["shared_area"] == 0.0 and data.split["val_fraction"] == pytest.approx(0.25, abs=0.01)
+    # every training tile lies in the training region, every validation tile in the validation region
+    dm = data.datamodule
+    for loader, roi, other in [(dm.train_dataloader(), dm.train_roi, dm.val_roi),
+                               (dm.val_dataloader(), dm.val_roi, dm.train_roi)]:  # fmt: skip
+        import shapely
+
+        for query in loader.sampler:
+            x, y = query[0], query[1]
+            box = shapely.box(x.start, y.start, x.stop, y.stop)
+            assert roi.buffer(1e-6).contains(box) and box.intersection(other).area == 0
+    with rasterio.open(image) as src:  # statistics come from the training region only
+        win = rasterio.windows.from_bounds(*data.split["train_bounds"], transform=src.transform)
+        raw = src.read(window=win.round_offsets().round_lengths()).reshape(4, -1).astype(float)
+    assert np.allclose(data.mean, raw.mean(1), rtol=0.12) and np.allclose(data.std, raw.std(1), rtol=0.25)
+    # the command: trains, reports the split, and writes a bundle with the classes and statistics
+    bundle = tmp_path / "own.safetensors"
+    summary = json.loads(
+        cli("train", "--dataset", "custom", "--images", image, "--labels", labels, "--out", bundle, "--epochs", 1,
+            "--steps-per-epoch", 2, "--batch-size", 4, "--tile-size", 64, "--val-fraction", 0.25, "--json").output
+    )  # fmt: skip
+    config = read_config(bundle)
+    assert config.classes == CLASSES and config.colors == COLORS and config.gsd == 0.5 and config.tile_size == 64
+    assert config.mean == pytest.approx(summary["normalisation"]["mean"], rel=1e-3)
+    assert summary["split"]["shared_area"] == 0.0 and summary["epochs"] == 1
+    rows = list(csv.DictReader(open(summary["metrics_csv"])))
+    assert len(rows) == 1 and {"val_mIoU", "val_OA", "train_loss"} <= set(rows[0])
+    assert Path(summary["best_checkpoint"]).is_file()
+
+
+def test_own_change_data_and_vector_labels(tmp_path: Path) -> None:
+    import geopandas as gpd
+    import shapely
+
+    scene = make_scene(tmp_path / "scene", size=256, seed=2)
+    bundle = tmp_path / "change.safetensors"
+    cli("train", "--dataset", "custom", "--before", scene.before, "--after", scene.after, "--labels", scene.change,
+        "--out", bundle, "--epochs", 1, "--steps-per-epoch", 2, "--batch-size", 2, "--tile-size", 64,
+        "--val-fraction", 0.3, "-q")  # fmt: skip
+    config = read_config(bundle)
+    assert config.task.value == "change" and config.classes == ["no change", "change"] and config.bands == 4
+    # vector labels with a class-name column
+    with rasterio.open(scene.before) as src:
+        b = src.bounds
+    polys = gpd.GeoDataFrame({"kind": ["wood", "field"]}, crs="EPSG:32633",
+                             geometry=[shapely.box(b.left, b.bottom, b.left + 60, b.top),
+                                       shapely.box(b.left + 60, b.bottom, b.right, b.top)])  # fmt: skip
+    polys.to_file(tmp_path / "labels.gpkg")
+    seg = tmp_path / "vec.safetensors"
+    cli("train", "--dataset", "custom", "--images", scene.before, "--labels", tmp_path / "labels.gpkg",
+        "--label-column", "kind", "--out", seg, "--epochs", 1, "--steps-per-epoch", 2, "--batch-size", 2,
+        "--tile-size", 64, "--val-fraction", 0.3, "-q")  # fmt: skip
+    assert read_config(seg).classes == ["field", "wood"]
+
+
+def test_resume_continues_to_the_same_epoch_count(tmp_path: Path) -> None:
+    scene = make_scene(tmp_path / "scene", size=256, seed=3)
+    args = ["train", "--dataset", "custom", "--images", scene.before, "--labels", scene.labels,
+            "--steps-per-epoch", 2, "--batch-size", 2, "--tile-size", 64, "--val-fraction", 0.3, "--json"]  # fmt: skip
+    full = json.loads(cli(*args, "--out", tmp_path / "full.safetensors", "--epochs", 2).output)
+    cli(*args, "--out", tmp_path / "part.safetensors", "--epochs", 1)
+    resumed = json.loads(cli(*args, "--out", tmp_path / "part.safetensors", "--epochs", 2, "--resume").output)
+    assert full["epochs"] == resumed["epochs"] == 2
+    assert full["global_steps"] == resumed["global_steps"] == 4
+    rows = list(csv.DictReader(open(resumed["metrics_csv"])))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+
+
+def test_training_errors_are_clear(tmp_path: Path) -> None:
+    r = cli_subprocess("train", "--dataset", "dota", "--root", tmp_path)
+    assert r.returncode == 1 and "detection" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli_subprocess("train", "--dataset", "potsdam", "--root", empty, "--out", tmp_path / "m.safetensors")
+    assert r.returncode == 1 and "4_Ortho_RGBIR" in r.stderr and "isprs" in r.stderr.lower()
+    a = write_raster(tmp_path / "a.tif", textured_scene(64, 64))
+    far = write_raster(tmp_path / "far.tif", np.zeros((1, 64, 64), dtype=np.uint8),
+                       transform=rasterio.transform.from_origin(0, 0, 1, 1))  # fmt: skip
+    r = cli_subprocess(
+        "train", "--dataset", "custom", "--images", a, "--labels", far, "--out", tmp_path / "x.safetensors"
+    )
+    assert r.returncode == 1 and "do not overlap" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_learning_beats_the_majority_baseline(tmp_path: Path) -> None:
+    """A few CPU minutes of training reach a held-out mIoU far above predicting the majority class."""
+    from lemevit_geo.pipelines.demo import evaluate_segmentation
+
+    scene = make_scene(tmp_path / "scene", size=1024, seed=4)
+    bundle = tmp_path / "seg.safetensors"
+    summary = json.loads(
+        cli("train", "--dataset", "custom", "--images", scene.before, "--labels", scene.labels, "--out", bundle,
+            "--epochs", 3, "--steps-per-epoch", 40, "--batch-size", 8, "--tile-size", 128, "--json").output
+    )  # fmt: skip
+    cli("segment", scene.before, "-o", tmp_path / "pred.tif", "-m", bundle, "-q")
+    metrics = evaluate_segmentation(tmp_path / "pred.tif", scene.labels, summary["split"]["val_bounds"],
+                                    summary["split"]["train_bounds"])  # fmt: skip
+    print(metrics)
+    assert metrics["mIoU"] > metrics["baseline_mIoU"] + 0.3
