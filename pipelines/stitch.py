@@ -80,7 +80,7 @@ class BlockRows:
 class BandWriter:
     """Writes finished bands in a background thread (the device never waits on the disk)."""
 
-    def __init__(self, write: Callable[[Band], None], depth: int = 4, block: int = 256) -> None:
+    def __init__(self, write: Callable[[Band], None], depth: int = 2, block: int = 256) -> None:
         self._rows = BlockRows(write, block)
         self._write = self._rows
         self._queue: queue.Queue[Band | None] = queue.Queue(maxsize=depth)

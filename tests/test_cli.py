@@ -159,3 +159,15 @@ def test_unwritable_directory(tmp_path: Path, seg_bundle: Path) -> None:
     ro.mkdir(mode=0o555)
     r = cli_subprocess("segment", good, "-o", ro / "o.tif", "-m", seg_bundle)
     assert r.returncode == 1 and "not writable" in r.stderr
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".geojson"])
+def test_vector_formats_by_extension(tmp_path: Path, seg_bundle: Path, suffix: str) -> None:
+    src = write_raster(tmp_path / "scene.tif", textured_scene(128, 128))
+    vec = tmp_path / f"poly{suffix}"
+    cli("segment", src, "-o", tmp_path / "m.tif", "-m", seg_bundle, "--vector", vec, "-q")
+    gdf = gpd.read_parquet(vec) if suffix == ".parquet" else gpd.read_file(vec)
+    assert gdf.crs.to_epsg() == 32632 and len(gdf) > 0
+    assert gdf["area"].sum() == pytest.approx(128 * 128 * GSD * GSD)
+    r = cli_subprocess("segment", src, "-o", tmp_path / "m2.tif", "-m", seg_bundle, "--vector", tmp_path / "p.shp")
+    assert r.returncode == 1 and ".gpkg, .parquet or .geojson" in r.stderr and not (tmp_path / "m2.tif").exists()
