@@ -455,7 +455,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: LeMeViT) -> dict[
     own = model.state_dict()
     for key in ("head.weight", "head.bias"):
         if key in sd and key in own and own[key].shape != sd[key].shape:
-            del sd[key]  # a classifier of another size: keep the model's own head
+            sd[key] = own[key]  # a classifier of another size: keep the model's own (new) head
     return {k: v for k, v in sd.items() if k in own or not _pruned(model, k)}
 
 

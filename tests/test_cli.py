@@ -171,3 +171,47 @@ def test_vector_formats_by_extension(tmp_path: Path, seg_bundle: Path, suffix: s
     assert gdf["area"].sum() == pytest.approx(128 * 128 * GSD * GSD)
     r = cli_subprocess("segment", src, "-o", tmp_path / "m2.tif", "-m", seg_bundle, "--vector", tmp_path / "p.shp")
     assert r.returncode == 1 and ".gpkg, .parquet or .geojson" in r.stderr and not (tmp_path / "m2.tif").exists()
+
+
+def test_help_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, lemevit_geo.cli; assert 'torch' not in sys.modules and 'rasterio' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_unknown_bundle_format_version(tmp_path: Path, seg_bundle: Path) -> None:
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(seg_bundle), framework="pt") as f:
+        meta = dict(f.metadata())
+    meta["format_version"] = "99"
+    future = tmp_path / "future.safetensors"
+    save_file({"w": torch.zeros(1)}, str(future), metadata=meta)
+    src = write_raster(tmp_path / "scene.tif", textured_scene(64, 64))
+    r = cli_subprocess("segment", src, "-o", tmp_path / "o.tif", "-m", future)
+    assert r.returncode == 1 and "format version 99" in r.stderr and "reads version 1" in r.stderr
+
+
+def test_bundle_init_with_official_backbone_weights(tmp_path: Path) -> None:
+    import timm
+    import torch
+
+    from lemevit_geo.bundle import load_bundle
+    from lemevit_geo.models.factory import backbone_of
+
+    torch.manual_seed(1)
+    official = timm.create_model("lemevit_tiny").state_dict()
+    torch.save({"model": official}, tmp_path / "lemevit_tiny.pth")
+    for task in ("segment", "classify"):
+        out = tmp_path / f"{task}.safetensors"
+        cli("bundle", "init", "--task", task, "--classes", "a,b", "--bands", 4, "--backbone-weights",
+            tmp_path / "lemevit_tiny.pth", "-o", out)  # fmt: skip
+        model, config = load_bundle(out)
+        assert config.bands == 4
+        loaded = backbone_of(model).state_dict()
+        for key in ("stages.3.0.attn.qkv.weight", "meta_tokens", "stages.1.0.attn.qkv2.bias"):
+            torch.testing.assert_close(loaded[key], official[key])
+        assert loaded["downsample_layers.0.0.weight"].shape[1] == 4
