@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,12 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_geom
 from shapely.geometry import mapping, shape
+from typing_extensions import Unpack
 
 from lemevit_geo.bundle import BundleConfig, load_bundle
-from lemevit_geo.choices import Precision, Stitch, Task
+from lemevit_geo.choices import Task
 from lemevit_geo.errors import InputError
-from lemevit_geo.pipelines.predict import Progress, Runtime, dense_predict, sources_for
+from lemevit_geo.pipelines.predict import DenseOptions, run_dense, sources_for
 from lemevit_geo.raster import SourceInfo, inspect_source
 
 
@@ -120,27 +121,13 @@ def run_change(
     after: str | Path,
     output: str | Path,
     bands: Sequence[int] | None = None,
-    tile_size: int | None = None,
-    overlap: int | None = None,
-    stitch: Stitch | str = Stitch.blend,
-    batch_size: int = 4,
-    device: str = "auto",
-    precision: Precision | str = Precision.auto,
-    threads: int = 2,
-    probabilities: str | Path | None = None,
-    vector: str | Path | None = None,
-    min_area: float = 0.0,
-    simplify: float = 0.0,
-    cog: bool = False,
-    overwrite: bool = False,
     allow_pixel_grid: bool = False,
-    progress: Progress | None = None,
-    on_start: Callable[[int], None] | None = None,
+    **options: Unpack[DenseOptions],
 ) -> dict[str, Any]:
     """Change map of ``before`` and ``after`` on the ``before`` grid, cropped to their overlap.
 
     ``net`` maps both dates stacked on the channel axis to per-pixel change logits; ``config`` gives
-    classes, bands, normalisation and tile size.
+    classes, bands, normalisation and tile size; ``options`` are those of ``segment``.
     """
     for path in (before, after):
         if not Path(path).exists():
@@ -164,28 +151,7 @@ def run_change(
         src_a.offset = alignment.after_offset
     else:
         src_a.opener = lambda: WarpedSource(info_a.path, grid.crs, grid.transform, grid.width, grid.height)
-    runtime = Runtime.create(device, precision, batch_size, threads)
-    tile = tile_size or config.tile_size
-    summary = dense_predict(
-        sources=[src_b, src_a],
-        grid_info=grid,
-        model=runtime.prepare(net),
-        classes=config.classes,
-        colors=config.colors,
-        output=Path(output),
-        runtime=runtime,
-        tile_size=tile,
-        overlap=tile // 8 if overlap is None else overlap,
-        stitch=Stitch(stitch),
-        probabilities=Path(probabilities) if probabilities else None,
-        vector=Path(vector) if vector else None,
-        min_area=min_area,
-        simplify=simplify,
-        vector_skip_classes=(0,),
-        cog=cog,
-        overwrite=overwrite,
-        progress=progress,
-        on_start=on_start,
-    )
+    summary = run_dense(net=net, config=config, sources=[src_b, src_a], grid_info=grid, output=output,
+                        vector_skip_classes=(0,), **options)  # fmt: skip
     summary["alignment"] = alignment.report
     return summary

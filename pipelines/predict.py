@@ -15,6 +15,7 @@ import rasterio
 import rasterio.shutil
 import torch
 from affine import Affine
+from typing_extensions import TypedDict, Unpack
 
 from lemevit_geo.bundle import BundleConfig, load_bundle
 from lemevit_geo.choices import Precision, Stitch, Task
@@ -187,37 +188,46 @@ def _summary(
     return out
 
 
-def segment(
+class DenseOptions(TypedDict, total=False):
+    """Options of the dense commands (``segment``, ``change``); see :func:`dense_predict`."""
+
+    tile_size: int | None
+    overlap: int | None
+    stitch: Stitch | str
+    batch_size: int
+    device: str
+    precision: Precision | str
+    threads: int
+    probabilities: str | Path | None
+    vector: str | Path | None
+    min_area: float
+    simplify: float
+    cog: bool
+    overwrite: bool
+    progress: Progress | None
+    on_start: Callable[[int], None] | None
+
+
+def run_dense(
     *,
-    image: str | Path,
+    net: torch.nn.Module,
+    config: BundleConfig,
+    sources: Sequence[SourceSpec],
+    grid_info: SourceInfo,
     output: str | Path,
-    model: str | Path,
-    bands: Sequence[int] | None = None,
-    tile_size: int | None = None,
-    overlap: int | None = None,
-    stitch: Stitch | str = Stitch.blend,
-    batch_size: int = 4,
-    device: str = "auto",
-    precision: Precision | str = Precision.auto,
-    threads: int = 2,
-    probabilities: str | Path | None = None,
-    vector: str | Path | None = None,
-    min_area: float = 0.0,
-    simplify: float = 0.0,
-    cog: bool = False,
-    overwrite: bool = False,
-    allow_pixel_grid: bool = False,
-    progress: Progress | None = None,
-    on_start: Callable[[int], None] | None = None,
+    vector_skip_classes: Sequence[int] = (),
+    **options: Unpack[DenseOptions],
 ) -> dict[str, Any]:
-    """Semantic segmentation of a scene into a class raster on exactly its grid."""
-    net, config = load_bundle(model, Task.segment)
-    info = inspect_source(image, bands, config.bands, allow_pixel_grid)
-    runtime = Runtime.create(device, precision, batch_size, threads)
-    tile = tile_size or config.tile_size
+    """Resolve the dense options (defaults from the bundle: tile size; overlap tile/8) and run them."""
+    o = options
+    runtime = Runtime.create(o.get("device", "auto"), o.get("precision", Precision.auto), o.get("batch_size", 4),
+                             o.get("threads", 2))  # fmt: skip
+    tile = o.get("tile_size") or config.tile_size
+    overlap = o.get("overlap")
+    probabilities, vector = o.get("probabilities"), o.get("vector")
     return dense_predict(
-        sources=[sources_for(info, config)],
-        grid_info=info,
+        sources=sources,
+        grid_info=grid_info,
         model=runtime.prepare(net),
         classes=config.classes,
         colors=config.colors,
@@ -225,16 +235,33 @@ def segment(
         runtime=runtime,
         tile_size=tile,
         overlap=tile // 8 if overlap is None else overlap,
-        stitch=Stitch(stitch),
+        stitch=Stitch(o.get("stitch", Stitch.blend)),
         probabilities=Path(probabilities) if probabilities else None,
         vector=Path(vector) if vector else None,
-        min_area=min_area,
-        simplify=simplify,
-        cog=cog,
-        overwrite=overwrite,
-        progress=progress,
-        on_start=on_start,
+        min_area=o.get("min_area", 0.0),
+        simplify=o.get("simplify", 0.0),
+        vector_skip_classes=vector_skip_classes,
+        cog=o.get("cog", False),
+        overwrite=o.get("overwrite", False),
+        progress=o.get("progress"),
+        on_start=o.get("on_start"),
     )
+
+
+def segment(
+    *,
+    image: str | Path,
+    output: str | Path,
+    model: str | Path,
+    bands: Sequence[int] | None = None,
+    allow_pixel_grid: bool = False,
+    **options: Unpack[DenseOptions],
+) -> dict[str, Any]:
+    """Semantic segmentation of a scene into a class raster on exactly its grid."""
+    net, config = load_bundle(model, Task.segment)
+    info = inspect_source(image, bands, config.bands, allow_pixel_grid)
+    return run_dense(net=net, config=config, sources=[sources_for(info, config)], grid_info=info, output=output,
+                     **options)  # fmt: skip
 
 
 class TileLabels:
