@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -57,30 +58,39 @@ def make_scene(path: Path, size: int, seed: int = 0) -> Path:
     return path
 
 
+def _bundle_model(args: argparse.Namespace, bundle: Path, config: BundleConfig) -> tuple[torch.nn.Module, Any, Any]:
+    """Save a randomly initialised bundle and load it back, prepared for the device, as the commands do."""
+    torch.manual_seed(0)
+    save_bundle(bundle, build_model(config), config)
+    device = resolve_device(args.device)
+    dtype = resolve_precision(args.precision, device)
+    model, _ = load_bundle(bundle)
+    return Runtime(device, dtype, args.batch_size, args.threads).prepare(model), device, dtype
+
+
+def _model_seconds(model: torch.nn.Module, tiles: list[np.ndarray], batch: int, device: Any, dtype: Any) -> float:
+    """Seconds the model alone takes on the tiles (already in memory), in the pipeline's batches."""
+    batches = [np.stack(tiles[i : i + batch]) for i in range(0, len(tiles), batch)]
+    run_model(model, batches[0], device, dtype)  # warm-up
+    start = time.perf_counter()
+    for b in batches:
+        run_model(model, b, device, dtype)
+    return time.perf_counter() - start
+
+
 def throughput(args: argparse.Namespace, tmp: Path) -> dict:
     scene = make_scene(tmp / "scene.tif", args.size)
     bundle = tmp / "tiny.safetensors"
     config = BundleConfig(task="segment", arch="tiny", classes=CLASSES, bands=3, mean=[127.0] * 3, std=[50.0] * 3,
                           tile_size=args.tile, head={"decoder_channels": 256})  # fmt: skip
-    torch.manual_seed(0)
-    save_bundle(bundle, build_model(config), config)
-    device = resolve_device(args.device)
-    dtype = resolve_precision(args.precision, device)
-    model, config = load_bundle(bundle)
-    runtime = Runtime(device, dtype, args.batch_size, args.threads)
-    model = runtime.prepare(model)
+    model, device, dtype = _bundle_model(args, bundle, config)
 
     # pure model: the same tiles, read and normalised beforehand, in the same batches
     info = inspect_source(scene, None, 3)
     grid = TileGrid(info.height, info.width, args.tile, args.overlap)
     spec = SourceSpec(info, np.array(config.mean, np.float32), np.array(config.std, np.float32))
     tiles = [t.data for t in TileReader([spec], grid)]
-    batches = [np.stack(tiles[i : i + args.batch_size]) for i in range(0, len(tiles), args.batch_size)]
-    run_model(model, batches[0], device, dtype)  # warm-up
-    start = time.perf_counter()
-    for batch in batches:
-        run_model(model, batch, device, dtype)
-    model_s = time.perf_counter() - start
+    model_s = _model_seconds(model, tiles, args.batch_size, device, dtype)
 
     out = tmp / "mask.tif"
     summary = segment(image=scene, output=out, model=bundle, tile_size=args.tile, overlap=args.overlap,
@@ -118,23 +128,12 @@ def change_throughput(args: argparse.Namespace, tmp: Path) -> dict:
     config = BundleConfig(task="change", arch="tiny", classes=["no change", "change"], bands=3, mean=[127.0] * 3,
                           std=[50.0] * 3, tile_size=tile, head={"dim": 64, "tokens": 4})  # fmt: skip
     bundle = tmp / "change.safetensors"
-    torch.manual_seed(0)
-    save_bundle(bundle, build_model(config), config)
-    device = resolve_device(args.device)
-    dtype = resolve_precision(args.precision, device)
-    model, config = load_bundle(bundle)
-    runtime = Runtime(device, dtype, args.batch_size, args.threads)
-    model = runtime.prepare(model)
+    model, device, dtype = _bundle_model(args, bundle, config)
     info_b, info_a = inspect_source(before, None, 3), inspect_source(after, None, 3)
     grid = TileGrid(info_b.height, info_b.width, tile, tile // 8)
     mean, std = np.array(config.mean, np.float32), np.array(config.std, np.float32)
     pairs = [t.data for t in TileReader([SourceSpec(info_b, mean, std), SourceSpec(info_a, mean, std)], grid)]
-    batches = [np.stack(pairs[i : i + args.batch_size]) for i in range(0, len(pairs), args.batch_size)]
-    run_model(model, batches[0], device, dtype)
-    start = time.perf_counter()
-    for batch in batches:
-        run_model(model, batch, device, dtype)
-    model_s = time.perf_counter() - start
+    model_s = _model_seconds(model, pairs, args.batch_size, device, dtype)
     summary = change(before=before, after=after, output=tmp / "change.tif", model=bundle, tile_size=tile,
                      overlap=tile // 8, batch_size=args.batch_size, device=args.device, precision=args.precision,
                      threads=args.threads, overwrite=True)  # fmt: skip
