@@ -61,6 +61,9 @@ class _LeMeViTModel:
 
     task_name: str
 
+    def configure_models(self) -> None:
+        self.model = self._build(self.hparams)  # type: ignore[attr-defined]
+
     def _build(self, hparams: Any) -> torch.nn.Module:
         model = build_task_model(
             self.task_name,
@@ -102,9 +105,6 @@ class SegmentationModule(_LeMeViTModel, SemanticSegmentationTask):
                          num_classes=num_classes, loss="ce", class_weights=class_weights, ignore_index=ignore_index,
                          lr=lr, patience=patience)  # fmt: skip
 
-    def configure_models(self) -> None:
-        self.model = self._build(self.hparams)
-
     def configure_metrics(self) -> None:
         self._set_metrics()
 
@@ -131,9 +131,6 @@ class ChangeModule(_LeMeViTModel, ChangeDetectionTask):
                          num_classes=num_classes, loss="ce", class_weights=class_weights, ignore_index=ignore_index,
                          lr=lr, patience=patience)  # fmt: skip
 
-    def configure_models(self) -> None:
-        self.model = self._build(self.hparams)
-
     def configure_metrics(self) -> None:
         self._set_metrics(change=True)
 
@@ -157,9 +154,6 @@ class ClassificationModule(_LeMeViTModel, ClassificationTask):
     ) -> None:
         super().__init__(model=f"lemevit_{arch}", in_channels=in_channels, num_classes=num_classes, loss="ce",
                          class_weights=class_weights, lr=lr, patience=patience)  # fmt: skip
-
-    def configure_models(self) -> None:
-        self.model = self._build(self.hparams)
 
     def configure_metrics(self) -> None:
         m = MetricCollection({"OA": MulticlassAccuracy(self.hparams["num_classes"], average="micro")})
