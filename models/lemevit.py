@@ -45,6 +45,8 @@ LEMEVIT_CONFIGS: dict[str, dict[str, Any]] = {
     "base": dict(depths=(2, 4, 4, 18, 4), embed_dims=(96, 96, 192, 384, 512)),
 }
 ATTN_TYPES = ("C", "D", "D", "S", "S")
+#: Last dual cross-attention stage: dense features never read the meta tokens after it.
+LAST_DUAL = max(i for i, t in enumerate(ATTN_TYPES) if t == "D")
 
 
 def attention_backend(device: torch.device | str, dtype: torch.dtype) -> str:
@@ -344,9 +346,8 @@ class LeMeViT(nn.Module):
         """Run stage ``i``; ``dense`` skips the meta-token updates that no image token depends on."""
         x = self.downsample_layers[i](x)
         c = self.meta_token_downsample[i](c)
-        last_d = max(j for j, t in enumerate(ATTN_TYPES) if t == "D")
         for j, block in enumerate(self.stages[i]):
-            update_meta = not dense or i < last_d or (i == last_d and j < len(self.stages[i]) - 1)
+            update_meta = not dense or i < LAST_DUAL or (i == LAST_DUAL and j < len(self.stages[i]) - 1)
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x, c = torch.utils.checkpoint.checkpoint(block, x, c, update_meta, use_reentrant=False)
             else:
@@ -415,10 +416,9 @@ class LeMeViT(nn.Module):
         self.downsample_layers = self.downsample_layers[:keep]
         self.meta_token_downsample = self.meta_token_downsample[:keep]
         # dense features never read the meta tokens after the last dual cross-attention block
-        last_d = max(i for i, t in enumerate(ATTN_TYPES) if t == "D")
-        if last_d < len(self.stages):
-            self.stages[last_d][-1].attn.proj_c = nn.Identity()
-        for i in range(last_d + 1, len(self.meta_token_downsample)):
+        if LAST_DUAL < len(self.stages):
+            self.stages[LAST_DUAL][-1].attn.proj_c = nn.Identity()
+        for i in range(LAST_DUAL + 1, len(self.meta_token_downsample)):
             self.meta_token_downsample[i] = nn.Identity()
         if prune_norm:
             self.norm = nn.Identity()

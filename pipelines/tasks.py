@@ -76,8 +76,8 @@ class _LeMeViTModel:
             load_backbone_weights(backbone_of(model), Path(hparams["backbone_weights"]))
         return model
 
-    def _set_metrics(self, change: bool = False) -> None:
-        m = _metrics(self.hparams["num_classes"], self.hparams["ignore_index"], change)  # type: ignore[attr-defined]
+    def _set_metrics(self, m: MetricCollection) -> None:
+        """Train / val / test copies of ``m``, prefixed as torchgeo's steps log them."""
         self.train_metrics = m.clone(prefix="train_")
         self.val_metrics = m.clone(prefix="val_")
         self.test_metrics = m.clone(prefix="test_")
@@ -106,7 +106,7 @@ class SegmentationModule(_LeMeViTModel, SemanticSegmentationTask):
                          lr=lr, patience=patience)  # fmt: skip
 
     def configure_metrics(self) -> None:
-        self._set_metrics()
+        self._set_metrics(_metrics(self.hparams["num_classes"], self.hparams["ignore_index"]))
 
 
 class ChangeModule(_LeMeViTModel, ChangeDetectionTask):
@@ -132,7 +132,7 @@ class ChangeModule(_LeMeViTModel, ChangeDetectionTask):
                          lr=lr, patience=patience)  # fmt: skip
 
     def configure_metrics(self) -> None:
-        self._set_metrics(change=True)
+        self._set_metrics(_metrics(self.hparams["num_classes"], self.hparams["ignore_index"], change=True))
 
 
 class ClassificationModule(_LeMeViTModel, ClassificationTask):
@@ -156,10 +156,7 @@ class ClassificationModule(_LeMeViTModel, ClassificationTask):
                          class_weights=class_weights, lr=lr, patience=patience)  # fmt: skip
 
     def configure_metrics(self) -> None:
-        m = MetricCollection({"OA": MulticlassAccuracy(self.hparams["num_classes"], average="micro")})
-        self.train_metrics = m.clone(prefix="train_")
-        self.val_metrics = m.clone(prefix="val_")
-        self.test_metrics = m.clone(prefix="test_")
+        self._set_metrics(MetricCollection({"OA": MulticlassAccuracy(self.hparams["num_classes"], average="micro")}))
 
 
 TASK_MODULES = {"segment": SegmentationModule, "change": ChangeModule, "classify": ClassificationModule}
