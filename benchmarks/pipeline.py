@@ -33,10 +33,12 @@ from lemevit_geo.bundle import BundleConfig, build_model, load_bundle, save_bund
 from lemevit_geo.choices import Stitch
 from lemevit_geo.device import precision_name, resolve_device, resolve_precision
 from lemevit_geo.pipelines.change import change
-from lemevit_geo.pipelines.engine import SourceSpec, TileReader, run_model
-from lemevit_geo.pipelines.predict import Runtime, dense_predict, segment
+from lemevit_geo.pipelines.dense import dense_predict
+from lemevit_geo.pipelines.engine import Runtime, SourceSpec, TileReader, run_model
+from lemevit_geo.pipelines.segment import segment
 from lemevit_geo.pipelines.tiling import TileGrid
 from lemevit_geo.raster import inspect_source
+from lemevit_geo.settings import Engine, Tiling
 
 CLASSES = ["water", "vegetation", "built-up", "bare", "road", "other"]
 
@@ -44,9 +46,20 @@ CLASSES = ["water", "vegetation", "built-up", "bare", "road", "other"]
 def make_scene(path: Path, size: int, seed: int = 0) -> Path:
     """A 3-band uint8 GeoTIFF of ``size`` x ``size`` px, written in strips (bounded memory)."""
     rng = np.random.default_rng(seed)
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", tiled=True, blockxsize=512,
-                   blockysize=512, compress="deflate", crs="EPSG:32633", transform=from_origin(400000, 5500000, 1, 1),
-                   BIGTIFF="IF_SAFER")  # fmt: skip
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        crs="EPSG:32633",
+        transform=from_origin(400000, 5500000, 1, 1),
+        BIGTIFF="IF_SAFER",
+    )
     xx = np.arange(size, dtype=np.float32)
     with rasterio.open(path, "w", **profile) as dst:
         for row in range(0, size, 512):
@@ -65,7 +78,11 @@ def _bundle_model(args: argparse.Namespace, bundle: Path, config: BundleConfig) 
     device = resolve_device(args.device)
     dtype = resolve_precision(args.precision, device)
     model, _ = load_bundle(bundle)
-    return Runtime(device, dtype, args.batch_size, args.threads).prepare(model), device, dtype
+    return Runtime.create(_engine(args)).prepare(model), device, dtype
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    return Engine(device=args.device, precision=args.precision, batch_size=args.batch_size, threads=args.threads)
 
 
 def _model_seconds(model: torch.nn.Module, tiles: list[np.ndarray], batch: int, device: Any, dtype: Any) -> float:
@@ -81,8 +98,16 @@ def _model_seconds(model: torch.nn.Module, tiles: list[np.ndarray], batch: int, 
 def throughput(args: argparse.Namespace, tmp: Path) -> dict:
     scene = make_scene(tmp / "scene.tif", args.size)
     bundle = tmp / "tiny.safetensors"
-    config = BundleConfig(task="segment", arch="tiny", classes=CLASSES, bands=3, mean=[127.0] * 3, std=[50.0] * 3,
-                          tile_size=args.tile, head={"decoder_channels": 256})  # fmt: skip
+    config = BundleConfig(
+        task="segment",
+        arch="tiny",
+        classes=CLASSES,
+        bands=3,
+        mean=[127.0] * 3,
+        std=[50.0] * 3,
+        tile_size=args.tile,
+        head={"decoder_channels": 256},
+    )
     model, device, dtype = _bundle_model(args, bundle, config)
 
     # pure model: the same tiles, read and normalised beforehand, in the same batches
@@ -93,9 +118,14 @@ def throughput(args: argparse.Namespace, tmp: Path) -> dict:
     model_s = _model_seconds(model, tiles, args.batch_size, device, dtype)
 
     out = tmp / "mask.tif"
-    summary = segment(image=scene, output=out, model=bundle, tile_size=args.tile, overlap=args.overlap,
-                      stitch=Stitch.blend, batch_size=args.batch_size, device=args.device, precision=args.precision,
-                      threads=args.threads, overwrite=True)  # fmt: skip
+    summary = segment(
+        image=scene,
+        output=out,
+        model=bundle,
+        tiling=Tiling(tile_size=args.tile, overlap=args.overlap, stitch=Stitch.blend),
+        engine=_engine(args),
+        overwrite=True,
+    )
     e2e_s = summary["seconds"]
     return {
         "scene": f"{args.size}x{args.size}",
@@ -125,8 +155,16 @@ def change_throughput(args: argparse.Namespace, tmp: Path) -> dict:
     before = make_scene(tmp / "before.tif", args.size, seed=0)
     after = make_scene(tmp / "after.tif", args.size, seed=1)
     tile = args.change_tile
-    config = BundleConfig(task="change", arch="tiny", classes=["no change", "change"], bands=3, mean=[127.0] * 3,
-                          std=[50.0] * 3, tile_size=tile, head={"dim": 64, "tokens": 4})  # fmt: skip
+    config = BundleConfig(
+        task="change",
+        arch="tiny",
+        classes=["no change", "change"],
+        bands=3,
+        mean=[127.0] * 3,
+        std=[50.0] * 3,
+        tile_size=tile,
+        head={"dim": 64, "tokens": 4},
+    )
     bundle = tmp / "change.safetensors"
     model, device, dtype = _bundle_model(args, bundle, config)
     info_b, info_a = inspect_source(before, None, 3), inspect_source(after, None, 3)
@@ -134,9 +172,15 @@ def change_throughput(args: argparse.Namespace, tmp: Path) -> dict:
     mean, std = np.array(config.mean, np.float32), np.array(config.std, np.float32)
     pairs = [t.data for t in TileReader([SourceSpec(info_b, mean, std), SourceSpec(info_a, mean, std)], grid)]
     model_s = _model_seconds(model, pairs, args.batch_size, device, dtype)
-    summary = change(before=before, after=after, output=tmp / "change.tif", model=bundle, tile_size=tile,
-                     overlap=tile // 8, batch_size=args.batch_size, device=args.device, precision=args.precision,
-                     threads=args.threads, overwrite=True)  # fmt: skip
+    summary = change(
+        before=before,
+        after=after,
+        output=tmp / "change.tif",
+        model=bundle,
+        tiling=Tiling(tile_size=tile, overlap=tile // 8),
+        engine=_engine(args),
+        overwrite=True,
+    )
     return {
         "scene": f"{args.size}x{args.size} pair",
         "tile_pairs": len(pairs),
@@ -156,13 +200,29 @@ def memory_child(scene: str, stitch: str, tile: int, overlap: int, out: str) -> 
     model = torch.nn.Conv2d(3, len(CLASSES), 1).eval()
     spec = SourceSpec(info, np.full(3, 127, np.float32), np.full(3, 50, np.float32))
     start = time.perf_counter()
-    summary = dense_predict(sources=[spec], grid_info=info, model=model, classes=CLASSES,
-                            colors=[(i * 40, 255 - i * 40, 128) for i in range(len(CLASSES))], output=Path(out),
-                            runtime=Runtime(torch.device("cpu"), torch.float32, 8, 2), tile_size=tile,
-                            overlap=overlap, stitch=Stitch(stitch), overwrite=True)  # fmt: skip
+    summary = dense_predict(
+        sources=[spec],
+        grid_info=info,
+        model=model,
+        classes=CLASSES,
+        colors=[(i * 40, 255 - i * 40, 128) for i in range(len(CLASSES))],
+        output=Path(out),
+        runtime=Runtime(torch.device("cpu"), torch.float32, 8, 2),
+        tile_size=tile,
+        overlap=overlap,
+        stitch=Stitch(stitch),
+        overwrite=True,
+    )
     rss_mb = peak_rss_mb()
-    print(json.dumps({"peak_rss_mb": round(rss_mb, 1), "tiles": summary["tiles"],
-                      "seconds": round(time.perf_counter() - start, 1)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "peak_rss_mb": round(rss_mb, 1),
+                "tiles": summary["tiles"],
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+    )
 
 
 def memory(args: argparse.Namespace, tmp: Path) -> list[dict]:
@@ -170,8 +230,16 @@ def memory(args: argparse.Namespace, tmp: Path) -> list[dict]:
     for size in args.memory_sizes:
         scene = make_scene(tmp / f"scene{size}.tif", size)
         for stitch in ("crop", "blend"):
-            cmd = [sys.executable, __file__, "--memory-child", str(scene), stitch, str(args.tile), str(args.overlap),
-                   str(tmp / f"out{size}{stitch}.tif")]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                str(scene),
+                stitch,
+                str(args.tile),
+                str(args.overlap),
+                str(tmp / f"out{size}{stitch}.tif"),
+            ]
             res = json.loads(
                 subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             )

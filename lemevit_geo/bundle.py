@@ -23,10 +23,12 @@ FORMAT = "lemevit-geo-bundle"
 FORMAT_VERSION = 1
 
 #: Distinct colours for classes without given colours (QGIS-friendly, colour-blind aware first).
+# fmt: off
 PALETTE = [
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
     (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
-]  # fmt: skip
+]
+# fmt: on
 
 #: Classes and colours of a binary change model.
 CHANGE_CLASSES = ["no change", "change"]
@@ -89,10 +91,14 @@ class BundleConfig:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-ready values."""
         d = asdict(self)
         d["task"], d["arch"] = self.task.value, self.arch.value
-        return json.dumps(d)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
 
 
 def build_model(config: BundleConfig) -> torch.nn.Module:
@@ -141,6 +147,18 @@ def read_config(path: str | Path) -> BundleConfig:
         return BundleConfig(**json.loads(meta["config"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path} has a malformed bundle config: {exc}") from exc
+
+
+def open_model(
+    model: str | Path | tuple[torch.nn.Module, BundleConfig], task: Task
+) -> tuple[torch.nn.Module, BundleConfig]:
+    """The model and config of a bundle path, or of an already loaded ``(model, config)`` pair, for ``task``."""
+    if isinstance(model, tuple):
+        net, config = model
+        if config.task != Task(task):
+            raise BundleError(f"a {config.task.value} model was given; this needs a {Task(task).value} model")
+        return net, config
+    return load_bundle(model, task)
 
 
 def load_bundle(path: str | Path, task: Task | None = None) -> tuple[torch.nn.Module, BundleConfig]:

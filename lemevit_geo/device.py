@@ -24,7 +24,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
         raise LemevitError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise LemevitError(f"device {spec!r} asked for, but torch sees no CUDA device; use --device cpu")
+            raise LemevitError(f"device {spec!r} asked for, but torch sees no CUDA device; use `device` cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise LemevitError(f"device {spec!r} does not exist: torch sees {torch.cuda.device_count()} CUDA device(s)")
     elif device.type != "cpu":
@@ -50,7 +50,7 @@ def resolve_precision(precision: Precision | str, device: torch.device) -> torch
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_supports_bf16() else torch.float32
     if precision == Precision.fp16 and device.type == "cpu":
-        raise LemevitError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
+        raise LemevitError("fp16 is not supported on the CPU; use `precision` bf16 or fp32")
     return {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}[precision]
 
 

@@ -1,23 +1,98 @@
-"""Command-line option types shared by the commands (Typer ``Annotated`` aliases)."""
+"""Command-line options: one home for each option's flag, help, parsing and default.
+
+Options are Typer ``Annotated`` aliases. Values are parsed here (``parser=``), so the pipelines receive
+typed values, never strings to split. Groups of options that several commands share come from the
+dataclasses of :mod:`lemevit_geo.settings` through :func:`grouped`, which adds their fields to a
+command's signature (with the dataclass defaults) and hands the command one dataclass per group, the
+way rasterio's ``rio`` commands share option decorators.
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
 from lemevit_geo.choices import Arch, Precision, Stitch, Task
 
+
+class BandIndexes(tuple):
+    """1-based band numbers, in model order (``--bands 4,3,2``)."""
+
+
+class Names(list):
+    """Comma-separated names (``--classes water,forest``)."""
+
+
+class Floats(list):
+    """Comma-separated numbers (``--mean 120,110,100``)."""
+
+
+def parse_bands(spec: str) -> BandIndexes:
+    """Parse ``4,3,2`` into 1-based band indexes."""
+    try:
+        bands = BandIndexes(int(b) for b in spec.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"comma-separated band numbers such as 4,3,2, got {spec!r}") from None
+    if any(b < 1 for b in bands):
+        raise typer.BadParameter(f"band numbers start at 1, got {spec!r}")
+    return bands
+
+
+def parse_names(spec: str) -> Names:
+    """Parse ``a, b ,c`` into ``["a", "b", "c"]`` (empty names dropped)."""
+    return Names(n.strip() for n in spec.split(",") if n.strip())
+
+
+def parse_floats(spec: str) -> Floats:
+    """Parse ``1.5,2,3`` into numbers."""
+    try:
+        return Floats(float(v) for v in spec.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"comma-separated numbers, got {spec!r}") from None
+
+
+def parse_devices(spec: str) -> str | int | list[int]:
+    """Lightning devices: ``auto``, a count (``2``) or a list of indexes (``0,1``)."""
+    spec = spec.strip()
+    if spec.isdigit():
+        return int(spec)
+    if "," in spec:
+        try:
+            return [int(d) for d in spec.split(",")]
+        except ValueError:
+            raise typer.BadParameter(f"auto, a count or a list such as 0,1, got {spec!r}") from None
+    return spec
+
+
+# -- single options --------------------------------------------------------------------------------
+
 Image = Annotated[
     Path, typer.Argument(help="Input raster (GeoTIFF, COG, VRT: anything GDAL reads).", show_default=False)
 ]
+BundleArg = Annotated[Path, typer.Argument(help="Model bundle (.safetensors).", show_default=False)]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Output file.", show_default=False)]
 Model = Annotated[Path, typer.Option("--model", "-m", help="Model bundle (.safetensors).", show_default=False)]
 ArchOpt = Annotated[Arch, typer.Option("--arch", help="LeMeViT size.")]
 TaskOpt = Annotated[Task, typer.Option("--task", help="What the model predicts.")]
 Bands = Annotated[
-    str | None, typer.Option("--bands", help="Input bands to use, 1-based and in model order, e.g. 4,3,2.")
+    BandIndexes | None,
+    typer.Option(
+        "--bands",
+        parser=parse_bands,
+        metavar="B1,B2,...",
+        help="Input bands to use, 1-based and in model order, e.g. 4,3,2.",
+    ),
+]
+Classes = Annotated[
+    Names | None,
+    typer.Option("--classes", parser=parse_names, metavar="NAME,...", help="Class names, comma-separated."),
 ]
 TileSize = Annotated[int | None, typer.Option("--tile-size", help="Tile side in pixels (default: the bundle's).")]
 Overlap = Annotated[
@@ -29,8 +104,6 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="Compute precision (auto: bf16/fp16 where fast).")]
 Threads = Annotated[int, typer.Option("--threads", help="Background reader threads.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 Cog = Annotated[bool, typer.Option("--cog", help="Write a Cloud Optimized GeoTIFF.")]
 AllowPixelGrid = Annotated[
     bool, typer.Option("--allow-pixel-grid", help="Accept rasters without CRS/geotransform (pixel coordinates).")
@@ -43,3 +116,101 @@ MinArea = Annotated[float, typer.Option("--min-area", help="Drop polygons smalle
 Simplify = Annotated[
     float, typer.Option("--simplify", help="Simplify polygons by this tolerance (CRS units), keeping shared edges.")
 ]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+Epochs = Annotated[int, typer.Option("--epochs", help="Training epochs.")]
+StepsPerEpoch = Annotated[int, typer.Option("--steps-per-epoch", help="Batches per epoch on own data.")]
+LearningRate = Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).")]
+Devices = Annotated[
+    str,  # parsed into a count or a list of indexes where given so
+    typer.Option("--devices", parser=parse_devices, help="Lightning devices: auto, a count, or a list such as 0,1."),
+]
+Accelerator = Annotated[str, typer.Option("--accelerator", help="Lightning accelerator: auto, cpu or gpu.")]
+NumNodes = Annotated[int, typer.Option("--num-nodes", help="Machines (DDP via torchrun or SLURM).")]
+Strategy = Annotated[str, typer.Option("--strategy", help="Lightning strategy: auto, ddp, ...")]
+NumWorkers = Annotated[int, typer.Option("--num-workers", help="Data loader processes.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary table.")]
+Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (and no progress).")]
+
+#: The option of each dataclass field that :func:`grouped` can add.
+FIELD_OPTIONS: dict[str, Any] = {
+    "device": Device,
+    "precision": PrecisionOpt,
+    "batch_size": BatchSize,
+    "threads": Threads,
+    "tile_size": TileSize,
+    "overlap": Overlap,
+    "stitch": StitchOpt,
+    "probabilities": Probabilities,
+    "vector": Vector,
+    "min_area": MinArea,
+    "simplify": Simplify,
+    "cog": Cog,
+    "quiet": Quiet,
+    "json": Json,
+    "epochs": Epochs,
+    "steps_per_epoch": StepsPerEpoch,
+    "lr": LearningRate,
+    "seed": Seed,
+    "accelerator": Accelerator,
+    "devices": Devices,
+    "num_nodes": NumNodes,
+    "strategy": Strategy,
+    "num_workers": NumWorkers,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Display:
+    """What a command prints: progress and a summary table on stderr, or JSON on stdout.
+
+    Attributes:
+        quiet: Neither progress nor the summary table.
+        json: The summary as JSON on stdout, and no progress.
+    """
+
+    quiet: bool = False
+    json: bool = False
+
+    @property
+    def progress(self) -> bool:
+        return not (self.quiet or self.json)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def grouped(**groups: Any) -> Callable[[F], F]:
+    """Add the fields of option-group dataclasses to a command and pass each group as one value.
+
+    ``@grouped(engine=Engine(), tiling=Tiling())`` adds ``--device``, ``--batch-size``, ... and
+    ``--tile-size``, ... (defaults from the given instances, help under one panel per group) and calls
+    the command with ``engine=Engine(...)`` and ``tiling=Tiling(...)`` built from the parsed values.
+    """
+
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(fn)
+        hints = get_type_hints(fn, include_extras=True)
+        params = [p.replace(annotation=hints[p.name]) for p in sig.parameters.values() if p.name not in groups]
+        fields: dict[str, list[str]] = {}
+        for group, default in groups.items():
+            fields[group] = []
+            for f in dataclasses.fields(default):
+                base, info = FIELD_OPTIONS[f.name].__origin__, copy.copy(FIELD_OPTIONS[f.name].__metadata__[0])
+                info.rich_help_panel = group.replace("_", " ").capitalize()
+                ann = Annotated[base, info]
+                kind = inspect.Parameter.KEYWORD_ONLY
+                params.append(inspect.Parameter(f.name, kind, default=getattr(default, f.name), annotation=ann))
+                fields[group].append(f.name)
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            for group, default in groups.items():
+                kwargs[group] = type(default)(**{name: kwargs.pop(name) for name in fields[group]})
+            return fn(**kwargs)
+
+        del command.__wrapped__  # Typer must read the new signature, not the wrapped one
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command  # type: ignore[return-value]
+
+    return decorate

@@ -19,7 +19,7 @@ def check_output(path: Path, overwrite: bool) -> None:
     if not os.access(parent, os.W_OK):
         raise OutputError(f"output directory {parent} is not writable")
     if path.exists() and not overwrite:
-        raise OutputError(f"{path} exists; pass --overwrite to replace it")
+        raise OutputError(f"{path} exists; pass `overwrite` to replace it")
     if path.is_dir():
         raise OutputError(f"{path} is a directory")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,16 @@ from rasterio.io import DatasetWriter
 from lemevit_geo.errors import InputError
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
+
+#: GDAL's block cache during a run. It defaults to 5 % of RAM; tiles stream through once, so a small
+#: cache bounds memory without slowing reads.
+RUN_CACHE_BYTES = 64 << 20
+
+
+def gdal_env() -> rasterio.Env:
+    """The GDAL settings of a run, scoped to it (a user's own ``GDAL_CACHEMAX`` wins)."""
+    options = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": RUN_CACHE_BYTES}
+    return rasterio.Env(**options)
 
 
 @dataclass(frozen=True)
@@ -36,19 +47,6 @@ class SourceInfo:
         return self.height, self.width
 
 
-def parse_bands(spec: str | None) -> tuple[int, ...] | None:
-    """Parse ``--bands 4,3,2`` into 1-based band indexes."""
-    if not spec:
-        return None
-    try:
-        bands = tuple(int(b) for b in spec.split(","))
-    except ValueError as exc:
-        raise InputError(f"--bands takes comma-separated band numbers such as 4,3,2, got {spec!r}") from exc
-    if any(b < 1 for b in bands):
-        raise InputError(f"band numbers start at 1, got {spec!r}")
-    return bands
-
-
 def inspect_source(
     path: str | Path, bands: Sequence[int] | None, expected_bands: int, allow_pixel_grid: bool = False
 ) -> SourceInfo:
@@ -66,15 +64,15 @@ def inspect_source(
             if not allow_pixel_grid and (src.crs is None or src.transform == Affine.identity()):
                 raise InputError(
                     f"{path} has no CRS or geotransform, so outputs could not be placed on a map; "
-                    "pass --allow-pixel-grid to work in pixel coordinates"
+                    "pass `allow_pixel_grid` to work in pixel coordinates"
                 )
             chosen = tuple(bands) if bands else tuple(range(1, src.count + 1))
             if max(chosen) > src.count:
-                raise InputError(f"{path} has {src.count} bands; --bands asked for band {max(chosen)}")
+                raise InputError(f"{path} has {src.count} bands; `bands` asked for band {max(chosen)}")
             if len(chosen) != expected_bands:
                 raise InputError(
                     f"{path}: {len(chosen)} input bands ({','.join(map(str, chosen))}) but the model takes "
-                    f"{expected_bands}; choose them with --bands"
+                    f"{expected_bands}; choose them with `bands`"
                 )
             dtype = src.dtypes[chosen[0] - 1]
             if dtype not in SUPPORTED_DTYPES:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import geopandas as gpd
@@ -46,32 +46,12 @@ def polygonize(
     done: list[tuple[int, shapely.Geometry, float, int]] = []
     seam: dict[int, list[tuple[shapely.Geometry, float, int]]] = defaultdict(list)
     with rasterio.open(class_path) as src, rasterio.open(confidence_path) as conf_src:
-        nodata, crs = src.nodata, src.crs
-        for row in range(0, src.height, window):
-            for col in range(0, src.width, window):
-                win = Window(col, row, min(window, src.width - col), min(window, src.height - row))
-                cls = src.read(1, window=win)
-                conf = conf_src.read(1, window=win).astype(np.float64)
-                valid = cls != nodata
-                for c in skip_classes:
-                    valid &= cls != c
-                if not valid.any():
-                    continue
-                tr = src.window_transform(win)
-                pieces = [(shape(g), int(v)) for g, v in shapes(cls, mask=valid, transform=tr, connectivity=4)]
-                ids = rasterize(
-                    ((g, i + 1) for i, (g, _) in enumerate(pieces)), out_shape=cls.shape, transform=tr, dtype="int32"
-                )
-                sums = np.bincount(ids.ravel(), weights=conf.ravel(), minlength=len(pieces) + 1)
-                counts = np.bincount(ids.ravel(), minlength=len(pieces) + 1)
-                # pixel bounds of the window's inner edges: pieces reaching them may continue next door
-                inner = (row > 0, col > 0, row + win.height < src.height, col + win.width < src.width)
-                for i, (geom, value) in enumerate(pieces):
-                    rec = (geom, float(sums[i + 1]), int(counts[i + 1]))
-                    if _touches_seam(geom, tr, win, inner):
-                        seam[value].append(rec)
-                    else:
-                        done.append((value, *rec))
+        crs = src.crs
+        for value, geom, total, count, at_seam in _window_pieces(src, conf_src, window, skip_classes):
+            if at_seam:
+                seam[value].append((geom, total, count))
+            else:
+                done.append((value, geom, total, count))
     for value, recs in seam.items():
         done.extend(_merge(value, recs))
     gdf = gpd.GeoDataFrame(
@@ -91,6 +71,33 @@ def polygonize(
     return gdf.sort_values(["class_id", "area"], ascending=[True, False], ignore_index=True)[
         ["class_id", "class_name", "area", "mean_prob", "geometry"]
     ]
+
+
+def _window_pieces(
+    src: rasterio.io.DatasetReader, conf_src: rasterio.io.DatasetReader, window: int, skip_classes: Sequence[int]
+) -> Iterator[tuple[int, shapely.Geometry, float, int, bool]]:
+    """Polygons of each window: class, geometry, confidence sum, pixel count, and whether it reaches a seam."""
+    for row in range(0, src.height, window):
+        for col in range(0, src.width, window):
+            win = Window(col, row, min(window, src.width - col), min(window, src.height - row))
+            cls = src.read(1, window=win)
+            valid = cls != src.nodata
+            for c in skip_classes:
+                valid &= cls != c
+            if not valid.any():
+                continue
+            conf = conf_src.read(1, window=win).astype(np.float64)
+            tr = src.window_transform(win)
+            pieces = [(shape(g), int(v)) for g, v in shapes(cls, mask=valid, transform=tr, connectivity=4)]
+            ids = rasterize(
+                ((g, i + 1) for i, (g, _) in enumerate(pieces)), out_shape=cls.shape, transform=tr, dtype="int32"
+            )
+            sums = np.bincount(ids.ravel(), weights=conf.ravel(), minlength=len(pieces) + 1)
+            counts = np.bincount(ids.ravel(), minlength=len(pieces) + 1)
+            # the window's inner edges: pieces reaching them may continue next door
+            inner = (row > 0, col > 0, row + win.height < src.height, col + win.width < src.width)
+            for i, (geom, value) in enumerate(pieces):
+                yield value, geom, float(sums[i + 1]), int(counts[i + 1]), _touches_seam(geom, tr, win, inner)
 
 
 def _touches_seam(geom: shapely.Geometry, tr: rasterio.Affine, win: Window, inner: tuple[bool, ...]) -> bool:

@@ -15,6 +15,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 
 class FeatureFusion(nn.Module):
@@ -44,17 +45,16 @@ class SemanticTokenizer(nn.Module):
         self.attn = nn.Conv2d(dim, tokens, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = self.attn(x).flatten(2).softmax(dim=-1)  # (B, L, HW)
-        return weights @ x.flatten(2).transpose(1, 2)  # (B, L, C)
+        weights = rearrange(self.attn(x), "b l h w -> b l (h w)").softmax(dim=-1)
+        return weights @ rearrange(x, "b c h w -> b (h w) c")  # (B, L, C)
 
 
-class BITHead(nn.Module):
-    """BIT-style change head on two dates' multi-scale features; returns logits at the finest stride."""
+class BITDecoder(nn.Module):
+    """BIT-style decoder on two dates' multi-scale features; returns their refined difference at the finest stride."""
 
     def __init__(
         self,
         in_channels: Sequence[int],
-        num_classes: int = 2,
         dim: int = 64,
         tokens: int = 4,
         heads: int = 4,
@@ -63,34 +63,42 @@ class BITHead(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.out_channels = dim
         self.fuse = FeatureFusion(in_channels, dim)
         self.tokenizer = SemanticTokenizer(dim, tokens)
         self.token_pos = nn.Parameter(torch.randn(1, 2 * tokens, dim) * 0.02)
-        layer = dict(d_model=dim, nhead=heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True,
-                     norm_first=True)  # fmt: skip
+        layer = dict(
+            d_model=dim, nhead=heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), enc_depth, enable_nested_tensor=False)
         self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), dec_depth)
-        self.classifier = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, padding=1, bias=False),
-            nn.BatchNorm2d(dim),
-            nn.ReLU(),
-            nn.Conv2d(dim, num_classes, 3, padding=1),
-        )
 
     def forward(self, feats1: Sequence[torch.Tensor], feats2: Sequence[torch.Tensor]) -> torch.Tensor:
         x1, x2 = self.fuse(feats1), self.fuse(feats2)
-        b, c, h, w = x1.shape
+        h, w = x1.shape[-2:]
         tokens = torch.cat([self.tokenizer(x1), self.tokenizer(x2)], dim=1) + self.token_pos
         t1, t2 = self.encoder(tokens).chunk(2, dim=1)
-        y1 = self.decoder(x1.flatten(2).transpose(1, 2), t1)
-        y2 = self.decoder(x2.flatten(2).transpose(1, 2), t2)
-        diff = (y1 - y2).abs().transpose(1, 2).reshape(b, c, h, w)
-        return self.classifier(diff)
+        y1 = self.decoder(rearrange(x1, "b c h w -> b (h w) c"), t1)
+        y2 = self.decoder(rearrange(x2, "b c h w -> b (h w) c"), t2)
+        return rearrange((y1 - y2).abs(), "b (h w) c -> b c h w", h=h, w=w)
+
+
+def change_head(dim: int, num_classes: int) -> nn.Sequential:
+    """The classifier of the refined difference features."""
+    return nn.Sequential(
+        nn.Conv2d(dim, dim, 3, padding=1, bias=False),
+        nn.BatchNorm2d(dim),
+        nn.ReLU(),
+        nn.Conv2d(dim, num_classes, 3, padding=1),
+    )
 
 
 class ChangeModel(nn.Module):
-    """Siamese LeMeViT + BIT head. Input: both dates stacked on the channel axis ``(B, 2 * bands, H, W)``
-    (before first); output: change logits ``(B, num_classes, H, W)`` at the input's size."""
+    """Siamese LeMeViT + BIT head, laid out like smp's models (``encoder``, ``decoder``, ``segmentation_head``).
+
+    Input: both dates stacked on the channel axis ``(B, 2 * bands, H, W)`` (before first); output: change
+    logits ``(B, num_classes, H, W)`` at the input's size.
+    """
 
     def __init__(
         self, arch: str = "tiny", in_chans: int = 3, num_classes: int = 2, drop_path_rate: float = 0.1, **head: int
@@ -100,12 +108,13 @@ class ChangeModel(nn.Module):
         self.encoder = timm.create_model(
             f"lemevit_{arch}", features_only=True, in_chans=in_chans, drop_path_rate=drop_path_rate
         )
-        self.head = BITHead(self.encoder.feature_info.channels(), num_classes=num_classes, **head)
+        self.decoder = BITDecoder(self.encoder.feature_info.channels(), **head)
+        self.segmentation_head = change_head(self.decoder.out_channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != 2 * self.in_chans:
             raise ValueError(f"expected both dates stacked: {2 * self.in_chans} channels, got {x.shape[1]}")
-        b = x.shape[0]
-        feats = self.encoder(torch.cat([x[:, : self.in_chans], x[:, self.in_chans :]], dim=0))
-        logits = self.head([f[:b] for f in feats], [f[b:] for f in feats])
+        feats = self.encoder(rearrange(x, "b (t c) h w -> (t b) c h w", t=2))  # one backbone pass for both dates
+        before, after = zip(*(f.chunk(2) for f in feats), strict=True)
+        logits = self.segmentation_head(self.decoder(before, after))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

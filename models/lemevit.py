@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -64,18 +65,16 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | Non
     is installed, otherwise PyTorch's fused ``scaled_dot_product_attention``.
     """
     if _flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        out = _flash_attn_func(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p, softmax_scale=scale
-        )
-        return out.flatten(2)
+        q, k, v = (rearrange(t, "b h n d -> b n h d") for t in (q, k, v))
+        out = _flash_attn_func(q, k, v, dropout_p=dropout_p, softmax_scale=scale)
+        return rearrange(out, "b n h d -> b n (h d)")
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
-    return out.transpose(1, 2).flatten(2)
+    return rearrange(out, "b h n d -> b n (h d)")
 
 
 def _heads(t: torch.Tensor, parts: int, num_heads: int) -> tuple[torch.Tensor, ...]:
     """Split a packed ``(B, N, parts * C)`` projection into ``parts`` tensors of ``(B, heads, N, C / heads)``."""
-    b, n, _ = t.shape
-    return t.reshape(b, n, parts, num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    return rearrange(t, "b n (p h d) -> p b h n d", p=parts, h=num_heads).unbind(0)
 
 
 class StandardAttention(nn.Module):
@@ -181,9 +180,9 @@ class LeMeBlock(nn.Module):
         features do not need it after the last dual cross-attention block: the image tokens are the
         same either way (the dense backbones upstream skip it in self-attention stages too).
         """
-        b, ch, h, w = x.shape
+        h, w = x.shape[-2:]
         # NHWC token order: free views when x is channels-last (the model keeps it so)
-        t = (x + self.pos_embed(x)).permute(0, 2, 3, 1).reshape(b, h * w, ch)
+        t = rearrange(x + self.pos_embed(x), "b c h w -> b (h w) c")
         if self.attn_type == "C":
             c = c + self.drop_path(self.attn(self.norm1(t), self.norm1(c)))
             c = c + self.drop_path(self.mlp(self.norm2(c)))
@@ -198,7 +197,7 @@ class LeMeBlock(nn.Module):
         if dc is not None:
             c = c + self.drop_path(dc)
             c = c + self.drop_path(self.mlp(self.norm2(c)))
-        return t.reshape(b, h, w, ch).permute(0, 3, 1, 2), c
+        return rearrange(t, "b (h w) c -> b c h w", h=h, w=w), c
 
 
 def _meta_projection(dim_in: int, dim_out: int) -> nn.Sequential:

@@ -12,20 +12,19 @@ from lemevit_geo.choices import Arch, Task
 from lemevit_geo.errors import BundleError
 from lemevit_geo.models.factory import backbone_of, head_options
 from lemevit_geo.outputs import check_output
+from lemevit_geo.settings import check_tile_size
 from lemevit_geo.weights import load_backbone_weights
 
 
-def _floats(spec: str | None, n: int, default: float, name: str) -> list[float]:
-    if spec is None:
+def per_band(values: Sequence[float] | None, n: int, default: float, name: str) -> list[float]:
+    """One value per band: ``values`` (one value is repeated), or ``default`` for every band."""
+    if not values:
         return [default] * n
-    try:
-        values = [float(v) for v in spec.split(",")]
-    except ValueError as exc:
-        raise BundleError(f"--{name} takes comma-separated numbers, got {spec!r}") from exc
+    values = [float(v) for v in values]
     if len(values) == 1:
         values *= n
     if len(values) != n:
-        raise BundleError(f"--{name} needs {n} values (one per band), got {len(values)}")
+        raise BundleError(f"`{name}` needs {n} values (one per band), got {len(values)}")
     return values
 
 
@@ -36,8 +35,8 @@ def init_bundle(
     classes: Sequence[str] | None,
     bands: int,
     output: Path,
-    mean: str | None = None,
-    std: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     tile_size: int | None = None,
     gsd: float | None = None,
     backbone_weights: Path | None = None,
@@ -46,11 +45,10 @@ def init_bundle(
 ) -> Path:
     """Write a bundle with random weights (seeded), or official backbone weights and a random head."""
     task = Task(task)
-    if task == Task.detect:
-        raise BundleError("detection bundles come with a later release")
+    check_tile_size(tile_size)
     if not classes:
         if task != Task.change:
-            raise BundleError("--classes is required: the class names, comma-separated, in output order")
+            raise BundleError("`classes` is required: the class names, in output order")
         classes = CHANGE_CLASSES
     output = Path(output)
     check_output(output, overwrite)
@@ -59,8 +57,8 @@ def init_bundle(
         arch=Arch(arch),
         classes=list(classes),
         bands=bands,
-        mean=_floats(mean, bands, 127.5, "mean"),
-        std=_floats(std, bands, 63.75, "std"),
+        mean=per_band(mean, bands, 127.5, "mean"),
+        std=per_band(std, bands, 63.75, "std"),
         tile_size=tile_size or 0,
         gsd=gsd,
         head=head_options(task.value),

@@ -17,13 +17,14 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_geom
 from shapely.geometry import mapping, shape
-from typing_extensions import Unpack
 
-from lemevit_geo.bundle import BundleConfig, load_bundle
+from lemevit_geo.bundle import BundleConfig, open_model
 from lemevit_geo.choices import Task
 from lemevit_geo.errors import InputError
-from lemevit_geo.pipelines.predict import DenseOptions, run_dense, sources_for
+from lemevit_geo.pipelines.dense import run_dense, source_for
+from lemevit_geo.pipelines.engine import Progress
 from lemevit_geo.raster import SourceInfo, inspect_source
+from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 
 
 class WarpedSource:
@@ -32,8 +33,15 @@ class WarpedSource:
     def __init__(self, path: str, crs: Any, transform: Affine, width: int, height: int) -> None:
         self._src = rasterio.open(path)
         extra: dict[str, Any] = {"nodata": self._src.nodata} if self._src.nodata is not None else {"add_alpha": True}
-        self._vrt = WarpedVRT(self._src, crs=crs, transform=transform, width=width, height=height,
-                              resampling=Resampling.bilinear, **extra)  # fmt: skip
+        self._vrt = WarpedVRT(
+            self._src,
+            crs=crs,
+            transform=transform,
+            width=width,
+            height=height,
+            resampling=Resampling.bilinear,
+            **extra,
+        )
 
     def read(self, **kwargs: Any) -> Any:
         return self._vrt.read(**kwargs)
@@ -107,51 +115,65 @@ def align(before: SourceInfo, after: SourceInfo) -> Alignment:
     return Alignment(grid, (r0, c0), after_offset, report)
 
 
-def change(*, model: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Change map of ``before`` and ``after`` with the change bundle at ``model`` (see :func:`run_change`)."""
-    net, config = load_bundle(model, Task.change)
-    return run_change(net=net, config=config, **kwargs)
+def _check_band_counts(before: str | Path, after: str | Path) -> None:
+    """Refuse dates that differ in their band counts (when no bands are chosen)."""
+    try:
+        with rasterio.open(before) as b, rasterio.open(after) as a:
+            counts = b.count, a.count
+    except rasterio.errors.RasterioIOError:
+        return  # inspect_source says what is wrong with the file
+    if counts[0] != counts[1]:
+        raise InputError(f"the dates differ in bands: {before} has {counts[0]}, {after} has {counts[1]}")
 
 
-def run_change(
+def change(
     *,
-    net: torch.nn.Module,
-    config: BundleConfig,
     before: str | Path,
     after: str | Path,
     output: str | Path,
+    model: str | Path | tuple[torch.nn.Module, BundleConfig],
     bands: Sequence[int] | None = None,
+    overwrite: bool = False,
     allow_pixel_grid: bool = False,
-    **options: Unpack[DenseOptions],
+    engine: Engine = Engine(),
+    tiling: Tiling = Tiling(),
+    outputs: DenseOutputs = DenseOutputs(),
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Change map of ``before`` and ``after`` on the ``before`` grid, cropped to their overlap.
 
-    ``net`` maps both dates stacked on the channel axis to per-pixel change logits; ``config`` gives
-    classes, bands, normalisation and tile size; ``options`` are those of ``segment``.
+    ``model`` is a change bundle (a path, or a loaded ``(model, config)`` pair) whose model maps both
+    dates stacked on the channel axis to per-pixel change logits; the options are those of ``segment``.
     """
+    net, config = open_model(model, Task.change)
     for path in (before, after):
         if not Path(path).exists():
             raise InputError(f"{path} does not exist")
     if bands is None:
-        try:
-            with rasterio.open(before) as b, rasterio.open(after) as a:
-                counts = b.count, a.count
-        except rasterio.errors.RasterioIOError:
-            counts = None  # inspect_source says what is wrong with the file
-        if counts and counts[0] != counts[1]:
-            raise InputError(f"the dates differ in bands: {before} has {counts[0]}, {after} has {counts[1]}")
+        _check_band_counts(before, after)
     info_b = inspect_source(before, bands, config.bands, allow_pixel_grid)
     info_a = inspect_source(after, bands, config.bands, allow_pixel_grid)
     alignment = align(info_b, info_a)
     grid = alignment.grid
-    src_b = sources_for(info_b, config)
+    src_b = source_for(info_b, config)
     src_b.offset = alignment.before_offset
-    src_a = sources_for(info_a, config)
+    src_a = source_for(info_a, config)
     if alignment.after_offset is not None:
         src_a.offset = alignment.after_offset
     else:
         src_a.opener = lambda: WarpedSource(info_a.path, grid.crs, grid.transform, grid.width, grid.height)
-    summary = run_dense(net=net, config=config, sources=[src_b, src_a], grid_info=grid, output=output,
-                        vector_skip_classes=(0,), **options)  # fmt: skip
+    summary = run_dense(
+        net=net,
+        config=config,
+        sources=[src_b, src_a],
+        grid_info=grid,
+        output=output,
+        engine=engine,
+        tiling=tiling,
+        outputs=outputs,
+        overwrite=overwrite,
+        vector_skip_classes=(0,),
+        progress=progress,
+    )
     summary["alignment"] = alignment.report
     return summary

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window, from_bounds
 
-from lemevit_geo.choices import Precision
 from lemevit_geo.errors import InputError
 from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.change import change
-from lemevit_geo.pipelines.predict import classify, segment
-from lemevit_geo.pipelines.scene import CLASSES, COLORS, make_scene
+from lemevit_geo.pipelines.classify import classify
+from lemevit_geo.pipelines.scene import CLASSES, COLORS, Scene, make_scene
+from lemevit_geo.pipelines.segment import segment
 from lemevit_geo.pipelines.train import train
+from lemevit_geo.settings import DenseOutputs, Engine, Hardware, Recipe
 
 PREVIEW = 1024  # longest side of the PNG previews
 
@@ -84,8 +86,12 @@ def evaluate_change(pred: Path, labels: Path, val_bounds: list[float]) -> dict:
     t, p = (truth == 1) & valid, (got == 1) & valid
     tp, fp, fn = int((t & p).sum()), int((~t & p & valid).sum()), int((t & ~p).sum())
     precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
-    return {"F1": round(2 * tp / max(2 * tp + fp + fn, 1), 4), "precision": round(precision, 4),
-            "recall": round(recall, 4), "changed_pixels": int(t.sum())}  # fmt: skip
+    return {
+        "F1": round(2 * tp / max(2 * tp + fp + fn, 1), 4),
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "changed_pixels": int(t.sum()),
+    }
 
 
 def _decimated(path: Path, bands: list[int]) -> tuple[np.ndarray, Any]:
@@ -117,6 +123,129 @@ def preview(path: Path, png: Path) -> Path:
     return png
 
 
+@dataclass(frozen=True)
+class DemoRun:
+    """What every task of the demo shares: folders, scene, training recipe, hardware and engine."""
+
+    models: Path
+    results: Path
+    scene: Scene
+    recipe: Recipe
+    hardware: Hardware
+    engine: Engine
+    tile_size: int
+    overwrite: bool
+    log: Callable[[str], None]
+
+    def train(self, name: str, recipe: Recipe | None = None, **data: Any) -> tuple[dict[str, Any], Path, float]:
+        """Train the demo's ``name`` model on the scene; returns the summary, the bundle and the seconds."""
+        self.log(f"training the {name} model")
+        bundle = self.models / f"{name}.safetensors"
+        start = time.perf_counter()
+        summary = train(
+            dataset="custom",
+            out=bundle,
+            tile_size=self.tile_size,
+            recipe=recipe or self.recipe,
+            hardware=self.hardware,
+            overwrite=True,
+            progress=False,
+            **data,
+        )
+        return summary, bundle, time.perf_counter() - start
+
+
+def lightning_devices(device: str) -> dict[str, Any]:
+    """Lightning's accelerator and devices for one of our device names (``auto``, ``cpu``, ``cuda:N``)."""
+    if device == "auto":
+        return {}
+    if device == "cpu":
+        return {"accelerator": "cpu", "devices": 1}
+    index = device.partition(":")[2]
+    return {"accelerator": "gpu", "devices": [int(index)] if index else 1}
+
+
+def _task(metric: str, held_out: dict[str, Any], train_s: float, predict_s: float, outputs: list[Path]) -> dict:
+    return {
+        "metric": metric,
+        "held_out": held_out,
+        "train_seconds": round(train_s, 1),
+        "predict_seconds": round(predict_s, 1),
+        "outputs": [str(p) for p in outputs],
+    }
+
+
+def _segment(run: DemoRun) -> dict[str, Any]:
+    summary, bundle, train_s = run.train("segment", images=str(run.scene.before), labels=str(run.scene.labels))
+    run.log("segmenting the scene")
+    raster, vector = run.results / "landcover.tif", run.results / "landcover.gpkg"
+    t0 = time.perf_counter()
+    segment(
+        image=run.scene.before,
+        output=raster,
+        model=bundle,
+        engine=run.engine,
+        outputs=DenseOutputs(vector=vector),
+        overwrite=run.overwrite,
+    )
+    split = summary["split"]
+    m = evaluate_segmentation(raster, run.scene.labels, split["val_bounds"], split["train_bounds"])
+    metric = f"mIoU {m['mIoU']:.3f} (baseline {m['baseline_mIoU']:.3f}), OA {m['OA']:.3f}"
+    return _task(metric, m, train_s, time.perf_counter() - t0, [raster, vector])
+
+
+def _change(run: DemoRun) -> dict[str, Any]:
+    scene = run.scene
+    summary, bundle, train_s = run.train(
+        "change", before=str(scene.before), after=str(scene.after), labels=str(scene.change)
+    )
+    run.log("detecting changes")
+    raster, vector = run.results / "change.tif", run.results / "change.gpkg"
+    t0 = time.perf_counter()
+    change(
+        before=scene.before,
+        after=scene.after,
+        output=raster,
+        model=bundle,
+        engine=run.engine,
+        outputs=DenseOutputs(vector=vector),
+        overwrite=run.overwrite,
+    )
+    m = evaluate_change(raster, scene.change, summary["split"]["val_bounds"])
+    return _task(f"F1 {m['F1']:.3f}", m, train_s, time.perf_counter() - t0, [raster, vector])
+
+
+def _classify(run: DemoRun) -> dict[str, Any]:
+    recipe = replace(run.recipe, steps_per_epoch=max(10, run.recipe.steps_per_epoch // 2))
+    summary, bundle, train_s = run.train(
+        "classify", recipe=recipe, task="classify", images=str(run.scene.before), labels=str(run.scene.labels)
+    )
+    run.log("classifying tiles")
+    vector, raster = run.results / "scenes.gpkg", run.results / "scenes.tif"
+    t0 = time.perf_counter()
+    classify(
+        image=run.scene.before, output=vector, model=bundle, raster=raster, engine=run.engine, overwrite=run.overwrite
+    )
+    metric = f"val accuracy {summary['best'] or 0:.3f} (tile majority class)"
+    return _task(metric, {"val_OA": summary["best"]}, train_s, time.perf_counter() - t0, [vector, raster])
+
+
+def _previews(scene: Scene, results: Path) -> dict[str, str]:
+    pairs = {
+        "image": (scene.before, "image_before.png"),
+        "image_after": (scene.after, "image_after.png"),
+        "labels": (scene.labels, "labels.png"),
+        "prediction": (results / "landcover.tif", "prediction.png"),
+        "change_truth": (scene.change, "change_truth.png"),
+        "change": (results / "change.tif", "change.png"),
+        "scenes": (results / "scenes.tif", "scenes.png"),
+    }
+    return {name: str(preview(path, results / png)) for name, (path, png) in pairs.items()}
+
+
+OUTPUTS = ("landcover.tif", "landcover.gpkg", "change.tif", "change.gpkg", "scenes.gpkg", "scenes.tif")
+
+
 def run_demo(
     *,
     out: Path,
@@ -125,8 +254,7 @@ def run_demo(
     steps_per_epoch: int = 40,
     batch_size: int = 8,
     tile_size: int | None = None,
-    device: str = "auto",
-    precision: Precision | str = Precision.auto,
+    engine: Engine = Engine(),
     seed: int = 0,
     overwrite: bool = False,
     log: Callable[[str], None] = lambda _: None,
@@ -134,90 +262,32 @@ def run_demo(
     """Run the demo into ``out``; returns per-task metrics, runtimes and output files."""
     start = time.perf_counter()
     if size < 320:
-        raise InputError(f"--size {size} is too small for the demo: use at least 320 px")
-    tile_size = tile_size or (128 if size >= 640 else 64)  # the held-out strip must hold a tile
+        raise InputError(f"`size` {size} is too small for the demo: use at least 320 px")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     models, results = out / "models", out / "results"
-    models.mkdir(exist_ok=True)
-    results.mkdir(exist_ok=True)
-    outputs = {
-        "segment": results / "landcover.tif",
-        "segment_vector": results / "landcover.gpkg",
-        "change": results / "change.tif",
-        "change_vector": results / "change.gpkg",
-        "classify": results / "scenes.gpkg",
-        "classify_raster": results / "scenes.tif",
-    }
-    for p in [*outputs.values(), *(models / f"{t}.safetensors" for t in ("segment", "change", "classify"))]:
-        check_output(p, overwrite)
-
+    for folder in (models, results):
+        folder.mkdir(parents=True, exist_ok=True)
+    bundles = [models / f"{task}.safetensors" for task in ("segment", "change", "classify")]
+    for path in [*(results / name for name in OUTPUTS), *bundles]:
+        check_output(path, overwrite)
     log(f"generating a {size} x {size} px two-date scene (seed {seed})")
     t0 = time.perf_counter()
     scene = make_scene(out / "data", size, seed)
     gen_s = time.perf_counter() - t0
-    common = dict(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, tile_size=tile_size,
-                  precision=precision, seed=seed, overwrite=True, progress=False)  # fmt: skip
-    tasks: dict[str, dict[str, Any]] = {}
-
-    log("training the segmentation model")
-    t0 = time.perf_counter()
-    seg = train(dataset="custom", images=str(scene.before), labels=str(scene.labels),
-                out=models / "segment.safetensors", **common)  # fmt: skip
-    train_s = time.perf_counter() - t0
-    log("segmenting the scene")
-    t0 = time.perf_counter()
-    seg_run = segment(image=scene.before, output=outputs["segment"], model=models / "segment.safetensors",
-                      vector=outputs["segment_vector"], device=device, precision=precision, overwrite=overwrite,
-                      batch_size=batch_size)  # fmt: skip
-    metrics = evaluate_segmentation(outputs["segment"], scene.labels, seg["split"]["val_bounds"],
-                                    seg["split"]["train_bounds"])  # fmt: skip
-    tasks["segment"] = {"metric": f"mIoU {metrics['mIoU']:.3f} (baseline {metrics['baseline_mIoU']:.3f}), "
-                        f"OA {metrics['OA']:.3f}", "held_out": metrics, "train_seconds": round(train_s, 1),
-                        "predict_seconds": round(time.perf_counter() - t0, 1),
-                        "outputs": [str(outputs["segment"]), str(outputs["segment_vector"])]}  # fmt: skip
-
-    log("training the change model")
-    t0 = time.perf_counter()
-    chg = train(dataset="custom", before=str(scene.before), after=str(scene.after), labels=str(scene.change),
-                out=models / "change.safetensors", **common)  # fmt: skip
-    train_s = time.perf_counter() - t0
-    log("detecting changes")
-    t0 = time.perf_counter()
-    change(before=scene.before, after=scene.after, output=outputs["change"], model=models / "change.safetensors",
-           vector=outputs["change_vector"], device=device, precision=precision, overwrite=overwrite,
-           batch_size=batch_size)  # fmt: skip
-    cm = evaluate_change(outputs["change"], scene.change, chg["split"]["val_bounds"])
-    tasks["change"] = {"metric": f"F1 {cm['F1']:.3f}", "held_out": cm, "train_seconds": round(train_s, 1),
-                       "predict_seconds": round(time.perf_counter() - t0, 1),
-                       "outputs": [str(outputs["change"]), str(outputs["change_vector"])]}  # fmt: skip
-
-    log("training the scene classifier")
-    t0 = time.perf_counter()
-    cls_common = {**common, "steps_per_epoch": max(10, steps_per_epoch // 2)}
-    cls = train(dataset="custom", task="classify", images=str(scene.before), labels=str(scene.labels),
-                out=models / "classify.safetensors", **cls_common)  # fmt: skip
-    train_s = time.perf_counter() - t0
-    log("classifying tiles")
-    t0 = time.perf_counter()
-    cls_run = classify(image=scene.before, output=outputs["classify"], model=models / "classify.safetensors",
-                       raster=outputs["classify_raster"], device=device, precision=precision,
-                       overwrite=overwrite)  # fmt: skip
-    tasks["classify"] = {"metric": f"val accuracy {cls['best'] or 0:.3f} (tile majority class)",
-                         "held_out": {"val_OA": cls["best"]}, "train_seconds": round(train_s, 1),
-                         "predict_seconds": round(time.perf_counter() - t0, 1),
-                         "outputs": [str(outputs["classify"]), str(outputs["classify_raster"])]}  # fmt: skip
-
+    run = DemoRun(
+        models=models,
+        results=results,
+        scene=scene,
+        recipe=Recipe(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, seed=seed),
+        hardware=Hardware(precision=engine.precision, **lightning_devices(engine.device)),
+        engine=replace(engine, batch_size=batch_size),
+        tile_size=tile_size or (128 if size >= 640 else 64),  # the held-out strip must hold a tile
+        overwrite=overwrite,
+        log=log,
+    )
+    tasks = {"segment": _segment(run), "change": _change(run), "classify": _classify(run)}
     log("writing previews")
-    previews = {
-        "image": preview(scene.before, results / "image_before.png"),
-        "image_after": preview(scene.after, results / "image_after.png"),
-        "labels": preview(scene.labels, results / "labels.png"),
-        "prediction": preview(outputs["segment"], results / "prediction.png"),
-        "change_truth": preview(scene.change, results / "change_truth.png"),
-        "change": preview(outputs["change"], results / "change.png"),
-        "scenes": preview(outputs["classify_raster"], results / "scenes.png"),
-    }
+    previews = _previews(scene, results)
     return {
         "out": str(out),
         "scene": {
@@ -228,10 +298,8 @@ def run_demo(
             "colors": COLORS,
             "files": [str(p) for p in vars(scene).values()],
             "seconds": round(gen_s, 1),
-        },  # fmt: skip
+        },
         "tasks": tasks,
-        "previews": {k: str(v) for k, v in previews.items()},
-        "segment_tiles": seg_run["tiles"],
-        "classify_tiles": cls_run["tiles"],
+        "previews": previews,
         "seconds": round(time.perf_counter() - start, 1),
     }

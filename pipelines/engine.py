@@ -22,11 +22,45 @@ import torch
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from lemevit_geo.device import autocast
+from lemevit_geo.device import autocast, precision_name, resolve_device, resolve_precision
 from lemevit_geo.pipelines.tiling import Tile, TileGrid
 from lemevit_geo.raster import SourceInfo, normalise
+from lemevit_geo.settings import Engine
 
 Opener = Callable[[], Any]
+
+
+class Progress(Protocol):
+    """Where a run reports its progress (the CLI's progress bar)."""
+
+    def start(self, total: int) -> None:
+        """The run has checked its inputs and will process ``total`` tiles."""
+
+    def advance(self, n: int) -> None:
+        """``n`` more tiles are done."""
+
+
+@dataclass
+class Runtime:
+    """The device side of a run: device, compute dtype, batch size and reader threads."""
+
+    device: torch.device
+    dtype: torch.dtype
+    batch_size: int
+    threads: int
+
+    @classmethod
+    def create(cls, engine: Engine) -> Runtime:
+        """Resolve an :class:`~lemevit_geo.settings.Engine` (``auto`` device and precision) on this machine."""
+        device = resolve_device(engine.device)
+        return cls(device, resolve_precision(engine.precision, device), engine.batch_size, engine.threads)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move ``model`` to the device, channels-last, in eval mode."""
+        return model.to(self.device, memory_format=torch.channels_last).eval()
+
+    def summary(self) -> dict[str, Any]:
+        return {"device": str(self.device), "precision": precision_name(self.dtype), "batch_size": self.batch_size}
 
 
 @dataclass
@@ -166,18 +200,17 @@ def run_tiles(
     reader: Iterator[TileData],
     model: torch.nn.Module,
     sink: Sink,
-    device: torch.device,
-    dtype: torch.dtype,
-    batch_size: int,
-    progress: Callable[[int], None] | None = None,
+    runtime: Runtime,
+    progress: Progress | None = None,
 ) -> RunStats:
-    """Feed tiles from ``reader`` through ``model`` in batches of ``batch_size`` valid tiles into ``sink``."""
+    """Feed tiles from ``reader`` through ``model`` in batches of ``runtime.batch_size`` valid tiles into ``sink``."""
     stats = RunStats()
     pending: list[TileData] = []
+    batch_size = runtime.batch_size
 
     def flush() -> None:
         run = [p for p in pending if p.data is not None]
-        outputs = run_model(model, np.stack([p.data for p in run]), device, dtype) if run else []
+        outputs = run_model(model, np.stack([p.data for p in run]), runtime.device, runtime.dtype) if run else []
         it = iter(outputs)
         for p in pending:
             if p.data is None:
@@ -188,7 +221,7 @@ def run_tiles(
                 stats.tiles_run += 1
         stats.batches += bool(run)
         if progress:
-            progress(len(pending))
+            progress.advance(len(pending))
         pending.clear()
 
     try:

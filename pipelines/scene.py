@@ -107,9 +107,20 @@ def _changes(rng: np.random.Generator, lab: np.ndarray) -> np.ndarray:
 
 def _write(path: Path, data: np.ndarray, **extra: object) -> Path:
     bands, h, w = data.shape
-    profile = dict(driver="GTiff", width=w, height=h, count=bands, dtype=data.dtype.name, crs=CRS,
-                   transform=from_origin(*ORIGIN, GSD, GSD), tiled=True, blockxsize=256, blockysize=256,
-                   compress="deflate", **extra)  # fmt: skip
+    profile = dict(
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=bands,
+        dtype=data.dtype.name,
+        crs=CRS,
+        transform=from_origin(*ORIGIN, GSD, GSD),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        **extra,
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
         if bands == 1 and data.dtype == np.uint8:

@@ -17,7 +17,7 @@ import numpy as np
 
 from lemevit_geo.choices import Stitch
 from lemevit_geo.pipelines.engine import TileData
-from lemevit_geo.pipelines.tiling import TileGrid, blend_window, ownership
+from lemevit_geo.pipelines.tiling import Tile, TileGrid, blend_window, ownership
 
 PROB_SCALE = 254  # probabilities are written as uint8 0..254; 255 is nodata
 FINISH_COLUMNS = 2048
@@ -38,6 +38,27 @@ class Band:
     probs: np.ndarray | None  # (K, h, W) uint8 probabilities, 255 where invalid
     confidence: np.ndarray  # (h, W) uint8 probability of the chosen class, 255 where invalid
 
+    @property
+    def height(self) -> int:
+        return self.classes.shape[0]
+
+    def split(self, n: int) -> tuple[Band, Band]:
+        """The first ``n`` rows and the rest."""
+        probs = (None, None) if self.probs is None else (self.probs[:, :n], self.probs[:, n:])
+        return (
+            Band(self.row, self.classes[:n], probs[0], self.confidence[:n]),
+            Band(self.row + n, self.classes[n:], probs[1], self.confidence[n:]),
+        )
+
+    @staticmethod
+    def concat(bands: list[Band]) -> Band:
+        """Consecutive bands as one."""
+        if len(bands) == 1:
+            return bands[0]
+        probs = None if bands[0].probs is None else np.concatenate([b.probs for b in bands], axis=1)
+        classes = np.concatenate([b.classes for b in bands])
+        return Band(bands[0].row, classes, probs, np.concatenate([b.confidence for b in bands]))
+
 
 class BlockRows:
     """Regroups finished bands into writes that start and end on block-row boundaries.
@@ -53,27 +74,16 @@ class BlockRows:
     def __call__(self, band: Band) -> None:
         self.pending.append(band)
         start = self.pending[0].row
-        end = band.row + band.classes.shape[0]
+        end = band.row + band.height
         cut = end - end % self.block
         if cut > start:
-            merged = self._merge()
-            n = cut - start
-            self._write(Band(start, merged.classes[:n], None if merged.probs is None else merged.probs[:, :n],
-                             merged.confidence[:n]))  # fmt: skip
-            rest = Band(cut, merged.classes[n:], None if merged.probs is None else merged.probs[:, n:],
-                        merged.confidence[n:])  # fmt: skip
-            self.pending = [rest] if rest.classes.shape[0] else []
-
-    def _merge(self) -> Band:
-        if len(self.pending) == 1:
-            return self.pending[0]
-        p = self.pending
-        probs = None if p[0].probs is None else np.concatenate([b.probs for b in p], axis=1)
-        return Band(p[0].row, np.concatenate([b.classes for b in p]), probs, np.concatenate([b.confidence for b in p]))
+            done, rest = Band.concat(self.pending).split(cut - start)
+            self._write(done)
+            self.pending = [rest] if rest.height else []
 
     def flush(self) -> None:
         if self.pending:
-            self._write(self._merge())
+            self._write(Band.concat(self.pending))
             self.pending = []
 
 
@@ -110,8 +120,130 @@ class BandWriter:
             raise self._error
 
 
+class OutputRows:
+    """Finished output rows ``[row, row + height)`` of the full scene width, filled block by block."""
+
+    def __init__(self, row: int, height: int, width: int, num_classes: int, nodata: int, with_probs: bool) -> None:
+        dtype = np.uint8 if nodata <= 255 else np.uint16
+        self.row, self.nodata = row, nodata
+        self.classes = np.full((height, width), nodata, dtype=dtype)
+        self.confidence = np.full((height, width), 255, dtype=np.uint8)
+        self.probs = np.full((num_classes, height, width), 255, dtype=np.uint8) if with_probs else None
+
+    def set(self, rows: slice, cols: slice, logits: np.ndarray, valid: np.ndarray) -> None:
+        """Classes, confidences and probabilities of a block from its logits ``(K, h, w)``; nodata where invalid."""
+        probs = softmax(logits)
+        cls = logits.argmax(axis=0)
+        conf = np.take_along_axis(probs, cls[None], axis=0)[0]
+        self.classes[rows, cols] = np.where(valid, cls, self.nodata)
+        self.confidence[rows, cols] = np.where(valid, np.rint(conf * PROB_SCALE), 255)
+        if self.probs is not None:
+            self.probs[:, rows, cols] = np.where(valid[None], np.rint(probs * PROB_SCALE), 255)
+
+    def class_counts(self, num_classes: int) -> np.ndarray:
+        """Pixels per class in these rows."""
+        c = self.classes[self.classes != self.nodata]
+        return np.bincount(c.ravel(), minlength=num_classes)[:num_classes]
+
+    def band(self) -> Band:
+        return Band(self.row, self.classes, self.probs, self.confidence)
+
+
+class CropMerge:
+    """Seams by centre crops: every output pixel comes from the central part of the one tile that owns it."""
+
+    def __init__(self, grid: TileGrid) -> None:
+        self.own_y = ownership(grid.ys, grid.tile, grid.height)
+        self.own_x = ownership(grid.xs, grid.tile, grid.width)
+
+    def rows(self, r: int) -> tuple[int, int]:
+        """Scene rows that tile row ``r`` finishes."""
+        return self.own_y[r]
+
+    def start(self, r: int) -> None:
+        """Nothing carries over between tile rows."""
+
+    def add(self, tile: Tile, logits: np.ndarray, valid: np.ndarray, out: OutputRows) -> None:
+        (y0, y1), (x0, x1) = self.own_y[tile.row], self.own_x[tile.col]
+        ty, tx = slice(y0 - tile.y, y1 - tile.y), slice(x0 - tile.x, x1 - tile.x)
+        out.set(slice(0, y1 - y0), slice(x0, x1), logits[:, ty, tx], valid[ty, tx])
+
+    def finish(self, out: OutputRows) -> None:
+        """Every owned pixel was set as its tile arrived."""
+
+
+class BlendMerge:
+    """Seams by blending: overlapping logits averaged with a smooth window.
+
+    Rows ``[ys[r], ys[r + 1])`` finish in tile row ``r``; the rows below, down to the tiles' bottom edge,
+    carry over to the next tile row. Accumulators (K logit sums and one weight sum) live in a window two
+    tiles wide that slides left to right, and in a full-width carry of overlap height only.
+    """
+
+    def __init__(self, grid: TileGrid, num_classes: int) -> None:
+        self.grid, self.k = grid, num_classes
+        self.weights = blend_window(grid.tile, grid.overlap)
+        self.height = 0  # rows the current tile row covers
+        self.finished = 0  # of which the first ``finished`` finish in it
+        self.wx = 0  # scene column of the window's first column
+        self.win = np.zeros((0, 0, 0), dtype=np.float32)
+        self.carry: np.ndarray | None = None  # built for the next tile row
+        self.prev_carry: np.ndarray | None = None  # left by the previous tile row
+
+    def rows(self, r: int) -> tuple[int, int]:
+        ys = self.grid.ys
+        return ys[r], ys[r + 1] if r + 1 < len(ys) else self.grid.height
+
+    def start(self, r: int) -> None:
+        y0, y1 = self.rows(r)
+        self.height = min(self.grid.tile, self.grid.height - y0)
+        self.finished = y1 - y0
+        self.prev_carry = self.carry if r > 0 else None
+        self.carry = np.zeros((self.k + 1, self.height - self.finished, self.grid.width), dtype=np.float32)
+        self.wx = 0
+        self.win = np.zeros((self.k + 1, self.height, 2 * self.grid.tile), dtype=np.float32)
+        self._fill(0, self.win.shape[2])
+
+    def _fill(self, a: int, b: int) -> None:
+        """Load window columns [a, b) (window coordinates) with what the previous tile row carried."""
+        lo, hi = self.wx + a, min(self.wx + b, self.grid.width)
+        if self.prev_carry is not None and hi > lo:
+            keep = min(self.prev_carry.shape[1], self.height)
+            self.win[:, :keep, a : a + hi - lo] = self.prev_carry[:, :keep, lo:hi]
+
+    def _flush_columns(self, x_end: int, out: OutputRows) -> None:
+        """Finish scene columns [wx, x_end): no later tile of this row touches them."""
+        n = x_end - self.wx
+        if n <= 0:
+            return
+        for a in range(0, n, FINISH_COLUMNS):  # chunks bound the temporaries
+            b = min(a + FINISH_COLUMNS, n)
+            wsum = self.win[self.k, : self.finished, a:b]
+            valid = wsum > 0
+            logits = self.win[: self.k, : self.finished, a:b] / np.where(valid, wsum, 1.0)
+            out.set(slice(0, self.finished), slice(self.wx + a, self.wx + b), logits, valid)
+        assert self.carry is not None
+        self.carry[:, :, self.wx : x_end] = self.win[:, self.finished :, :n]
+        width = self.win.shape[2]
+        self.win[:, :, : width - n] = self.win[:, :, n:].copy()
+        self.win[:, :, width - n :] = 0.0
+        self.wx = x_end
+        self._fill(width - n, width)
+
+    def add(self, tile: Tile, logits: np.ndarray, valid: np.ndarray, out: OutputRows) -> None:
+        h, w = tile.clipped(self.grid.height, self.grid.width)
+        self._flush_columns(tile.x, out)
+        wgt = self.weights[:h, :w] * valid[:h, :w]
+        self.win[: self.k, :h, :w] += logits[:, :h, :w] * wgt
+        self.win[self.k, :h, :w] += wgt
+
+    def finish(self, out: OutputRows) -> None:
+        while self.wx < self.grid.width:
+            self._flush_columns(min(self.grid.width, self.wx + self.grid.tile), out)
+
+
 class DenseStitcher:
-    """Sink for per-pixel logits ``(K, T, T)``: stitches tile rows and hands finished bands to a writer."""
+    """Sink for per-pixel logits ``(K, T, T)``: merges tile rows and hands finished bands to a writer."""
 
     def __init__(
         self,
@@ -122,129 +254,42 @@ class DenseStitcher:
         nodata: int,
         with_probs: bool,
     ) -> None:
-        self.grid, self.k, self.mode, self.writer = grid, num_classes, Stitch(mode), writer
+        self.grid, self.k, self.writer = grid, num_classes, writer
         self.nodata, self.with_probs = nodata, with_probs
-        self.ys, self.xs = grid.ys, grid.xs
-        self.own_y = ownership(self.ys, grid.tile, grid.height)
-        self.own_x = ownership(self.xs, grid.tile, grid.width)
-        self.weights = blend_window(grid.tile, grid.overlap)
+        self.merge = CropMerge(grid) if Stitch(mode) == Stitch.crop else BlendMerge(grid, num_classes)
+        self.last_col = len(grid.xs) - 1
         self.counts = np.zeros(num_classes, dtype=np.int64)
-        self.row = -1
-        self.carry: np.ndarray | None = None
-        self._start_row(0)
+        self.row = 0
+        self.out = self._start(0)
 
-    # -- tile rows ---------------------------------------------------------------------------
-    def _rows(self, r: int) -> tuple[int, int]:
-        """Scene rows that tile row ``r`` finishes."""
-        if self.mode == Stitch.crop:
-            return self.own_y[r]
-        y0 = self.ys[r]
-        y1 = self.ys[r + 1] if r + 1 < len(self.ys) else self.grid.height
-        return y0, y1
+    def _start(self, r: int) -> OutputRows:
+        y0, y1 = self.merge.rows(r)
+        self.merge.start(r)
+        return OutputRows(y0, y1 - y0, self.grid.width, self.k, self.nodata, self.with_probs)
 
-    def _start_row(self, r: int) -> None:
-        self.row = r
-        y0, y1 = self._rows(r)
-        self._reset(y1 - y0)
-        if self.mode == Stitch.crop:
+    def _check(self, item: TileData) -> None:
+        if item.tile.row != self.row:
+            raise RuntimeError("tiles must arrive in grid order")
+
+    def _after(self, col: int) -> None:
+        if col != self.last_col:
             return
-        # blend: rows [y0, y1) finish in this tile row; the rows below, down to the tile's bottom edge,
-        # carry over to the next tile row. Accumulators (K logit sums + 1 weight sum) live in a window
-        # two tiles wide that slides left to right, and in a full-width carry of overlap height only.
-        self.h = min(self.grid.tile, self.grid.height - y0)
-        self.fin = y1 - y0
-        self.prev_carry = self.carry if r > 0 else None
-        self.carry = np.zeros((self.k + 1, self.h - self.fin, self.grid.width), dtype=np.float32)
-        self.wx = 0
-        self.win = np.zeros((self.k + 1, self.h, 2 * self.grid.tile), dtype=np.float32)
-        self._fill(0, self.win.shape[2])
-
-    def _fill(self, a: int, b: int) -> None:
-        """Load window columns [a, b) (window coordinates) with what the previous tile row carried."""
-        lo, hi = self.wx + a, min(self.wx + b, self.grid.width)
-        if self.prev_carry is not None and hi > lo:
-            keep = min(self.prev_carry.shape[1], self.h)
-            self.win[:, :keep, a : a + hi - lo] = self.prev_carry[:, :keep, lo:hi]
-
-    def _flush_columns(self, x_end: int) -> None:
-        """Finish scene columns [wx, x_end): no later tile of this row touches them."""
-        n = x_end - self.wx
-        if n <= 0:
-            return
-        cols = slice(self.wx, x_end)
-        for a in range(0, n, FINISH_COLUMNS):  # chunks bound the temporaries
-            b = min(a + FINISH_COLUMNS, n)
-            wsum = self.win[self.k, : self.fin, a:b]
-            valid = wsum > 0
-            logits = self.win[: self.k, : self.fin, a:b] / np.where(valid, wsum, 1.0)
-            self._set(slice(0, self.fin), slice(self.wx + a, self.wx + b), logits, valid)
-        self.carry[:, :, cols] = self.win[:, self.fin :, :n]
-        width = self.win.shape[2]
-        self.win[:, :, : width - n] = self.win[:, :, n:].copy()
-        self.win[:, :, width - n :] = 0.0
-        self.wx = x_end
-        self._fill(width - n, width)
-
-    @property
-    def _dtype(self) -> type:
-        return np.uint8 if self.nodata <= 255 else np.uint16
-
-    def _finish_row(self) -> None:
-        r = self.row
-        y0, _ = self._rows(r)
-        if self.mode == Stitch.blend:
-            while self.wx < self.grid.width:
-                self._flush_columns(min(self.grid.width, self.wx + self.grid.tile))
-        self._count()
-        self.writer.put(Band(y0, self.classes, self.probs, self.conf))
-        if r + 1 < len(self.ys):
-            self._start_row(r + 1)
-
-    def _reset(self, h: int) -> None:
-        """Fresh output rows (nodata) for ``h`` rows of the full width."""
-        self.classes = np.full((h, self.grid.width), self.nodata, dtype=self._dtype)
-        self.conf = np.full((h, self.grid.width), 255, dtype=np.uint8)
-        self.probs = np.full((self.k, h, self.grid.width), 255, dtype=np.uint8) if self.with_probs else None
-
-    def _set(self, rows: slice, cols: slice, logits: np.ndarray, valid: np.ndarray) -> None:
-        """Write classes, confidences and probabilities for a block of the current band."""
-        probs = softmax(logits)
-        cls = logits.argmax(axis=0)
-        conf = np.take_along_axis(probs, cls[None], axis=0)[0]
-        self.classes[rows, cols] = np.where(valid, cls, self.nodata)
-        self.conf[rows, cols] = np.where(valid, np.rint(conf * PROB_SCALE), 255)
-        if self.probs is not None:
-            self.probs[:, rows, cols] = np.where(valid[None], np.rint(probs * PROB_SCALE), 255)
-
-    def _count(self) -> None:
-        c = self.classes[self.classes != self.nodata]
-        self.counts += np.bincount(c.ravel(), minlength=self.k)[: self.k]
+        self.merge.finish(self.out)
+        self.counts += self.out.class_counts(self.k)
+        self.writer.put(self.out.band())
+        if self.row + 1 < len(self.grid.ys):
+            self.row += 1
+            self.out = self._start(self.row)
 
     # -- sink protocol -----------------------------------------------------------------------
     def add(self, item: TileData, output: np.ndarray) -> None:
-        tile = item.tile
-        if tile.row != self.row:
-            raise RuntimeError("tiles must arrive in grid order")
-        if self.mode == Stitch.crop:
-            (y0, y1), (x0, x1) = self.own_y[tile.row], self.own_x[tile.col]
-            ty, tx = slice(y0 - tile.y, y1 - tile.y), slice(x0 - tile.x, x1 - tile.x)
-            self._set(slice(0, y1 - y0), slice(x0, x1), output[:, ty, tx], item.valid[ty, tx])
-        else:
-            h, w = tile.clipped(self.grid.height, self.grid.width)
-            self._flush_columns(tile.x)
-            wgt = self.weights[:h, :w] * item.valid[:h, :w]
-            self.win[: self.k, :h, :w] += output[:, :h, :w] * wgt
-            self.win[self.k, :h, :w] += wgt
-        self._after(tile.col)
-
-    def skip(self, item: TileData) -> None:
-        if item.tile.row != self.row:
-            raise RuntimeError("tiles must arrive in grid order")
+        self._check(item)
+        self.merge.add(item.tile, output, item.valid, self.out)
         self._after(item.tile.col)
 
-    def _after(self, col: int) -> None:
-        if col == len(self.xs) - 1:
-            self._finish_row()
+    def skip(self, item: TileData) -> None:
+        self._check(item)
+        self._after(item.tile.col)
 
     def close(self) -> None:
         self.writer.close()

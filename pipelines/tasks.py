@@ -1,14 +1,17 @@
-"""Lightning modules of the three trainable tasks, built on torchgeo's trainers.
+"""Lightning modules of the trainable tasks, built on torchgeo's trainers.
 
-They reuse torchgeo's losses, class weights, ignore index, optimiser and schedule, and replace only
-the model (our task models around one LeMeViT backbone) and add the metrics we report: overall
-accuracy and mean IoU for segmentation, F1 of the change class for change, accuracy for scenes.
+They reuse torchgeo's losses, class weights, ignore index, optimiser, schedule, logging and
+``freeze_backbone`` / ``freeze_decoder``, and replace only the model (our task models around one
+LeMeViT backbone, each with smp's ``encoder`` / ``decoder`` / head layout) and add the metrics we
+report: overall accuracy and mean IoU for segmentation, F1 of the change class for change, accuracy
+for scenes.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torchgeo.trainers import ChangeDetectionTask, ClassificationTask, SemanticSegmentationTask
@@ -33,9 +36,7 @@ class ChangeF1(Metric):
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         pred = preds.argmax(dim=1) if preds.ndim == target.ndim + 1 else preds
-        keep = (
-            target != self.ignore_index if self.ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
-        )
+        keep = torch.ones_like(target, dtype=torch.bool) if self.ignore_index is None else target != self.ignore_index
         p, t = (pred == 1) & keep, (target == 1) & keep
         self.tp += (p & t).sum()
         self.fp += (p & ~t).sum()
@@ -46,7 +47,8 @@ class ChangeF1(Metric):
         return (2 * self.tp).float() / denom.clamp(min=1)
 
 
-def _metrics(num_classes: int, ignore_index: int | None, change: bool = False) -> MetricCollection:
+def dense_metrics(num_classes: int, ignore_index: int | None, change: bool = False) -> MetricCollection:
+    """OA and macro mIoU (and the change class's F1)."""
     metrics: dict[str, Metric] = {
         "OA": MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index),
         "mIoU": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index),
@@ -56,15 +58,68 @@ def _metrics(num_classes: int, ignore_index: int | None, change: bool = False) -
     return MetricCollection(metrics)
 
 
-class _LeMeViTModel:
-    """Mixin: our task model instead of torchgeo's, optionally with official backbone weights."""
+class LeMeViTTask:
+    """Mixin over a torchgeo task: one constructor for every task, and our model in ``configure_models``.
 
-    task_name: str
+    Args:
+        arch: LeMeViT size.
+        in_channels: Input bands per image.
+        num_classes: Output classes.
+        backbone_weights: Official LeMeViT checkpoint to start the backbone from.
+        head: Head options (stored in the bundle).
+        class_weights: Loss weight per class.
+        ignore_index: Label value ignored by the loss and metrics (dense tasks).
+        lr: Learning rate (AdamW).
+        patience: Epochs without improvement before the learning rate drops.
+        freeze_backbone: Train only the decoder and head (or only the classifier).
+        freeze_decoder: Train only the head (dense tasks).
+    """
+
+    #: Task name of the model factory and the bundle.
+    task_name: ClassVar[str]
+    #: Metric that picks the best checkpoint, and whether higher is better.
+    monitor_metric: ClassVar[tuple[str, str]]
+    #: The torchgeo task class this mixin is combined with (its constructor takes the arguments below).
+    torchgeo_task: ClassVar[type]
+    #: The model torchgeo records in the hyperparameters (``{arch}`` is filled in).
+    model_template: ClassVar[str]
+
+    def __init__(
+        self,
+        arch: str = "tiny",
+        in_channels: int = 3,
+        num_classes: int = 2,
+        backbone_weights: str | None = None,
+        head: dict[str, Any] | None = None,
+        class_weights: list[float] | None = None,
+        ignore_index: int | None = None,
+        lr: float = 1e-3,
+        patience: int = 10,
+        freeze_backbone: bool = False,
+        freeze_decoder: bool = False,
+    ) -> None:
+        given = dict(
+            model=self.model_template.format(arch=arch),
+            backbone=f"tu-lemevit_{arch}",
+            in_channels=in_channels,
+            task="multiclass",
+            num_classes=num_classes,
+            loss="ce",
+            class_weights=class_weights,
+            ignore_index=ignore_index,
+            lr=lr,
+            patience=patience,
+            freeze_backbone=freeze_backbone,
+            freeze_decoder=freeze_decoder,
+        )
+        accepted = inspect.signature(self.torchgeo_task.__init__).parameters
+        for name in ("ignore_index", "freeze_decoder"):
+            if given[name] not in (None, False) and name not in accepted:
+                raise ValueError(f"{name} does not apply to {self.task_name} models")
+        super().__init__(**{k: v for k, v in given.items() if k in accepted})
 
     def configure_models(self) -> None:
-        self.model = self._build(self.hparams)  # type: ignore[attr-defined]
-
-    def _build(self, hparams: Any) -> torch.nn.Module:
+        hparams: Any = self.hparams  # type: ignore[attr-defined]
         model = build_task_model(
             self.task_name,
             hparams["arch"],
@@ -74,89 +129,61 @@ class _LeMeViTModel:
         )
         if hparams.get("backbone_weights"):
             load_backbone_weights(backbone_of(model), Path(hparams["backbone_weights"]))
-        return model
+        if hparams.get("freeze_backbone"):
+            if hasattr(model, "encoder"):
+                model.encoder.requires_grad_(False)
+            else:  # a classifier: only its head trains
+                model.requires_grad_(False)
+                model.get_classifier().requires_grad_(True)
+        if hparams.get("freeze_decoder"):
+            model.decoder.requires_grad_(False)
+        self.model = model
 
-    def _set_metrics(self, m: MetricCollection) -> None:
-        """Train / val / test copies of ``m``, prefixed as torchgeo's steps log them."""
-        self.train_metrics = m.clone(prefix="train_")
-        self.val_metrics = m.clone(prefix="val_")
-        self.test_metrics = m.clone(prefix="test_")
+    def set_metrics(self, metrics: MetricCollection) -> None:
+        """Train / val / test copies of ``metrics``, prefixed as torchgeo's steps log them."""
+        self.train_metrics = metrics.clone(prefix="train_")
+        self.val_metrics = metrics.clone(prefix="val_")
+        self.test_metrics = metrics.clone(prefix="test_")
 
 
-class SegmentationModule(_LeMeViTModel, SemanticSegmentationTask):
+class SegmentationModule(LeMeViTTask, SemanticSegmentationTask):
     """LeMeViT + UPerNet semantic segmentation (cross-entropy, optional class weights / ignore index)."""
 
     task_name = "segment"
     monitor_metric = ("val_mIoU", "max")
-
-    def __init__(
-        self,
-        arch: str = "tiny",
-        in_channels: int = 3,
-        num_classes: int = 2,
-        backbone_weights: str | None = None,
-        head: dict[str, Any] | None = None,
-        class_weights: list[float] | None = None,
-        ignore_index: int | None = None,
-        lr: float = 1e-3,
-        patience: int = 10,
-    ) -> None:
-        super().__init__(model="upernet", backbone=f"tu-lemevit_{arch}", in_channels=in_channels,
-                         num_classes=num_classes, loss="ce", class_weights=class_weights, ignore_index=ignore_index,
-                         lr=lr, patience=patience)  # fmt: skip
+    torchgeo_task = SemanticSegmentationTask
+    model_template = "upernet"
 
     def configure_metrics(self) -> None:
-        self._set_metrics(_metrics(self.hparams["num_classes"], self.hparams["ignore_index"]))
+        self.set_metrics(dense_metrics(self.hparams["num_classes"], self.hparams["ignore_index"]))
 
 
-class ChangeModule(_LeMeViTModel, ChangeDetectionTask):
+class ChangeModule(LeMeViTTask, ChangeDetectionTask):
     """Siamese LeMeViT + BIT-style head; batches hold ``image`` (B, 2, C, H, W) and ``mask``."""
 
     task_name = "change"
     monitor_metric = ("val_F1", "max")
-
-    def __init__(
-        self,
-        arch: str = "tiny",
-        in_channels: int = 3,
-        num_classes: int = 2,
-        backbone_weights: str | None = None,
-        head: dict[str, Any] | None = None,
-        class_weights: list[float] | None = None,
-        ignore_index: int | None = None,
-        lr: float = 1e-3,
-        patience: int = 10,
-    ) -> None:
-        super().__init__(model="unet", backbone=f"tu-lemevit_{arch}", in_channels=in_channels, task="multiclass",
-                         num_classes=num_classes, loss="ce", class_weights=class_weights, ignore_index=ignore_index,
-                         lr=lr, patience=patience)  # fmt: skip
+    torchgeo_task = ChangeDetectionTask
+    model_template = "bit"
 
     def configure_metrics(self) -> None:
-        self._set_metrics(_metrics(self.hparams["num_classes"], self.hparams["ignore_index"], change=True))
+        self.set_metrics(dense_metrics(self.hparams["num_classes"], self.hparams["ignore_index"], change=True))
 
 
-class ClassificationModule(_LeMeViTModel, ClassificationTask):
+class ClassificationModule(LeMeViTTask, ClassificationTask):
     """LeMeViT scene classification with its pooled image-and-meta-token head."""
 
     task_name = "classify"
     monitor_metric = ("val_OA", "max")
-
-    def __init__(
-        self,
-        arch: str = "tiny",
-        in_channels: int = 3,
-        num_classes: int = 2,
-        backbone_weights: str | None = None,
-        head: dict[str, Any] | None = None,
-        class_weights: list[float] | None = None,
-        lr: float = 1e-3,
-        patience: int = 10,
-    ) -> None:
-        super().__init__(model=f"lemevit_{arch}", in_channels=in_channels, num_classes=num_classes, loss="ce",
-                         class_weights=class_weights, lr=lr, patience=patience)  # fmt: skip
+    torchgeo_task = ClassificationTask
+    model_template = "lemevit_{arch}"
 
     def configure_metrics(self) -> None:
-        self._set_metrics(MetricCollection({"OA": MulticlassAccuracy(self.hparams["num_classes"], average="micro")}))
+        self.set_metrics(MetricCollection({"OA": MulticlassAccuracy(self.hparams["num_classes"], average="micro")}))
 
 
-TASK_MODULES = {"segment": SegmentationModule, "change": ChangeModule, "classify": ClassificationModule}
+TASK_MODULES: dict[str, type[LeMeViTTask]] = {
+    "segment": SegmentationModule,
+    "change": ChangeModule,
+    "classify": ClassificationModule,
+}

@@ -59,14 +59,40 @@ def cli_subprocess(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def seg_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("bundles") / "seg.safetensors"
-    cli("bundle", "init", "--task", "segment", "--arch", "tiny", "--classes", "water,forest,urban",
-        "--bands", "3", "--tile-size", "128", "-o", path)  # fmt: skip
+    cli(
+        "bundle",
+        "init",
+        "--task",
+        "segment",
+        "--arch",
+        "tiny",
+        "--classes",
+        "water,forest,urban",
+        "--bands",
+        "3",
+        "--tile-size",
+        "128",
+        "-o",
+        path,
+    )
     return path
 
 
 @pytest.fixture(scope="session")
 def cls_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("bundles") / "cls.safetensors"
-    cli("bundle", "init", "--task", "classify", "--classes", "field,forest,town,lake",
-        "--bands", "3", "--tile-size", "64", "-o", path)  # fmt: skip
+    cli(
+        "bundle",
+        "init",
+        "--task",
+        "classify",
+        "--classes",
+        "field,forest,town,lake",
+        "--bands",
+        "3",
+        "--tile-size",
+        "64",
+        "-o",
+        path,
+    )
     return path

@@ -16,11 +16,13 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from lemevit_geo.bundle import BundleConfig
 from lemevit_geo.models.factory import build_task_model
-from lemevit_geo.pipelines.change import run_change
+from lemevit_geo.pipelines.change import change
+from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 from tests.conftest import CRS, GSD, ORIGIN, cli, cli_subprocess, textured_scene, write_raster
 
-CONFIG = BundleConfig(task="change", arch="tiny", classes=["no change", "change"], bands=3, mean=[128.0] * 3,
-                      std=[40.0] * 3, tile_size=64)  # fmt: skip
+CONFIG = BundleConfig(
+    task="change", arch="tiny", classes=["no change", "change"], bands=3, mean=[128.0] * 3, std=[40.0] * 3, tile_size=64
+)
 SQUARE = (slice(100, 140), slice(60, 110))  # rows, cols painted in the later image
 
 
@@ -45,10 +47,17 @@ def pair(tmp: Path) -> tuple[Path, Path, np.ndarray]:
     return write_raster(tmp / "before.tif", before), write_raster(tmp / "after.tif", after), before
 
 
-def run(tmp: Path, before: Path, after: Path, **kw) -> dict:
-    kw.setdefault("overlap", 16)
-    return run_change(net=Difference(), config=CONFIG, before=before, after=after, output=tmp / "change.tif",
-                      device="cpu", precision="fp32", **kw)  # fmt: skip
+def run(tmp: Path, before: Path, after: Path, bands: tuple[int, ...] | None = None, **outputs: Path) -> dict:
+    return change(
+        before=before,
+        after=after,
+        output=tmp / "change.tif",
+        model=(Difference(), CONFIG),
+        bands=bands,
+        engine=Engine(device="cpu", precision="fp32"),
+        tiling=Tiling(overlap=16),
+        outputs=DenseOutputs(**outputs),
+    )
 
 
 def test_identical_dates_give_no_change(tmp_path: Path) -> None:
@@ -85,8 +94,11 @@ def test_shifted_after_is_aligned_exactly(tmp_path: Path) -> None:
     after_arr = np.zeros((3, 240, 200), dtype=np.uint8)
     after_arr[:, :235, :193] = before_arr[:, 5:, 7:]
     after_arr[:, SQUARE[0].start - 5 : SQUARE[0].stop - 5, SQUARE[1].start - 7 : SQUARE[1].stop - 7] = 250
-    after = write_raster(tmp_path / "after.tif", after_arr[:, :235, :193],
-                         transform=from_origin(ORIGIN[0] + 7 * GSD, ORIGIN[1] - 5 * GSD, GSD, GSD))  # fmt: skip
+    after = write_raster(
+        tmp_path / "after.tif",
+        after_arr[:, :235, :193],
+        transform=from_origin(ORIGIN[0] + 7 * GSD, ORIGIN[1] - 5 * GSD, GSD, GSD),
+    )
     summary = run(tmp_path, before, after)
     align = summary["alignment"]
     assert align["resampled"] is False and tuple(align["after_shift_pixels"]) == (7, 5)
@@ -105,8 +117,16 @@ def test_after_in_another_crs_is_warped_onto_before_grid(tmp_path: Path) -> None
     with rasterio.open(after) as src:
         transform, w, h = calculate_default_transform(src.crs, "EPSG:4326", src.width, src.height, *src.bounds)
         dst_arr = np.zeros((3, h, w), dtype=np.uint8)
-        reproject(src.read(), dst_arr, src_transform=src.transform, src_crs=src.crs, dst_transform=transform,
-                  dst_crs="EPSG:4326", resampling=Resampling.bilinear, dst_nodata=0)  # fmt: skip
+        reproject(
+            src.read(),
+            dst_arr,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=transform,
+            dst_crs="EPSG:4326",
+            resampling=Resampling.bilinear,
+            dst_nodata=0,
+        )
     write_raster(warped, dst_arr, crs="EPSG:4326", transform=transform, nodata=0)
     summary = run(tmp_path, before, warped, vector=tmp_path / "c.gpkg")
     align = summary["alignment"]
@@ -127,8 +147,9 @@ def test_bad_pairs_are_refused(tmp_path: Path) -> None:
     before, after, _ = pair(tmp_path)
     bundle = tmp_path / "change.safetensors"
     cli("bundle", "init", "--task", "change", "--bands", "3", "--tile-size", "64", "-o", bundle)
-    far = write_raster(tmp_path / "far.tif", smooth_scene(50, 50),
-                       transform=from_origin(ORIGIN[0] + 10_000, ORIGIN[1], GSD, GSD))  # fmt: skip
+    far = write_raster(
+        tmp_path / "far.tif", smooth_scene(50, 50), transform=from_origin(ORIGIN[0] + 10_000, ORIGIN[1], GSD, GSD)
+    )
     four = write_raster(tmp_path / "four.tif", textured_scene(240, 200, bands=4))
     out = tmp_path / "out.tif"
     for args, message in [

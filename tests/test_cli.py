@@ -26,8 +26,21 @@ def test_segment_real_model_outputs(tmp_path: Path, seg_bundle: Path) -> None:
     data[:, :40, :] = 0
     src = write_raster(tmp_path / "scene.tif", data, nodata=0)
     out, probs, vec = tmp_path / "mask.tif", tmp_path / "probs.tif", tmp_path / "mask.gpkg"
-    result = cli("segment", src, "-o", out, "-m", seg_bundle, "--probabilities", probs, "--vector", vec,
-                 "--overlap", "32", "--json")  # fmt: skip
+    result = cli(
+        "segment",
+        src,
+        "-o",
+        out,
+        "-m",
+        seg_bundle,
+        "--probabilities",
+        probs,
+        "--vector",
+        vec,
+        "--overlap",
+        "32",
+        "--json",
+    )
     summary = json.loads(result.output)
     assert summary["tiles"] == 9 and summary["outputs"]["vector"] == str(vec)
     with rasterio.open(out) as ds, rasterio.open(src) as s:
@@ -207,8 +220,20 @@ def test_bundle_init_with_official_backbone_weights(tmp_path: Path) -> None:
     torch.save({"model": official}, tmp_path / "lemevit_tiny.pth")
     for task in ("segment", "classify"):
         out = tmp_path / f"{task}.safetensors"
-        cli("bundle", "init", "--task", task, "--classes", "a,b", "--bands", 4, "--backbone-weights",
-            tmp_path / "lemevit_tiny.pth", "-o", out)  # fmt: skip
+        cli(
+            "bundle",
+            "init",
+            "--task",
+            task,
+            "--classes",
+            "a,b",
+            "--bands",
+            4,
+            "--backbone-weights",
+            tmp_path / "lemevit_tiny.pth",
+            "-o",
+            out,
+        )
         model, config = load_bundle(out)
         assert config.bands == 4
         loaded = backbone_of(model).state_dict()

@@ -15,8 +15,9 @@ from tests.conftest import cli
 
 def test_demo_writes_every_output(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    summary = json.loads(cli("demo", "--out", out, "--size", 384, "--epochs", 1, "--steps-per-epoch", 3,
-                             "--json").output)  # fmt: skip
+    summary = json.loads(
+        cli("demo", "--out", out, "--size", 384, "--epochs", 1, "--steps-per-epoch", 3, "--json").output
+    )
     assert set(summary["tasks"]) == {"segment", "change", "classify"}
     seg = summary["tasks"]["segment"]["held_out"]
     assert 0 <= seg["mIoU"] <= 1 and 0 <= seg["baseline_mIoU"] <= 1

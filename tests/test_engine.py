@@ -11,10 +11,11 @@ import rasterio
 import torch
 
 from lemevit_geo.choices import Stitch
-from lemevit_geo.pipelines.engine import SourceSpec
-from lemevit_geo.pipelines.predict import Runtime, dense_predict
+from lemevit_geo.pipelines.dense import dense_predict
+from lemevit_geo.pipelines.engine import Runtime, SourceSpec
 from lemevit_geo.pipelines.tiling import TileGrid, ownership, tile_offsets
 from lemevit_geo.raster import inspect_source
+from lemevit_geo.settings import DenseOutputs
 from tests.conftest import GSD, ORIGIN, textured_scene, write_raster
 
 MEAN = np.array([120.0, 110.0, 100.0], dtype=np.float32)
@@ -34,7 +35,19 @@ def whole_scene(model: torch.nn.Module, data: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(x)[None])[0].argmax(0).numpy().astype(np.uint8)
 
 
-def run_dense(tmp: Path, src: Path, model: torch.nn.Module, name: str, **kw) -> tuple[Path, dict]:
+def run_dense(
+    tmp: Path,
+    src: Path,
+    model: torch.nn.Module,
+    name: str,
+    *,
+    tile_size: int,
+    overlap: int,
+    stitch: Stitch,
+    batch_size: int = 3,
+    threads: int = 2,
+    **outputs: Path,
+) -> tuple[Path, dict]:
     info = inspect_source(src, None, 3)
     out = tmp / f"{name}.tif"
     summary = dense_predict(
@@ -44,8 +57,11 @@ def run_dense(tmp: Path, src: Path, model: torch.nn.Module, name: str, **kw) -> 
         classes=CLASSES,
         colors=COLORS,
         output=out,
-        runtime=Runtime(torch.device("cpu"), torch.float32, kw.pop("batch_size", 3), kw.pop("threads", 2)),
-        **kw,
+        runtime=Runtime(torch.device("cpu"), torch.float32, batch_size, threads),
+        tile_size=tile_size,
+        overlap=overlap,
+        stitch=stitch,
+        outputs=DenseOutputs(**outputs),
     )
     return out, summary
 

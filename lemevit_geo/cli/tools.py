@@ -1,0 +1,195 @@
+"""The other commands: ``demo``, ``bundle init``, ``bundle show`` and ``info``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lemevit_geo import options as o
+from lemevit_geo.cli.app import app, bundle_app, console
+from lemevit_geo.cli.display import print_json, report
+from lemevit_geo.options import Display, grouped
+from lemevit_geo.settings import Engine
+
+DemoOut = Annotated[Path, typer.Option("--out", help="Folder for the scene, models and results.")]
+DemoSize = Annotated[int, typer.Option("--size", help="Side of the generated scene in pixels.")]
+DemoEpochs = Annotated[int, typer.Option("--epochs", help="Training epochs per model (time for quality).")]
+DemoSteps = Annotated[int, typer.Option("--steps-per-epoch", help="Batches per epoch.")]
+DemoOverwrite = Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace earlier demo results.")]
+BandCount = Annotated[int, typer.Option("--bands", help="Number of input bands.")]
+Mean = Annotated[
+    o.Floats | None,
+    typer.Option("--mean", parser=o.parse_floats, metavar="M,...", help="Per-band means (default: 127.5 each)."),
+]
+Std = Annotated[
+    o.Floats | None,
+    typer.Option(
+        "--std", parser=o.parse_floats, metavar="S,...", help="Per-band standard deviations (default: 63.75 each)."
+    ),
+]
+Gsd = Annotated[float | None, typer.Option("--gsd", help="Ground sample distance in metres.")]
+OfficialWeights = Annotated[
+    Path | None, typer.Option("--backbone-weights", help="Official LeMeViT checkpoint (.pth) for the backbone.")
+]
+
+
+@app.command()
+@grouped(display=Display())
+def demo(
+    out: DemoOut = Path("lemevit-demo"),
+    size: DemoSize = 2048,
+    epochs: DemoEpochs = 3,
+    steps_per_epoch: DemoSteps = 40,
+    device: o.Device = "auto",
+    precision: o.PrecisionOpt = o.Precision.auto,
+    seed: o.Seed = 0,
+    overwrite: DemoOverwrite = True,
+    *,
+    display: Display,
+) -> None:
+    """Run the whole tool offline on a generated georeferenced scene (a few minutes on a CPU)."""
+    from lemevit_geo.pipelines.demo import run_demo
+
+    def log(msg: str) -> None:
+        if display.progress:
+            console.print(f"[bold cyan]demo[/] {msg}")
+
+    summary = run_demo(
+        out=out,
+        size=size,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        engine=Engine(device=device, precision=precision),
+        seed=seed,
+        overwrite=overwrite,
+        log=log,
+    )
+    if display.json:
+        print_json(summary)
+    elif not display.quiet:
+        _demo_table(summary, size)
+
+
+def _demo_table(summary: dict[str, Any], size: int) -> None:
+    table = Table(title=f"lemevit-geo demo: {size} x {size} px scene, {summary['seconds']:.0f} s in all")
+    for col in ("task", "held-out metric", "train s", "predict s", "outputs"):
+        table.add_column(col)
+    for name, t in summary["tasks"].items():
+        outputs = "\n".join(t["outputs"])
+        table.add_row(name, t["metric"], f"{t['train_seconds']:.0f}", f"{t['predict_seconds']:.0f}", outputs)
+    out = Console()
+    out.print(table)
+    out.print("previews: " + ", ".join(summary["previews"].values()))
+
+
+@bundle_app.command("init")
+@grouped(display=Display())
+def bundle_init(
+    task: o.TaskOpt,
+    output: o.Output,
+    classes: o.Classes = None,
+    arch: o.ArchOpt = o.Arch.tiny,
+    bands: BandCount = 3,
+    mean: Mean = None,
+    std: Std = None,
+    tile_size: o.TileSize = None,
+    gsd: Gsd = None,
+    backbone_weights: OfficialWeights = None,
+    seed: o.Seed = 0,
+    overwrite: o.Overwrite = False,
+    *,
+    display: Display,
+) -> None:
+    """Make a bundle without training (random or official backbone weights), to try the engine.
+
+    Classes are given in output order (change: 'no change,change', the default).
+    """
+    from lemevit_geo.bundle import read_config
+    from lemevit_geo.pipelines.bundles import init_bundle
+
+    path = init_bundle(
+        task=task,
+        arch=arch,
+        classes=classes,
+        bands=bands,
+        mean=mean,
+        std=std,
+        tile_size=tile_size,
+        gsd=gsd,
+        backbone_weights=backbone_weights,
+        seed=seed,
+        output=output,
+        overwrite=overwrite,
+    )
+    report({"bundle": str(path), **read_config(path).to_dict()}, display)
+
+
+@bundle_app.command("show")
+def bundle_show(model: o.BundleArg) -> None:
+    """Print a bundle's metadata as JSON."""
+    from lemevit_geo.bundle import read_config
+
+    print_json(read_config(model).to_dict())
+
+
+def _devices() -> list[dict[str, Any]]:
+    """The CPU and every CUDA device, with bf16 support and the attention backend per precision."""
+    import torch
+
+    from lemevit_geo.device import cpu_supports_bf16
+    from lemevit_geo.models import attention_backend
+
+    devices = [{"device": "cpu", "name": "CPU", "bf16": cpu_supports_bf16()}]
+    for i in range(torch.cuda.device_count()):
+        name, bf16 = torch.cuda.get_device_name(i), torch.cuda.is_bf16_supported()
+        devices.append({"device": f"cuda:{i}", "name": name, "bf16": bf16})
+    for d in devices:
+        half = torch.bfloat16 if d["bf16"] else torch.float16
+        d["attention_fp32"] = attention_backend(d["device"], torch.float32)
+        d["attention_half"] = attention_backend(d["device"], half)
+    return devices
+
+
+@app.command()
+@grouped(display=Display())
+def info(*, display: Display) -> None:
+    """Versions, devices, attention backends and registered models."""
+    import rasterio
+    import timm
+    import torch
+    import torchgeo
+
+    import lemevit_geo
+
+    summary = {
+        "lemevit_geo": lemevit_geo.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "rasterio": rasterio.__version__,
+        "gdal": rasterio.__gdal_version__,
+        "torchgeo": torchgeo.__version__,
+        "timm": timm.__version__,
+        "devices": _devices(),
+        "models": timm.list_models("lemevit_*"),
+    }
+    if display.json or display.quiet:
+        report(summary, display)
+        return
+    out = Console()
+    table = Table(title="lemevit-geo", show_header=False)
+    for key in ("lemevit_geo", "python", "torch", "cuda", "rasterio", "gdal", "torchgeo", "timm"):
+        table.add_row(key, str(summary[key]))
+    table.add_row("models", ", ".join(summary["models"]))
+    out.print(table)
+    dev = Table(title="devices")
+    for col in ("device", "name", "bf16", "attention fp32", "attention half"):
+        dev.add_column(col)
+    for d in summary["devices"]:
+        dev.add_row(d["device"], d["name"], str(d["bf16"]), d["attention_fp32"], d["attention_half"])
+    out.print(dev)

@@ -1,0 +1,95 @@
+"""The ``train`` command: parse, call the training pipeline, print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lemevit_geo import options as o
+from lemevit_geo.cli.app import app
+from lemevit_geo.cli.display import report
+from lemevit_geo.options import Display, grouped
+from lemevit_geo.settings import Hardware, Recipe
+
+Dataset = Annotated[
+    str,
+    typer.Option(
+        "--dataset", help="potsdam, vaihingen, loveda, levircd, oscd, ucmerced, resisc45, millionaid or custom."
+    ),
+]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Bundle to write (.safetensors).")]
+Root = Annotated[Path | None, typer.Option("--root", help="Folder of a torchgeo dataset.")]
+Images = Annotated[list[str] | None, typer.Option("--images", help="Own images: paths or globs.")]
+Labels = Annotated[
+    list[str] | None, typer.Option("--labels", help="Label rasters, or a vector file (with --label-column).")
+]
+BeforeImages = Annotated[list[str] | None, typer.Option("--before", help="Own earlier images (change).")]
+AfterImages = Annotated[list[str] | None, typer.Option("--after", help="Own later images (change).")]
+LabelColumn = Annotated[str | None, typer.Option("--label-column", help="Class column of vector labels.")]
+OwnTask = Annotated[
+    o.Task | None, typer.Option("--task", help="Own data only: classify trains scene labels (tile majority).")
+]
+BackboneWeights = Annotated[Path | None, typer.Option("--backbone-weights", help="Official LeMeViT checkpoint.")]
+FreezeBackbone = Annotated[
+    bool, typer.Option("--freeze-backbone", help="Train only the decoder and head (or the classifier).")
+]
+ValFraction = Annotated[float, typer.Option("--val-fraction", help="Share of own data's area kept for validation.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this --out.")]
+FastDevRun = Annotated[bool, typer.Option("--fast-dev-run", help="One batch of training and validation.")]
+
+
+@app.command()
+@grouped(recipe=Recipe(), hardware=Hardware(), display=Display())
+def train(
+    dataset: Dataset,
+    out: Out = Path("model.safetensors"),
+    root: Root = None,
+    images: Images = None,
+    labels: Labels = None,
+    before: BeforeImages = None,
+    after: AfterImages = None,
+    label_column: LabelColumn = None,
+    classes: o.Classes = None,
+    task: OwnTask = None,
+    arch: o.ArchOpt = o.Arch.tiny,
+    backbone_weights: BackboneWeights = None,
+    freeze_backbone: FreezeBackbone = False,
+    tile_size: o.TileSize = None,
+    val_fraction: ValFraction = 0.2,
+    resume: Resume = False,
+    fast_dev_run: FastDevRun = False,
+    overwrite: o.Overwrite = False,
+    *,
+    recipe: Recipe,
+    hardware: Hardware,
+    display: Display,
+) -> None:
+    """Train a model on a torchgeo dataset or on your own rasters; writes a bundle."""
+    from lemevit_geo.pipelines.train import train as run
+
+    summary = run(
+        dataset=dataset,
+        out=out,
+        root=root,
+        images=images,
+        labels=labels,
+        before=before,
+        after=after,
+        label_column=label_column,
+        classes=classes,
+        task=task,
+        arch=arch,
+        backbone_weights=backbone_weights,
+        freeze_backbone=freeze_backbone,
+        tile_size=tile_size,
+        val_fraction=val_fraction,
+        recipe=recipe,
+        hardware=hardware,
+        resume=resume,
+        fast_dev_run=fast_dev_run,
+        overwrite=overwrite,
+        progress=display.progress,
+    )
+    report(summary, display)

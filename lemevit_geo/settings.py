@@ -1,0 +1,161 @@
+"""Option groups shared by the command line and the pipelines, each default defined once.
+
+The CLI builds its options from these dataclasses (:mod:`lemevit_geo.options`), and the pipelines take
+them as keyword arguments, so a default lives here and nowhere else. The module is light (no torch, no
+rasterio) so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lemevit_geo.choices import Precision, Stitch
+from lemevit_geo.errors import InputError
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where and how tiles run through the model.
+
+    Attributes:
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: Compute precision (``auto``: bf16/fp16 where the device runs it fast).
+        batch_size: Tiles per model call.
+        threads: Background reader threads.
+    """
+
+    device: str = "auto"
+    precision: Precision = Precision.auto
+    batch_size: int = 4
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", Precision(self.precision))
+        if self.batch_size < 1:
+            raise InputError(f"`batch_size` must be at least 1, got {self.batch_size}")
+        if self.threads < 1:
+            raise InputError(f"`threads` must be at least 1, got {self.threads}")
+
+
+#: Scene classification runs many small tiles: larger batches.
+CLASSIFY_ENGINE = Engine(batch_size=16)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a scene is cut into overlapping tiles and put back together.
+
+    Attributes:
+        tile_size: Tile side in pixels (``None``: the bundle's tile size).
+        overlap: Overlap of neighbouring tiles in pixels (``None``: an eighth of the tile).
+        stitch: Seams by centre crops or by smooth blending of logits.
+    """
+
+    tile_size: int | None = None
+    overlap: int | None = None
+    stitch: Stitch = Stitch.blend
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stitch", Stitch(self.stitch))
+        check_tile_size(self.tile_size)
+        if self.overlap is not None and self.overlap < 0:
+            raise InputError(f"`overlap` must be at least 0, got {self.overlap}")
+
+    def resolve(self, bundle_tile: int) -> tuple[int, int]:
+        """Tile size and overlap, with the bundle's tile size and an eighth of it as the defaults."""
+        tile = bundle_tile if self.tile_size is None else self.tile_size
+        overlap = tile // 8 if self.overlap is None else self.overlap
+        if overlap >= tile:
+            raise InputError(f"`overlap` {overlap} must be less than the tile size {tile}")
+        return tile, overlap
+
+
+def check_tile_size(tile_size: int | None) -> None:
+    """Refuse a tile size that is not a positive multiple of 32 (``None`` means the bundle's)."""
+    if tile_size is None:
+        return
+    if tile_size <= 0 or tile_size % 32:
+        near = 32 * max(1, round(tile_size / 32))
+        raise InputError(f"`tile_size` {tile_size} is not a positive multiple of 32 (try {near})")
+
+
+@dataclass(frozen=True)
+class DenseOutputs:
+    """Optional outputs of a dense run (``segment``, ``change``) besides the class raster.
+
+    Attributes:
+        probabilities: Per-class probabilities (uint8, 0..254) to write, if any.
+        vector: Polygons of the class regions to write (.gpkg, .parquet, .geojson), if any.
+        min_area: Drop polygons smaller than this (CRS units squared).
+        simplify: Simplify polygons by this tolerance (CRS units), keeping shared edges.
+        cog: Write the class raster as a Cloud Optimized GeoTIFF.
+    """
+
+    probabilities: Path | None = None
+    vector: Path | None = None
+    min_area: float = 0.0
+    simplify: float = 0.0
+    cog: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("min_area", "simplify"):
+            value = getattr(self, name)
+            if not value >= 0:  # also refuses NaN
+                raise InputError(f"`{name}` must be at least 0, got {value}")
+        for name in ("probabilities", "vector"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model is trained.
+
+    Attributes:
+        epochs: Training epochs.
+        steps_per_epoch: Batches per epoch on own data (torchgeo datasets: one pass over the data).
+        batch_size: Tiles per training step.
+        lr: Learning rate (AdamW).
+        seed: Random seed of sampling, augmentation and initialisation.
+    """
+
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    batch_size: int = 8
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "steps_per_epoch", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"`{name}` must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise InputError(f"`lr` must be positive, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Where training runs (passed to Lightning).
+
+    Attributes:
+        precision: Training precision (``auto``: bf16 mixed where the hardware runs it fast).
+        accelerator: ``auto``, ``cpu`` or ``gpu``.
+        devices: ``auto``, a number of devices, or a list of device indexes.
+        num_nodes: Machines (multi-node DDP, started by torchrun or SLURM).
+        strategy: Lightning strategy (``auto``, ``ddp``, ...).
+        num_workers: Data loader processes.
+    """
+
+    precision: Precision = Precision.auto
+    accelerator: str = "auto"
+    devices: str | int | list[int] = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", Precision(self.precision))
+        if self.num_nodes < 1 or self.num_workers < 0:
+            raise InputError("`num_nodes` must be at least 1 and `num_workers` at least 0")

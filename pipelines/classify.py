@@ -1,0 +1,146 @@
+"""``classify``: scene classes per tile, as one polygon per tile (and optionally a coarse class raster)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import shapely
+import torch
+from affine import Affine
+
+from lemevit_geo.bundle import BundleConfig, open_model
+from lemevit_geo.choices import Task
+from lemevit_geo.outputs import atomic_path
+from lemevit_geo.pipelines.dense import check_outputs, make_grid, run_summary, source_for
+from lemevit_geo.pipelines.engine import Progress, Runtime, TileData, TileReader, run_tiles
+from lemevit_geo.pipelines.stitch import softmax
+from lemevit_geo.pipelines.tiling import Tile
+from lemevit_geo.raster import (
+    SourceInfo,
+    class_dtype,
+    gdal_env,
+    inspect_source,
+    output_profile,
+    write_category_names,
+    write_class_metadata,
+)
+from lemevit_geo.settings import CLASSIFY_ENGINE, Engine, check_tile_size
+from lemevit_geo.vector import check_vector_path, write_vector
+
+
+class TileLabels:
+    """Sink for per-tile class logits ``(K,)``: keeps one record per tile (small: one row per tile)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[TileData, np.ndarray]] = []
+
+    def add(self, item: TileData, output: np.ndarray) -> None:
+        self.records.append((item, softmax(output.astype(np.float64))))
+
+    def skip(self, item: TileData) -> None:
+        """Tiles without valid pixels get no label."""
+
+    def close(self) -> None:
+        """Nothing is buffered."""
+
+
+def tile_footprint(transform: Affine, tile: Tile, height: int, width: int) -> shapely.Polygon:
+    """The part of ``tile`` inside the scene, in map coordinates (all four corners: grids may be rotated)."""
+    h, w = tile.clipped(height, width)
+    corners = [(tile.x, tile.y), (tile.x + w, tile.y), (tile.x + w, tile.y + h), (tile.x, tile.y + h)]
+    return shapely.Polygon([transform @ c for c in corners])
+
+
+def tile_table(sink: TileLabels, config: BundleConfig, info: SourceInfo, top_k: int) -> gpd.GeoDataFrame:
+    """One row per classified tile: grid position, class, probability, top-k, valid share, footprint."""
+    k = max(1, min(top_k, config.num_classes))
+    rows, geoms = [], []
+    for item, probs in sink.records:
+        tile = item.tile
+        h, w = tile.clipped(info.height, info.width)
+        order = np.argsort(-probs)[:k]
+        rows.append(
+            {
+                "row": tile.row,
+                "col": tile.col,
+                "class_id": int(order[0]),
+                "class_name": config.classes[order[0]],
+                "probability": float(probs[order[0]]),
+                "top_k": ", ".join(f"{config.classes[i]} {probs[i]:.3f}" for i in order),
+                "valid_fraction": float(item.valid[:h, :w].mean()),
+            }
+        )
+        geoms.append(tile_footprint(info.transform, tile, info.height, info.width))
+    columns = ["row", "col", "class_id", "class_name", "probability", "top_k", "valid_fraction"]
+    return gpd.GeoDataFrame(rows, columns=columns, geometry=geoms, crs=info.crs)
+
+
+def write_grid_raster(
+    path: Path,
+    table: gpd.GeoDataFrame,
+    config: BundleConfig,
+    info: SourceInfo,
+    shape: tuple[int, int],
+    tile: int,
+    overwrite: bool,
+) -> None:
+    """The tile classes as a coarse raster, one pixel per tile, aligned to the scene."""
+    dtype, nodata = class_dtype(config.num_classes)
+    rows, cols = shape
+    grid = SourceInfo(str(path), cols, rows, info.crs, info.transform @ Affine.scale(tile), (1,), dtype)
+    arr = np.full(shape, nodata, dtype=dtype)
+    arr[table["row"].to_numpy(int), table["col"].to_numpy(int)] = table["class_id"].to_numpy()
+    with atomic_path(path, overwrite) as tmp:
+        with rasterio.open(tmp, "w", **output_profile(grid, 1, dtype, nodata)) as dst:
+            dst.write(arr, 1)
+            write_class_metadata(dst, config.classes, config.colors)
+        write_category_names(tmp, config.classes)
+
+
+def classify(
+    *,
+    image: str | Path,
+    output: str | Path,
+    model: str | Path | tuple[torch.nn.Module, BundleConfig],
+    bands: Sequence[int] | None = None,
+    tile_size: int | None = None,
+    raster: str | Path | None = None,
+    top_k: int = 3,
+    overwrite: bool = False,
+    allow_pixel_grid: bool = False,
+    engine: Engine = CLASSIFY_ENGINE,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Scene classes per tile of ``image`` with the classification bundle ``model``.
+
+    Tiles of ``tile_size`` (default: the bundle's) on a regular grid; edge tiles are padded and masked.
+    """
+    net, config = open_model(model, Task.classify)
+    info = inspect_source(image, bands, config.bands, allow_pixel_grid)
+    check_tile_size(tile_size)
+    runtime = Runtime.create(engine)
+    output, raster = Path(output), Path(raster) if raster else None
+    check_outputs([output, raster], overwrite)
+    check_vector_path(output)
+    grid = make_grid(info, tile_size or config.tile_size, 0, fit=False)
+    if progress:
+        progress.start(len(grid))
+    start = time.perf_counter()
+    sink = TileLabels()
+    reader = TileReader([source_for(info, config)], grid, threads=runtime.threads, prefetch=2 * runtime.batch_size)
+    with gdal_env():
+        stats = run_tiles(iter(reader), runtime.prepare(net), sink, runtime, progress)
+    table = tile_table(sink, config, info, top_k)
+    written: dict[str, Any] = {"vector": str(write_vector(table, output, overwrite))}
+    if raster is not None:
+        write_grid_raster(raster, table, config, info, (len(grid.ys), len(grid.xs)), grid.tile, overwrite)
+        written["raster"] = str(raster)
+    summary = run_summary(stats, runtime, grid, info, time.perf_counter() - start, written)
+    summary["class_tiles"] = {c: int((table["class_name"] == c).sum()) for c in config.classes}
+    return summary

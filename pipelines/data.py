@@ -1,0 +1,461 @@
+"""Training data: the torchgeo datasets ``train`` knows, and the user's own rasters and label files.
+
+:func:`torchgeo_data` sets up a torchgeo datamodule on a dataset folder; :func:`custom_data` builds an
+:class:`~lemevit_geo.pipelines.datamodules.OwnDataModule` from the user's images and label rasters (or
+a vector file) with a spatial train/validation split and band statistics from the training region.
+Both return a :class:`TrainData`: the datamodule plus what the bundle must record about the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import inspect
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import rasterio
+import shapely
+import torch
+
+from lemevit_geo.bundle import CHANGE_CLASSES
+from lemevit_geo.choices import Task
+from lemevit_geo.errors import InputError
+from lemevit_geo.pipelines.datamodules import IGNORE, MillionAIDDataModule, OwnDataModule, wrap_change_augmentations
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A torchgeo dataset the ``train`` command knows.
+
+    Attributes:
+        task: What a model trained on it predicts.
+        datamodule: Class name in ``torchgeo.datamodules`` (empty when we build the datamodule).
+        dataset: Class name in ``torchgeo.datasets``.
+        expects: What must be in the dataset folder.
+        url: Where to get it.
+        gsd: Ground sample distance in metres, if known.
+        ignore_index: Label value that losses and metrics ignore.
+        kwargs: Extra arguments of the datamodule.
+    """
+
+    task: Task
+    datamodule: str
+    dataset: str
+    expects: str
+    url: str
+    gsd: float | None = None
+    ignore_index: int | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "potsdam": DatasetInfo(
+        task=Task.segment,
+        datamodule="Potsdam2DDataModule",
+        dataset="Potsdam2D",
+        expects="4_Ortho_RGBIR/ and 5_Labels_for_participants/ (or 4_Ortho_RGBIR.zip, 5_Labels_for_participants.zip)",
+        url="https://www.isprs.org/education/benchmarks/UrbanSemLab/2d-sem-label-potsdam.aspx",
+        gsd=0.05,
+    ),
+    "vaihingen": DatasetInfo(
+        task=Task.segment,
+        datamodule="Vaihingen2DDataModule",
+        dataset="Vaihingen2D",
+        expects="top/ and gts_for_participants/ (or ISPRS_semantic_labeling_Vaihingen.zip and "
+        "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip)",
+        url="https://www.isprs.org/education/benchmarks/UrbanSemLab/2d-sem-label-vaihingen.aspx",
+        gsd=0.09,
+    ),
+    "loveda": DatasetInfo(
+        task=Task.segment,
+        datamodule="LoveDADataModule",
+        dataset="LoveDA",
+        expects="Train/, Val/ and Test/ with Rural/ and Urban/ images_png/ and masks_png/",
+        url="https://zenodo.org/record/5706578",
+        gsd=0.3,
+        ignore_index=0,
+    ),
+    "levircd": DatasetInfo(
+        task=Task.change,
+        datamodule="LEVIRCDDataModule",
+        dataset="LEVIRCD",
+        expects="train/, val/ and test/ with A/, B/ and label/ PNGs (or train.zip, val.zip, test.zip)",
+        url="https://justchenhao.github.io/LEVIR/",
+        gsd=0.5,
+    ),
+    "oscd": DatasetInfo(
+        task=Task.change,
+        datamodule="OSCDDataModule",
+        dataset="OSCD",
+        expects="Onera Satellite Change Detection dataset - Images/, - Train Labels/, - Test Labels/",
+        url="https://rcdaudt.github.io/oscd/",
+        gsd=10.0,
+    ),
+    "ucmerced": DatasetInfo(
+        task=Task.classify,
+        datamodule="UCMercedDataModule",
+        dataset="UCMerced",
+        expects="UCMerced_LandUse/Images/<class>/*.tif and uc_merced-{train,val,test}.txt",
+        url="http://weegee.vision.ucmerced.edu/datasets/landuse.html",
+        gsd=0.3,
+    ),
+    "resisc45": DatasetInfo(
+        task=Task.classify,
+        datamodule="RESISC45DataModule",
+        dataset="RESISC45",
+        expects="NWPU-RESISC45/<class>/*.jpg and resisc45-{train,val,test}.txt",
+        url="https://gcheng-nwpu.github.io/#Datasets",
+    ),
+    "millionaid": DatasetInfo(
+        task=Task.classify,
+        datamodule="",
+        dataset="MillionAID",
+        expects="train/ and test/ with the class folder tree",
+        url="https://captain-whu.github.io/DiRS/",
+        kwargs={"task": "multi-class"},
+    ),
+}
+
+
+@dataclass
+class TrainData:
+    """A datamodule and what the bundle needs to know about its data.
+
+    Attributes:
+        datamodule: The Lightning datamodule.
+        task: What the data trains.
+        classes: Class names, in label order.
+        bands: Input bands per image.
+        mean: Per-band mean of the raw values.
+        std: Per-band standard deviation of the raw values.
+        gsd: Ground sample distance in metres, if known.
+        ignore_index: Label value ignored by losses and metrics.
+        split: Report of the spatial train/validation split (own data).
+        colors: Class colours (from the labels' colour table), if any.
+        class_weights: Loss weights per class, if the data calls for them.
+    """
+
+    datamodule: L.LightningDataModule
+    task: Task
+    classes: list[str]
+    bands: int
+    mean: list[float]
+    std: list[float]
+    gsd: float | None = None
+    ignore_index: int | None = None
+    split: dict[str, Any] | None = None
+    colors: list[tuple[int, int, int]] = field(default_factory=list)
+    class_weights: list[float] | None = None
+
+
+# -- torchgeo datasets -----------------------------------------------------------------------------
+
+
+def _values(t: Any, n: int) -> list[float]:
+    v = torch.as_tensor(t, dtype=torch.float64).flatten().tolist()
+    return v * n if len(v) == 1 else v
+
+
+def _datamodule(name: str, root: Path, batch_size: int, tile_size: int, num_workers: int) -> Any:
+    """The torchgeo datamodule of ``name`` (or ours, for MillionAID), not yet set up."""
+    import torchgeo.datamodules as tdm
+
+    info = DATASETS[name]
+    kwargs: dict[str, Any] = dict(batch_size=batch_size, num_workers=num_workers, root=str(root), **info.kwargs)
+    if name == "millionaid":
+        return MillionAIDDataModule(tile_size=tile_size, **kwargs)
+    cls = getattr(tdm, info.datamodule)
+    if "patch_size" in inspect.signature(cls.__init__).parameters:  # datamodules that crop patches
+        kwargs["patch_size"] = tile_size
+    return cls(**kwargs)
+
+
+def torchgeo_data(name: str, root: Path, batch_size: int, tile_size: int, num_workers: int) -> TrainData:
+    """The torchgeo datamodule of ``name`` on ``root``, set up, with classes, bands and statistics."""
+    import torchgeo.datasets as tds
+    from torchgeo.datasets.errors import DatasetNotFoundError
+
+    info = DATASETS[name]
+    if not root.is_dir():
+        raise InputError(
+            f"{name}: dataset root {root} does not exist; torchgeo expects {info.expects} (from {info.url})"
+        )
+    dm = _datamodule(name, root, batch_size, tile_size, num_workers)
+    try:
+        dm.setup("fit")
+    except DatasetNotFoundError as exc:
+        raise InputError(
+            f"{name}: dataset not found or incomplete in {root}: torchgeo expects {info.expects} "
+            f"(get it from {info.url}); torchgeo says: {str(exc).splitlines()[0]}"
+        ) from exc
+    if info.task == Task.change:
+        wrap_change_augmentations(dm)
+    dataset = getattr(dm, "train_dataset", None) or getattr(dm, "dataset", None)
+    inner = getattr(dataset, "dataset", dataset)
+    if info.task == Task.change:
+        classes = list(CHANGE_CLASSES)
+    else:
+        classes = list(getattr(inner, "classes", None) or getattr(tds, info.dataset).classes)
+    bands = inner[0]["image"].shape[-3]
+    return TrainData(
+        datamodule=dm,
+        task=info.task,
+        classes=[str(c) for c in classes],
+        bands=bands,
+        mean=_values(dm.mean, bands),
+        std=_values(dm.std, bands),
+        gsd=info.gsd,
+        ignore_index=info.ignore_index,
+    )
+
+
+# -- the user's own rasters ------------------------------------------------------------------------
+
+VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".parquet", ".fgb")
+
+
+def expand_paths(spec: str | Path | Sequence[str | Path], what: str) -> list[str]:
+    """Files named by a path, a glob, or a list of them."""
+    specs = [spec] if isinstance(spec, str | Path) else list(spec)
+    files: list[str] = []
+    for s in specs:
+        matches = sorted(glob.glob(str(s))) if any(ch in str(s) for ch in "*?[") else [str(s)]
+        files.extend(m for m in matches if Path(m).is_file())
+    if not files:
+        raise InputError(f"no {what} files match {spec}")
+    return files
+
+
+def raster_dataset(files: list[str], is_image: bool) -> Any:
+    """A torchgeo RasterDataset over exactly ``files`` (images, or labels when not ``is_image``)."""
+    from torchgeo.datasets import RasterDataset
+
+    cls = type("Images" if is_image else "Labels", (RasterDataset,), {"is_image": is_image, "filename_glob": "*"})
+    return cls(paths=files)
+
+
+@dataclass
+class Labels:
+    """Labels of own data, as torchgeo reads them.
+
+    Attributes:
+        dataset: A torchgeo RasterDataset or VectorDataset.
+        classes: Class names, in label order.
+        offset: Subtracted from the read values to give class ids (vector labels burn class + 1).
+        ignore: Label value to ignore after the offset, if any.
+        colors: Class colours from the labels' colour table, if complete.
+        counts: Labelled pixels per class (label rasters only).
+    """
+
+    dataset: Any
+    classes: list[str]
+    offset: int = 0
+    ignore: int | None = None
+    colors: list[tuple[int, int, int]] = field(default_factory=list)
+    counts: np.ndarray | None = None
+
+
+def raster_labels(files: list[str], given: Sequence[str] | None) -> Labels:
+    """Label rasters, read block by block: class names from ``given``, our CLASS_n tags, or the values found."""
+    counts = np.zeros(65536, dtype=np.int64)
+    nodata = None
+    tags: dict[int, str] = {}
+    cmap: dict[int, tuple[int, ...]] = {}
+    for f in files:
+        with rasterio.open(f) as src:
+            if src.dtypes[0] not in ("uint8", "uint16", "int16", "int32", "uint32"):
+                raise InputError(f"{f}: label rasters hold integer class values, not {src.dtypes[0]}")
+            nodata = src.nodata if src.nodata is not None else nodata
+            tags.update({int(k[6:]): v for k, v in src.tags(1).items() if k.startswith("CLASS_") and k[6:].isdigit()})
+            with contextlib.suppress(ValueError):  # no colour table
+                cmap.update(src.colormap(1))
+            for _, win in src.block_windows(1):
+                arr = src.read(1, window=win).ravel()
+                arr = arr[arr != src.nodata] if src.nodata is not None else arr
+                counts += np.bincount(arr.astype(np.int64), minlength=65536)[:65536]
+    top = int(np.nonzero(counts)[0].max()) if counts.any() else 0
+    if given:
+        if top >= len(given):
+            raise InputError(f"labels hold class value {top} but `classes` names only {len(given)} classes")
+        names = list(given)
+    else:
+        names = [tags.get(i, f"class_{i}") for i in range(max(top + 1, 2))]
+    colors = [tuple(cmap[i][:3]) for i in range(len(names))] if all(i in cmap for i in range(len(names))) else []
+    return Labels(
+        dataset=raster_dataset(files, is_image=False),
+        classes=names,
+        ignore=None if nodata is None else int(nodata),
+        colors=colors,  # type: ignore[arg-type]
+        counts=counts[: len(names)],
+    )
+
+
+def vector_labels(path: str, column: str | None, res: float, work_dir: Path, given: Sequence[str] | None) -> Labels:
+    """Polygons with a class column, burnt by torchgeo's VectorDataset as class id + 1 (0: unlabelled)."""
+    import geopandas as gpd
+    from torchgeo.datasets import VectorDataset
+
+    if not column:
+        raise InputError("vector labels need `label_column` naming the class column")
+    gdf = gpd.read_file(path)
+    if column not in gdf.columns:
+        raise InputError(f"{path} has no column {column!r} (columns: {', '.join(map(str, gdf.columns))})")
+    names = [str(v) for v in sorted(gdf[column].dropna().unique(), key=str)] if not given else list(given)
+    lookup = {n: i + 1 for i, n in enumerate(names)}
+    gdf["_class"] = gdf[column].astype(str).map(lookup)
+    if gdf["_class"].isna().any():
+        raise InputError(f"{path}: column {column!r} has values not in `classes`")
+    burn = work_dir / "labels_burn.gpkg"
+    gdf[["_class", "geometry"]].to_file(burn, driver="GPKG")
+    dataset = VectorDataset(paths=[str(burn)], res=res, label_name="_class")
+    return Labels(dataset=dataset, classes=names, offset=1, ignore=IGNORE)
+
+
+def spatial_split(bounds: tuple[float, float, float, float], val_fraction: float) -> dict[str, Any]:
+    """Split a rectangle by area into disjoint training and validation strips along its longer side."""
+    if not 0 < val_fraction < 1:
+        raise InputError(f"`val_fraction` must be between 0 and 1, got {val_fraction}")
+    minx, miny, maxx, maxy = bounds
+    if maxx - minx >= maxy - miny:
+        cut = maxx - (maxx - minx) * val_fraction
+        train, val = shapely.box(minx, miny, cut, maxy), shapely.box(cut, miny, maxx, maxy)
+    else:
+        cut = miny + (maxy - miny) * val_fraction
+        train, val = shapely.box(minx, cut, maxx, maxy), shapely.box(minx, miny, maxx, cut)
+    return {
+        "train": train,
+        "val": val,
+        "report": {
+            "train_bounds": list(train.bounds),
+            "val_bounds": list(val.bounds),
+            "train_area": train.area,
+            "val_area": val.area,
+            "val_fraction": round(val.area / (train.area + val.area), 4),
+            "shared_area": train.intersection(val).area,
+        },
+    }
+
+
+def band_stats(dm: OwnDataModule, samples: int = 32) -> tuple[list[float], list[float]]:
+    """Per-band mean and standard deviation of raw values over random training tiles."""
+    from torchgeo.samplers import RandomGeoSampler
+
+    sampler = RandomGeoSampler(dm.dataset, dm.tile_size, samples, roi=dm.train_roi)
+    total = sq = None
+    n = 0
+    for query in sampler:
+        image = dm.dataset[query]["image"].double()
+        c = image.shape[0] // dm.dates
+        image = image.reshape(dm.dates, c, -1).transpose(0, 1).reshape(c, -1)
+        total = image.sum(1) if total is None else total + image.sum(1)
+        sq = (image**2).sum(1) if sq is None else sq + (image**2).sum(1)
+        n += image.shape[1]
+    if not n:
+        raise InputError("the training region is smaller than one tile: lower `tile_size` or `val_fraction`")
+    mean = total / n
+    std = (sq / n - mean**2).clamp(min=1e-6).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def _own_images(images: Any, before: Any, after: Any) -> tuple[Any, list[str], bool]:
+    """The torchgeo dataset of the images (both dates intersected for change), their files, and whether change."""
+    change = before is not None or after is not None
+    if change and (before is None or after is None or images is not None):
+        raise InputError("change training takes `before`, `after` and `labels` (and no `images`)")
+    if not change and images is None:
+        raise InputError("own data needs `images` and `labels` (segmentation) or `before`/`after`/`labels` (change)")
+    files = expand_paths(before if change else images, "image")
+    dataset = raster_dataset(files, is_image=True)
+    if change:
+        dataset = dataset & raster_dataset(expand_paths(after, "after-image"), is_image=True)
+    return dataset, files, change
+
+
+def _change_weights(labels: Labels) -> list[float] | None:
+    """Weigh up rare change pixels (capped), from the label counts."""
+    counts = labels.counts
+    if counts is None or not counts[1:].sum():
+        return None
+    weight = float(np.clip(np.sqrt(counts[0] / max(counts[1:].sum(), 1)), 1.0, 20.0))
+    return [1.0] + [weight] * (len(labels.classes) - 1)
+
+
+def _intersect(images: Any, labels: Any) -> tuple[Any, list[str]]:
+    """Images intersected with labels (torchgeo aligns CRS and resolution), and what was reprojected."""
+    notes = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(notes):  # torchgeo prints its reprojections; they go in the report
+            dataset = images & labels
+    except Exception as exc:  # torchgeo raises RuntimeError/ValueError for disjoint datasets
+        raise InputError(f"the images and the labels do not overlap: {exc}") from exc
+    aligned = [line.split(" from ")[0] for line in notes.getvalue().splitlines() if line.startswith("Converting")]
+    return dataset, aligned
+
+
+def custom_data(
+    *,
+    images: Any = None,
+    before: Any = None,
+    after: Any = None,
+    labels: Any,
+    label_column: str | None,
+    classes: Sequence[str] | None,
+    tile_size: int,
+    batch_size: int,
+    num_workers: int,
+    val_fraction: float,
+    length: int,
+    work_dir: Path,
+    scene_labels: bool = False,
+) -> TrainData:
+    """Training data from the user's rasters: images (or before/after) intersected with labels.
+
+    With ``scene_labels`` the task is scene classification: each tile is labelled with its most
+    frequent class.
+    """
+    if labels is None:
+        raise InputError("own data needs `labels` (label rasters, or a vector file with `label_column`)")
+    imgs, image_files, change = _own_images(images, before, after)
+    label_files = expand_paths(labels, "label")
+    if Path(label_files[0]).suffix.lower() in VECTOR_SUFFIXES:
+        lab = vector_labels(label_files[0], label_column, imgs.res[0], work_dir, classes)
+    else:
+        lab = raster_labels(label_files, classes if not change else (classes or CHANGE_CLASSES))
+    dataset, aligned = _intersect(imgs, lab.dataset)
+    xs, ys, _ = dataset.bounds
+    split = spatial_split((xs.start, ys.start, xs.stop, ys.stop), val_fraction)
+    dm = OwnDataModule(
+        dataset,
+        split["train"],
+        split["val"],
+        tile_size=tile_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        length=length,
+        dates=2 if change else 1,
+        label_offset=lab.offset,
+        scene_labels=scene_labels,
+    )
+    mean, std = band_stats(dm)
+    dm.mean, dm.std = torch.tensor(mean), torch.tensor(std)
+    with rasterio.open(image_files[0]) as src:
+        gsd = abs(src.transform.a) if src.crs is not None and src.crs.is_projected else None
+    return TrainData(
+        datamodule=dm,
+        task=Task.change if change else Task.classify if scene_labels else Task.segment,
+        classes=lab.classes,
+        bands=len(mean),
+        mean=mean,
+        std=std,
+        gsd=gsd,
+        ignore_index=lab.ignore,
+        split={**split["report"], "crs": dataset.crs.to_string(), "labels_aligned": aligned},
+        colors=lab.colors,
+        class_weights=_change_weights(lab) if change else None,
+    )

@@ -1,0 +1,149 @@
+"""Dense runs (``segment``, ``change``): per-pixel logits over co-registered sources, stitched onto one grid.
+
+:func:`run_dense` resolves a bundle's defaults (tile size, overlap) and the device; :func:`dense_predict`
+runs the engine: a :class:`~lemevit_geo.pipelines.engine.TileReader` feeds the model, a
+:class:`~lemevit_geo.pipelines.stitch.DenseStitcher` merges the tiles, and a background
+:class:`~lemevit_geo.pipelines.stitch.BandWriter` hands finished rows to a
+:class:`~lemevit_geo.pipelines.writers.DenseRasterWriter`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lemevit_geo.bundle import BundleConfig
+from lemevit_geo.choices import Stitch
+from lemevit_geo.errors import InputError
+from lemevit_geo.outputs import check_output
+from lemevit_geo.pipelines.engine import Progress, RunStats, Runtime, SourceSpec, TileReader, run_tiles
+from lemevit_geo.pipelines.stitch import BandWriter, DenseStitcher
+from lemevit_geo.pipelines.tiling import TileGrid
+from lemevit_geo.pipelines.writers import DenseRasterWriter
+from lemevit_geo.raster import SourceInfo, gdal_env
+from lemevit_geo.settings import DenseOutputs, Engine, Tiling
+from lemevit_geo.vector import check_vector_path
+
+
+def source_for(info: SourceInfo, config: BundleConfig) -> SourceSpec:
+    """Read ``info`` with the bundle's normalisation."""
+    return SourceSpec(info, np.asarray(config.mean, dtype=np.float32), np.asarray(config.std, dtype=np.float32))
+
+
+def check_outputs(paths: Sequence[Path | None], overwrite: bool) -> None:
+    """Check every output can be written, and that no path is named for two outputs."""
+    seen = set()
+    for p in paths:
+        if p is None:
+            continue
+        check_output(p, overwrite)
+        if p.resolve() in seen:
+            raise InputError(f"{p} is named for two outputs")
+        seen.add(p.resolve())
+
+
+def make_grid(info: SourceInfo, tile_size: int, overlap: int, fit: bool = True) -> TileGrid:
+    """The tile grid over ``info``, with grid errors as input errors."""
+    try:
+        return TileGrid(info.height, info.width, tile_size, overlap, fit=fit)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+
+
+def run_summary(
+    stats: RunStats, runtime: Runtime, grid: TileGrid, info: SourceInfo, seconds: float, outputs: dict[str, Any]
+) -> dict[str, Any]:
+    """The summary every inference command prints (``--json``)."""
+    return {
+        "tiles": stats.tiles,
+        "tiles_run": stats.tiles_run,
+        "tiles_skipped_nodata": stats.tiles_skipped,
+        "tile_size": grid.tile,
+        "overlap": grid.overlap,
+        "width": info.width,
+        "height": info.height,
+        "seconds": round(seconds, 3),
+        "megapixels_per_s": round(info.width * info.height / 1e6 / max(seconds, 1e-9), 3),
+        **runtime.summary(),
+        "outputs": outputs,
+    }
+
+
+def dense_predict(
+    *,
+    sources: Sequence[SourceSpec],
+    grid_info: SourceInfo,
+    model: torch.nn.Module,
+    classes: Sequence[str],
+    colors: Sequence[tuple[int, int, int]],
+    output: Path,
+    runtime: Runtime,
+    tile_size: int,
+    overlap: int,
+    stitch: Stitch,
+    outputs: DenseOutputs = DenseOutputs(),
+    overwrite: bool = False,
+    vector_skip_classes: Sequence[int] = (),
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run a per-pixel model (already on ``runtime``'s device) over co-registered ``sources`` and write a
+    class raster on ``grid_info``'s grid, plus the optional ``outputs``."""
+    output = Path(output)
+    check_outputs([output, outputs.probabilities, outputs.vector], overwrite)
+    if outputs.vector is not None:
+        check_vector_path(outputs.vector)
+    grid = make_grid(grid_info, tile_size, overlap)
+    if progress:
+        progress.start(len(grid))
+    start = time.perf_counter()
+    writer = DenseRasterWriter(grid_info, classes, colors, output, outputs, overwrite, vector_skip_classes)
+    with gdal_env(), writer as files:
+        stitcher = DenseStitcher(
+            grid, len(classes), stitch, BandWriter(files.write), files.nodata, files.with_probabilities
+        )
+        reader = TileReader(sources, grid, threads=runtime.threads, prefetch=4 * runtime.batch_size)
+        stats = run_tiles(iter(reader), model, stitcher, runtime, progress)
+        written = files.finish()
+    summary = run_summary(stats, runtime, grid, grid_info, time.perf_counter() - start, written)
+    summary["class_pixels"] = dict(zip(classes, stitcher.counts.tolist(), strict=True))
+    return summary
+
+
+def run_dense(
+    *,
+    net: torch.nn.Module,
+    config: BundleConfig,
+    sources: Sequence[SourceSpec],
+    grid_info: SourceInfo,
+    output: str | Path,
+    engine: Engine,
+    tiling: Tiling,
+    outputs: DenseOutputs,
+    overwrite: bool,
+    vector_skip_classes: Sequence[int] = (),
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """:func:`dense_predict` with the bundle's model and defaults on the device ``engine`` names."""
+    runtime = Runtime.create(engine)
+    tile, overlap = tiling.resolve(config.tile_size)
+    return dense_predict(
+        sources=sources,
+        grid_info=grid_info,
+        model=runtime.prepare(net),
+        classes=config.classes,
+        colors=config.colors,
+        output=Path(output),
+        runtime=runtime,
+        tile_size=tile,
+        overlap=overlap,
+        stitch=tiling.stitch,
+        outputs=outputs,
+        overwrite=overwrite,
+        vector_skip_classes=vector_skip_classes,
+        progress=progress,
+    )

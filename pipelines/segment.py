@@ -1,0 +1,51 @@
+"""``segment``: semantic segmentation of a scene into a class raster on exactly its grid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lemevit_geo.bundle import BundleConfig, open_model
+from lemevit_geo.choices import Task
+from lemevit_geo.pipelines.dense import run_dense, source_for
+from lemevit_geo.pipelines.engine import Progress
+from lemevit_geo.raster import inspect_source
+from lemevit_geo.settings import DenseOutputs, Engine, Tiling
+
+
+def segment(
+    *,
+    image: str | Path,
+    output: str | Path,
+    model: str | Path | tuple[torch.nn.Module, BundleConfig],
+    bands: Sequence[int] | None = None,
+    overwrite: bool = False,
+    allow_pixel_grid: bool = False,
+    engine: Engine = Engine(),
+    tiling: Tiling = Tiling(),
+    outputs: DenseOutputs = DenseOutputs(),
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Class raster of ``image`` with the segmentation bundle ``model`` (plus probabilities and polygons).
+
+    ``model`` is a bundle path, or a loaded ``(model, config)`` pair.
+
+    Returns the run's summary: tiles, timings, device, outputs and pixels per class.
+    """
+    net, config = open_model(model, Task.segment)
+    info = inspect_source(image, bands, config.bands, allow_pixel_grid)
+    return run_dense(
+        net=net,
+        config=config,
+        sources=[source_for(info, config)],
+        grid_info=info,
+        output=output,
+        engine=engine,
+        tiling=tiling,
+        outputs=outputs,
+        overwrite=overwrite,
+        progress=progress,
+    )

@@ -1,0 +1,137 @@
+"""The files a dense run writes: open, write finished bands, finish (COG, category names, polygons).
+
+Everything is written under hidden temporary names beside the targets and published only when the run
+finishes; on any error (or interruption) nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import rasterio
+import rasterio.shutil
+from rasterio.io import DatasetWriter
+
+from lemevit_geo.outputs import atomic_path, temporary_sibling
+from lemevit_geo.pipelines.stitch import PROB_SCALE, Band
+from lemevit_geo.raster import (
+    SourceInfo,
+    class_dtype,
+    output_profile,
+    write_category_names,
+    write_class_metadata,
+)
+from lemevit_geo.settings import DenseOutputs
+from lemevit_geo.vector import polygonize, write_vector
+
+
+class DenseRasterWriter:
+    """Class raster (with colours and class names), optional probabilities and polygons on ``grid``'s grid.
+
+    Use as a context manager: ``write`` finished bands (from the writer thread), then ``finish`` once.
+    The per-pixel confidence that polygons carry is written to a temporary raster only when polygons
+    are asked for.
+
+    Args:
+        grid: The output grid (size, CRS, transform).
+        classes: Class names, in output order.
+        colors: One RGB colour per class.
+        output: The class raster to write.
+        outputs: Probabilities, polygons and COG options.
+        overwrite: Replace existing outputs.
+        vector_skip_classes: Classes that get no polygons (``no change``).
+    """
+
+    def __init__(
+        self,
+        grid: SourceInfo,
+        classes: Sequence[str],
+        colors: Sequence[tuple[int, int, int]],
+        output: Path,
+        outputs: DenseOutputs,
+        overwrite: bool,
+        vector_skip_classes: Sequence[int] = (),
+    ) -> None:
+        self.grid, self.classes, self.colors = grid, list(classes), list(colors)
+        self.output, self.options, self.overwrite = output, outputs, overwrite
+        self.vector_skip_classes = tuple(vector_skip_classes)
+        self.dtype, self.nodata = class_dtype(len(self.classes))
+        self._stack = contextlib.ExitStack()
+        self._datasets: list[DatasetWriter] = []
+
+    @property
+    def with_probabilities(self) -> bool:
+        return self.options.probabilities is not None
+
+    def __enter__(self) -> DenseRasterWriter:
+        stack, opts = self._stack.__enter__(), self.options
+        self.final = stack.enter_context(atomic_path(self.output, self.overwrite))
+        # a COG is copied from a plain tiled GeoTIFF at the end
+        self.tiff = self._temporary(self.output) if opts.cog else self.final
+        self.classes_ds = self._open(self.tiff, 1, self.dtype, self.nodata)
+        write_class_metadata(self.classes_ds, self.classes, self.colors)
+        self.conf_ds = None
+        if opts.vector is not None:
+            self.conf_path = self._temporary(self.output.with_suffix(".conf.tif"))
+            self.conf_ds = self._open(self.conf_path, 1, "uint8", 255)
+        self.prob_ds = None
+        if opts.probabilities is not None:
+            prob_tmp = stack.enter_context(atomic_path(opts.probabilities, self.overwrite))
+            self.prob_ds = self._open(prob_tmp, len(self.classes), "uint8", 255)
+            self.prob_ds.scales = (1.0 / PROB_SCALE,) * len(self.classes)
+            for i, name in enumerate(self.classes):
+                self.prob_ds.set_band_description(i + 1, f"p({name})")
+        return self
+
+    def _temporary(self, beside: Path) -> Path:
+        """A temporary file removed when the writer exits, whatever happens."""
+        path = temporary_sibling(beside)
+        self._stack.callback(lambda: path.unlink(missing_ok=True))
+        return path
+
+    def _open(self, path: Path, count: int, dtype: str, nodata: int) -> DatasetWriter:
+        ds = self._stack.enter_context(rasterio.open(path, "w", **output_profile(self.grid, count, dtype, nodata)))
+        self._datasets.append(ds)
+        return ds
+
+    def write(self, band: Band) -> None:
+        """Write finished rows to every open raster."""
+        win = ((band.row, band.row + band.height), (0, self.grid.width))
+        self.classes_ds.write(band.classes, 1, window=win)
+        if self.conf_ds is not None:
+            self.conf_ds.write(band.confidence, 1, window=win)
+        if self.prob_ds is not None and band.probs is not None:
+            self.prob_ds.write(band.probs, window=win)
+
+    def finish(self) -> dict[str, Any]:
+        """Close the rasters, make the COG, category names and polygons; return what was written."""
+        for ds in self._datasets:
+            ds.close()
+        opts = self.options
+        if opts.cog:
+            rasterio.shutil.copy(self.tiff, self.final, driver="COG", compress="DEFLATE", predictor=2, blocksize=512)
+        write_category_names(self.final, self.classes)
+        written: dict[str, Any] = {"raster": str(self.output)}
+        if opts.probabilities is not None:
+            written["probabilities"] = str(opts.probabilities)
+        if opts.vector is not None:
+            gdf = polygonize(
+                self.final,
+                self.conf_path,
+                self.classes,
+                min_area=opts.min_area,
+                simplify=opts.simplify,
+                skip_classes=self.vector_skip_classes,
+            )
+            write_vector(gdf, opts.vector, self.overwrite)
+            written.update(vector=str(opts.vector), polygons=len(gdf))
+        return written
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        return self._stack.__exit__(kind, exc, tb)
