@@ -108,38 +108,50 @@ def box_to_gaussian(boxes: torch.Tensor, variance_scale: float) -> tuple[torch.T
     return torch.stack([cx, cy], dim=-1), cov
 
 
+def _gaussian_terms(pred: torch.Tensor, target: torch.Tensor, variance_scale: float) -> tuple[torch.Tensor, ...]:
+    """Variances along the sides ``(vw, vh)`` of both boxes, the centre offset in the target's frame
+    ``(u, v)`` and in the prediction's frame, and ``cos^2, sin^2`` of the angle between the boxes.
+
+    The Gaussian losses are written with these (sums of positive terms: no cancellation in float32).
+    """
+    p, t = pred.float(), target.float()
+    vw_p, vh_p = variance_scale * p[..., 2].clamp(min=1e-3) ** 2, variance_scale * p[..., 3].clamp(min=1e-3) ** 2
+    vw_t, vh_t = variance_scale * t[..., 2].clamp(min=1e-3) ** 2, variance_scale * t[..., 3].clamp(min=1e-3) ** 2
+    dx, dy = p[..., 0] - t[..., 0], p[..., 1] - t[..., 1]
+    cos_t, sin_t = torch.cos(t[..., 4]), torch.sin(t[..., 4])
+    cos_p, sin_p = torch.cos(p[..., 4]), torch.sin(p[..., 4])
+    u_t, v_t = dx * cos_t + dy * sin_t, -dx * sin_t + dy * cos_t
+    u_p, v_p = dx * cos_p + dy * sin_p, -dx * sin_p + dy * cos_p
+    delta = p[..., 4] - t[..., 4]
+    c2, s2 = torch.cos(delta) ** 2, torch.sin(delta) ** 2
+    return vw_p, vh_p, vw_t, vh_t, u_p, v_p, u_t, v_t, c2, s2
+
+
 def probiou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = _EPS) -> torch.Tensor:
     """Hellinger distance between the boxes' Gaussians (ProbIoU's loss ``L1 = 1 - ProbIoU``), per box.
 
     ``B_D = 1/8 dmu^T S^-1 dmu + 1/2 ln(det S / sqrt(det S1 det S2))`` with ``S = (S1 + S2) / 2``;
     loss ``sqrt(1 - exp(-B_D) + eps)``: ``sqrt(eps)`` for identical boxes, at most 1. Symmetric.
+    For 2 x 2 matrices ``adj(S1 + S2) = adj(S1) + adj(S2)`` and ``det(S1 + S2) = det S1 + det S2 +
+    tr(adj(S1) S2)``, which gives both terms as sums of positive parts.
     """
-    mu1, s1 = box_to_gaussian(pred.float(), 1 / 12)
-    mu2, s2 = box_to_gaussian(target.float(), 1 / 12)
-    s = (s1 + s2) / 2
-    det = s[..., 0, 0] * s[..., 1, 1] - s[..., 0, 1] ** 2
-    det1 = s1[..., 0, 0] * s1[..., 1, 1] - s1[..., 0, 1] ** 2
-    det2 = s2[..., 0, 0] * s2[..., 1, 1] - s2[..., 0, 1] ** 2
-    dx, dy = (mu1 - mu2).unbind(-1)
-    mahalanobis = (s[..., 1, 1] * dx**2 + s[..., 0, 0] * dy**2 - 2 * s[..., 0, 1] * dx * dy) / det
-    bd = mahalanobis / 8 + 0.5 * torch.log(det / (det1 * det2).sqrt())
+    vw1, vh1, vw2, vh2, u1, v1, u2, v2, c2, s2 = _gaussian_terms(pred, target, 1 / 12)
+    det1, det2 = vw1 * vh1, vw2 * vh2
+    det_sum = det1 + det2 + vh1 * (vw2 * c2 + vh2 * s2) + vw1 * (vw2 * s2 + vh2 * c2)  # det(S1 + S2)
+    quad = vh1 * u1**2 + vw1 * v1**2 + vh2 * u2**2 + vw2 * v2**2  # dmu^T adj(S1 + S2) dmu
+    bd = quad / (4 * det_sum) + 0.5 * torch.log(det_sum / (4 * (det1 * det2).sqrt()))
     bd = bd.clamp(min=0.0, max=100.0)
     return (1 - torch.exp(-bd) + eps).sqrt()
 
 
 def kld_loss(pred: torch.Tensor, target: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     """KLD box loss ``1 - 1 / (tau + ln(1 + KL(N_pred || N_target)))`` per box (0 for identical boxes when
-    ``tau`` is 1). Not symmetric: the target's Gaussian is the reference."""
-    mu_p, sp = box_to_gaussian(pred.float(), 1 / 4)
-    mu_t, st = box_to_gaussian(target.float(), 1 / 4)
-    det_p = sp[..., 0, 0] * sp[..., 1, 1] - sp[..., 0, 1] ** 2
-    det_t = st[..., 0, 0] * st[..., 1, 1] - st[..., 0, 1] ** 2
-    # inverse of the target covariance times det_t: [[syy, -sxy], [-sxy, sxx]]
-    inv_xx, inv_yy, inv_xy = st[..., 1, 1] / det_t, st[..., 0, 0] / det_t, -st[..., 0, 1] / det_t
-    dx, dy = (mu_p - mu_t).unbind(-1)
-    mahalanobis = inv_xx * dx**2 + inv_yy * dy**2 + 2 * inv_xy * dx * dy
-    trace = inv_xx * sp[..., 0, 0] + inv_yy * sp[..., 1, 1] + 2 * inv_xy * sp[..., 0, 1]
-    kl = 0.5 * (mahalanobis + trace + torch.log(det_t / det_p)) - 1.0
+    ``tau`` is 1). ``KL = 1/2 (dmu^T St^-1 dmu + tr(St^-1 Sp) + ln(det St / det Sp)) - 1``. Not symmetric:
+    the target's Gaussian is the reference."""
+    vw_p, vh_p, vw_t, vh_t, _, _, u, v, c2, s2 = _gaussian_terms(pred, target, 1 / 4)
+    mahalanobis = u**2 / vw_t + v**2 / vh_t
+    trace = (vw_p * c2 + vh_p * s2) / vw_t + (vw_p * s2 + vh_p * c2) / vh_t
+    kl = 0.5 * (mahalanobis + trace + torch.log(vw_t * vh_t / (vw_p * vh_p))) - 1.0
     kl = kl.clamp(min=0.0)
     return 1 - 1 / (tau + torch.log1p(kl))
 
