@@ -89,12 +89,17 @@ class Scale(nn.Module):
         return x * self.scale
 
 
+def _groups(channels: int) -> int:
+    """GroupNorm groups: up to 32, with at least 8 channels each (so a 1 x 1 level still has 8 values)."""
+    return next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and channels // g >= min(8, channels))
+
+
 def _tower(channels: int, num_convs: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for _ in range(num_convs):
         layers += [
             nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.GroupNorm(math.gcd(32, channels), channels),
+            nn.GroupNorm(_groups(channels), channels),
             nn.ReLU(inplace=True),
         ]
     return nn.Sequential(*layers)
