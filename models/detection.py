@@ -161,13 +161,13 @@ def assign_targets(
 ) -> Targets:
     """FCOS assignment of rotated ``boxes`` ``(N, 5)`` to ``points`` ``(L, 2)``.
 
-    A location is a candidate of a box when it lies inside the box (the box is widened, for this test
-    only, to half-sides of at least ``stride / sqrt(2)``, so every box, even one smaller than a stride
-    and rotated, holds a location on every level), within ``center_sampling_radius * stride`` of the box
-    centre along both box axes, and when the largest of its side distances ``max(l, t, r, b)`` lies in
-    its level's range ``ranges`` ``(L, 2)`` (lower bound exclusive). A location with several candidate
-    boxes takes the smallest (by area). The centerness target is
-    ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))`` in the box frame (of the widened box).
+    A location is a candidate of a box when (1) it lies inside the box, widened for this test only to
+    half-sides of at least ``stride / sqrt(2)`` (so every box, even one smaller than a stride and rotated,
+    covers a location of every level and gets positives on the finest), (2) it lies within
+    ``center_sampling_radius * stride`` of the box centre along both box axes, and (3) the largest of its
+    side distances ``max(l, t, r, b)`` lies in its level's range ``ranges`` ``(L, 2)`` (lower bound
+    exclusive). A location with several candidate boxes takes the smallest (by area). The centerness
+    target is ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))`` in the box frame (of the widened box).
     Boxes whose label is in ``angle_free`` are taken with angle 0.
     """
     num = points.shape[0]

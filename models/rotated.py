@@ -169,7 +169,9 @@ def box_iou_rotated(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """Exact IoU of all pairs ``(N, M)`` of rotated boxes ``(N, 5)`` and ``(M, 5)`` (torchvision's kernel).
 
     torchvision's ``cxcywhr`` format takes degrees, counter-clockwise in a y-up frame; ours is radians,
-    clockwise on screen (y down): the angle is converted as ``-degrees(angle)``.
+    clockwise on screen (y down): the angle is converted as ``-degrees(angle)``. Note: in torchvision 0.29
+    this kernel (float32) sometimes returns about 0.5 instead of 1 for one box under two names (``(w, h, a)``
+    and ``(h, w, a + pi/2)``, coincident edges); :func:`pairwise_iou_rotated` does not, and NMS uses it.
     """
     a, b = boxes1.float().clone(), boxes2.float().clone()
     a[:, 4] = -torch.rad2deg(a[:, 4])
