@@ -41,6 +41,7 @@ __all__ = [
     "kld_loss",
     "nms_rotated",
     "pairwise_iou_rotated",
+    "polygon_to_box",
     "probiou_loss",
     "regularize_boxes",
 ]
@@ -69,6 +70,33 @@ def box_to_corners(boxes: torch.Tensor) -> torch.Tensor:
     x = cx[..., None] + u * cos[..., None] - v * sin[..., None]
     y = cy[..., None] + u * sin[..., None] + v * cos[..., None]
     return torch.stack([x, y], dim=-1)
+
+
+def polygon_to_box(polygons: torch.Tensor) -> torch.Tensor:
+    """The smallest-area rotated box ``(..., 5)`` holding each polygon ``(..., K, 2)`` (e.g. DOTA's four
+    annotated corners), named canonically (see :func:`regularize_boxes`).
+
+    The smallest enclosing rectangle has a side along an edge of the convex hull, and every hull edge joins
+    two of the points: the directions of all point pairs are tried.
+    """
+    p = polygons.float()
+    k = p.shape[-2]
+    i, j = torch.triu_indices(k, k, 1, device=p.device)
+    d = p[..., j, :] - p[..., i, :]  # (..., pairs, 2)
+    a = torch.atan2(d[..., 1], d[..., 0])
+    cos, sin = torch.cos(a)[..., None], torch.sin(a)[..., None]  # (..., pairs, 1)
+    x, y = p[..., None, :, 0], p[..., None, :, 1]  # (..., 1, K)
+    u, v = x * cos + y * sin, -x * sin + y * cos  # the points in each candidate frame
+    w, h = u.amax(-1) - u.amin(-1), v.amax(-1) - v.amin(-1)
+    best = (w * h).argmin(-1, keepdim=True)
+
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return t.gather(-1, best)[..., 0]
+
+    uc, vc = pick((u.amax(-1) + u.amin(-1)) / 2), pick((v.amax(-1) + v.amin(-1)) / 2)
+    c, s = pick(cos[..., 0]), pick(sin[..., 0])
+    box = torch.stack([uc * c - vc * s, uc * s + vc * c, pick(w), pick(h), pick(a)], dim=-1)
+    return regularize_boxes(box)
 
 
 def encode_distances(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

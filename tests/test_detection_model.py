@@ -23,6 +23,7 @@ from lemevit_geo.models.rotated import (
     kld_loss,
     nms_rotated,
     pairwise_iou_rotated,
+    polygon_to_box,
     probiou_loss,
     regularize_boxes,
 )
@@ -79,6 +80,23 @@ def test_regularize_keeps_the_box_and_names_it_canonically() -> None:
     assert (reg[:, 2] >= reg[:, 3]).all()
     assert (reg[:, 4] >= -math.pi / 2).all() and (reg[:, 4] < math.pi / 2).all()
     assert torch.allclose(pairwise_iou_rotated(boxes, reg), torch.ones(200, dtype=torch.float64))
+
+
+def test_polygon_to_box_finds_the_smallest_rectangle() -> None:
+    boxes = random_boxes(100, seed=17).float()
+    corners = box_to_corners(boxes)
+    shuffled = corners[:, torch.randperm(4, generator=torch.Generator().manual_seed(0))]
+    for polys in (corners, shuffled, corners.flip(1)):
+        back = polygon_to_box(polys)
+        assert torch.allclose(pairwise_iou_rotated(back, boxes), torch.ones(100), atol=1e-4)
+    # any quadrilateral: the box holds it, and no other direction gives a smaller box
+    g = torch.Generator().manual_seed(18)
+    quads = torch.rand(50, 4, 2, generator=g) * 50
+    fitted = polygon_to_box(quads)
+    for q, b in zip(quads, fitted, strict=True):
+        rect = shapely_box(b)
+        assert rect.buffer(1e-3).contains(Polygon(q.tolist()).convex_hull)
+        assert rect.area <= Polygon(q.tolist()).convex_hull.minimum_rotated_rectangle.area + 1e-3
 
 
 def test_encode_decode_round_trip() -> None:
