@@ -22,6 +22,9 @@ def build_task_model(
       axis ``(B, 2 * bands, H, W)`` to change logits ``(B, classes, H, W)``.
     - ``classify``: LeMeViT with its pooled image-and-meta-token head; maps ``(B, bands, H, W)`` to
       ``(B, classes)``.
+    - ``detect``: LeMeViT + FPN + rotated FCOS head (:class:`~lemevit_geo.models.detection.OrientedFCOS`);
+      in eval mode maps ``(B, bands, H, W)`` to ``(B, max_detections, 7)`` rows
+      ``[cx, cy, w, h, angle, score, class]`` (input pixels, radians; padding rows have class -1).
     """
     name = f"lemevit_{arch}"
     if task == "segment":
@@ -37,6 +40,10 @@ def build_task_model(
         from lemevit_geo.models.change import ChangeModel
 
         return ChangeModel(arch, in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate, **head)
+    if task == "detect":
+        from lemevit_geo.models.detection import OrientedFCOS
+
+        return OrientedFCOS(arch, in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate, **head)
     if task == "classify":
         return timm.create_model(name, in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate)
     raise ValueError(f"no model for task {task!r} yet")
@@ -51,5 +58,10 @@ def backbone_of(model: nn.Module) -> LeMeViT:
 
 
 def head_options(task: str) -> dict[str, Any]:
-    """Default head options stored in a bundle for ``task``."""
+    """Default head options stored in a bundle for ``task`` (for ``detect``: see
+    :data:`lemevit_geo.models.detection.DEFAULT_OPTIONS`)."""
+    if task == "detect":
+        from lemevit_geo.models.detection import DEFAULT_OPTIONS
+
+        return {k: list(v) if isinstance(v, list) else v for k, v in DEFAULT_OPTIONS.items()}
     return {"segment": {"decoder_channels": 256}, "change": {"dim": 64, "tokens": 4}}.get(task, {})

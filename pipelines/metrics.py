@@ -1,0 +1,242 @@
+"""Evaluation metrics shared by training, ``evaluate`` and the demo (numpy and shapely only).
+
+- Oriented detection: DOTA-style average precision (Xia et al., "DOTA: A Large-scale Dataset for Object
+  Detection in Aerial Images", CVPR 2018; the PASCAL VOC protocol of Everingham et al. 2010 on polygons):
+  exact polygon IoU, a detection is a true positive when its best-overlapping ground truth of its class
+  in its image overlaps it by more than ``iou`` and was not matched before (a second detection of the
+  same object is a false positive); difficult ground truths are neither true positives nor misses, and a
+  detection whose best match is a difficult ground truth is neither a true nor a false positive. AP is
+  VOC2007's 11-point interpolation or the area under the monotone precision envelope (all points).
+- Segmentation: confusion matrix, overall accuracy, per-class IoU and mean IoU.
+- Change: precision, recall, F1 and IoU of the change class.
+
+Rotated boxes ``(cx, cy, w, h, angle)`` follow :mod:`lemevit_geo.models.rotated`: radians, the ``w`` side
+along ``(cos a, sin a)`` in a frame with y pointing down.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry import Polygon
+
+__all__ = [
+    "average_precision",
+    "box_polygons",
+    "change_scores",
+    "confusion_matrix",
+    "detection_ap",
+    "polygon_iou",
+    "rows_to_detections",
+    "segmentation_scores",
+]
+
+
+# ---------------------------------------------------------------------------------------------- detection
+
+
+def box_polygons(boxes: np.ndarray) -> np.ndarray:
+    """Corners ``(N, 4, 2)`` of rotated boxes ``(N, 5)`` ``(cx, cy, w, h, angle)``."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+    cx, cy, w, h, a = boxes.T
+    cos, sin = np.cos(a), np.sin(a)
+    u = w[:, None] * np.array([-0.5, 0.5, 0.5, -0.5])
+    v = h[:, None] * np.array([-0.5, -0.5, 0.5, 0.5])
+    x = cx[:, None] + u * cos[:, None] - v * sin[:, None]
+    y = cy[:, None] + u * sin[:, None] + v * cos[:, None]
+    return np.stack([x, y], axis=-1)
+
+
+def _geometry(record: Mapping[str, Any]) -> Polygon:
+    """A record's polygon: ``polygon`` (a shapely polygon, ``(K, 2)`` corners or DOTA's flat 8 numbers) or
+    ``box`` ``(cx, cy, w, h, angle)``."""
+    if "polygon" in record:
+        poly = record["polygon"]
+        if isinstance(poly, Polygon):
+            return poly
+        return Polygon(np.asarray(poly, dtype=np.float64).reshape(-1, 2))
+    if "box" in record:
+        return Polygon(box_polygons(np.asarray(record["box"]))[0])
+    raise KeyError("a detection or ground truth needs a 'polygon' or a 'box'")
+
+
+def polygon_iou(a: Sequence[Polygon], b: Sequence[Polygon]) -> np.ndarray:
+    """Exact IoU ``(len(a), len(b))`` of polygons; pairs whose bounding boxes miss are not intersected."""
+    a, b = np.asarray(a, dtype=object), np.asarray(b, dtype=object)
+    out = np.zeros((len(a), len(b)))
+    if not len(a) or not len(b):
+        return out
+    ba, bb = shapely.bounds(a), shapely.bounds(b)
+    meet = (ba[:, None, 0] < bb[None, :, 2]) & (bb[None, :, 0] < ba[:, None, 2])
+    meet &= (ba[:, None, 1] < bb[None, :, 3]) & (bb[None, :, 1] < ba[:, None, 3])
+    i, j = np.nonzero(meet)
+    if len(i):
+        inter = shapely.area(shapely.intersection(a[i], b[j]))
+        union = shapely.area(a[i]) + shapely.area(b[j]) - inter
+        out[i, j] = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    return out
+
+
+def average_precision(recall: np.ndarray, precision: np.ndarray, use_07: bool = False) -> float:
+    """AP from a ranked list's cumulative ``recall`` and ``precision``.
+
+    ``use_07``: VOC2007's 11-point interpolation, the mean over ``t = 0, 0.1, ..., 1`` of the highest
+    precision at a recall of at least ``t`` (0 where there is none). Otherwise the area under the
+    precision envelope (precision made non-increasing in recall), summed where recall changes.
+    """
+    recall, precision = np.asarray(recall, dtype=float), np.asarray(precision, dtype=float)
+    if use_07:
+        return float(
+            np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0 for t in np.linspace(0, 1, 11)])
+        )
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    steps = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
+
+
+def detection_ap(
+    detections: Iterable[Mapping[str, Any]],
+    ground_truths: Iterable[Mapping[str, Any]],
+    classes: Sequence[Hashable],
+    iou: float = 0.5,
+    use_07: bool = False,
+) -> dict[str, Any]:
+    """DOTA-style AP per class and its mean (see the module docstring).
+
+    Args:
+        detections: Records with ``image`` (any hashable id), ``class``, ``score`` and ``polygon`` or
+            ``box``.
+        ground_truths: Records with ``image``, ``class``, ``polygon`` or ``box`` and optionally
+            ``difficult`` (default False).
+        classes: The classes to evaluate (compared with the records' ``class`` by equality).
+        iou: A detection matches a ground truth when their IoU is greater than this.
+        use_07: VOC2007 11-point AP instead of the all-point AP.
+
+    Returns:
+        ``mAP`` (mean over the classes with at least one ground truth that is not difficult; NaN if
+        there is none), ``AP`` per class (NaN without such ground truths), ``num_gt`` (not difficult) and
+        ``num_det`` per class, and ``recall`` per class (the recall of all its detections).
+    """
+    gts: dict[Hashable, dict[Hashable, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for g in ground_truths:
+        gts[g["class"]][g["image"]].append(g)
+    dets: dict[Hashable, list[Mapping[str, Any]]] = defaultdict(list)
+    for d in detections:
+        dets[d["class"]].append(d)
+    ap, num_gt, num_det, recall = {}, {}, {}, {}
+    for c in classes:
+        per_image = gts.get(c, {})
+        polys = {im: [_geometry(g) for g in recs] for im, recs in per_image.items()}
+        difficult = {im: np.array([bool(g.get("difficult", False)) for g in recs]) for im, recs in per_image.items()}
+        npos = int(sum((~f).sum() for f in difficult.values()))
+        ranked = sorted(dets.get(c, []), key=lambda d: -float(d["score"]))
+        num_gt[c], num_det[c] = npos, len(ranked)
+        # IoU of each detection with the ground truths of its image, one matrix per image
+        rows: dict[Hashable, list[int]] = defaultdict(list)
+        for k, d in enumerate(ranked):
+            rows[d["image"]].append(k)
+        best = np.full(len(ranked), -1)
+        best_iou = np.zeros(len(ranked))
+        for im, ks in rows.items():
+            if polys.get(im):
+                m = polygon_iou([_geometry(ranked[k]) for k in ks], polys[im])
+                best[ks], best_iou[ks] = m.argmax(1), m.max(1)
+        tp, fp = [], []
+        matched = {im: np.zeros(len(p), dtype=bool) for im, p in polys.items()}
+        for k, d in enumerate(ranked):
+            j = best[k]
+            if j < 0 or best_iou[k] <= iou:
+                tp.append(0), fp.append(1)
+            elif difficult[d["image"]][j]:
+                continue  # matched to a difficult object: neither true nor false positive
+            elif not matched[d["image"]][j]:
+                matched[d["image"]][j] = True
+                tp.append(1), fp.append(0)
+            else:
+                tp.append(0), fp.append(1)  # a duplicate
+        ctp, cfp = np.cumsum(tp), np.cumsum(fp)
+        if npos == 0:
+            ap[c], recall[c] = float("nan"), float("nan")
+            continue
+        rec = ctp / npos
+        prec = ctp / np.maximum(ctp + cfp, np.finfo(float).eps)
+        ap[c] = average_precision(rec, prec, use_07) if len(rec) else 0.0
+        recall[c] = float(rec[-1]) if len(rec) else 0.0
+    valid = [v for v in ap.values() if not np.isnan(v)]
+    return {
+        "mAP": float(np.mean(valid)) if valid else float("nan"),
+        "AP": ap,
+        "num_gt": num_gt,
+        "num_det": num_det,
+        "recall": recall,
+    }
+
+
+def rows_to_detections(rows: np.ndarray, image: Hashable, classes: Sequence[Hashable] | None = None) -> list[dict]:
+    """Detection records from a detector's output rows ``(M, 7)`` ``[cx, cy, w, h, angle, score, class]``
+    of one image, skipping padding rows (class < 0 or score <= 0). ``classes`` maps indices to names."""
+    out = []
+    for r in np.asarray(rows, dtype=np.float64).reshape(-1, 7):
+        if r[6] < 0 or r[5] <= 0:
+            continue
+        c = int(r[6])
+        name = classes[c] if classes is not None else c
+        out.append({"image": image, "class": name, "score": float(r[5]), "box": r[:5].copy()})
+    return out
+
+
+# ------------------------------------------------------------------------------------ segmentation, change
+
+
+def confusion_matrix(
+    pred: np.ndarray, truth: np.ndarray, num_classes: int, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """Confusion matrix ``(K, K)`` (truth rows, prediction columns) over the valid pixels.
+
+    Pixels where ``valid`` is False or the truth is outside ``[0, num_classes)`` (an ignore value such as
+    255) are skipped. A prediction outside that range is an error.
+    """
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
+    keep = (truth >= 0) & (truth < num_classes)
+    if valid is not None:
+        keep &= np.asarray(valid, dtype=bool)
+    p, t = pred[keep].astype(np.int64), truth[keep].astype(np.int64)
+    if p.size and (p.min() < 0 or p.max() >= num_classes):
+        raise ValueError(f"predicted classes must lie in [0, {num_classes}), got {p.min()}..{p.max()}")
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def segmentation_scores(cm: np.ndarray) -> dict[str, Any]:
+    """Overall accuracy ``OA``, per-class ``IoU`` (NaN for a class absent from truth and prediction) and
+    ``mIoU`` (the mean over the other classes) of a confusion matrix."""
+    cm = np.asarray(cm)
+    tp = np.diag(cm).astype(float)
+    union = cm.sum(0) + cm.sum(1) - tp
+    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+    return {"OA": float(tp.sum() / max(cm.sum(), 1)), "mIoU": miou, "IoU": iou.tolist()}
+
+
+def change_scores(
+    pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None, positive: int = 1
+) -> dict[str, float]:
+    """Precision, recall, F1 and IoU of the class ``positive`` (change) over the valid pixels (0 where a
+    ratio has nothing to count)."""
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    keep = np.ones(pred.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    t, p = (truth == positive) & keep, (pred == positive) & keep
+    tp, fp, fn = int((t & p).sum()), int((~t & p).sum()), int((t & ~p).sum())
+    return {
+        "precision": tp / max(tp + fp, 1),
+        "recall": tp / max(tp + fn, 1),
+        "F1": 2 * tp / max(2 * tp + fp + fn, 1),
+        "IoU": tp / max(tp + fp + fn, 1),
+    }
