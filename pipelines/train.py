@@ -8,8 +8,10 @@ trains on the user's GeoTIFFs (:mod:`lemevit_geo.pipelines.data`). The result is
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +88,10 @@ def make_module(
         backbone_weights=str(backbone_weights) if backbone_weights else None,
         head=head_options(data.task.value),
         class_weights=data.class_weights,
+        ignore_index=data.ignore_index,
         lr=recipe.lr,
         freeze_backbone=freeze_backbone,
     )
-    if data.task != Task.classify:
-        kwargs["ignore_index"] = data.ignore_index
     return TASK_MODULES[data.task.value](**kwargs)
 
 
@@ -162,12 +163,70 @@ def train(
     out, name, arch = Path(out), dataset.lower(), Arch(arch)
     check_tile_size(tile_size)
     if not resume:
-        check_output(out, overwrite)
-    run_dir = out.with_name(out.stem + ".train")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(recipe.seed, workers=True, verbose=False)
+        given = [images, labels, before, after]
+        inputs = [p for g in given if g is not None for p in ([g] if isinstance(g, str | Path) else g)]
+        check_output(out, overwrite, inputs)
+    with run_folder(out) as run_dir:
+        return _train(
+            name=name,
+            out=out,
+            run_dir=run_dir,
+            own=dict(
+                images=images, before=before, after=after, labels=labels, label_column=label_column, classes=classes
+            ),
+            root=root,
+            task=task,
+            arch=arch,
+            backbone_weights=backbone_weights,
+            freeze_backbone=freeze_backbone,
+            tile_size=tile_size,
+            val_fraction=val_fraction,
+            recipe=recipe,
+            hardware=hardware,
+            resume=resume,
+            fast_dev_run=fast_dev_run,
+            progress=progress,
+            start=start,
+        )
 
-    own = dict(images=images, before=before, after=after, labels=labels, label_column=label_column, classes=classes)
+
+@contextlib.contextmanager
+def run_folder(out: Path) -> Iterator[Path]:
+    """``<out>.train/`` for checkpoints and metrics; removed again if this run made it and failed before its
+    first checkpoint (a run that saved one can be resumed)."""
+    run_dir = out.with_name(out.stem + ".train")
+    fresh = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield run_dir
+    except BaseException:
+        if fresh and not any(run_dir.glob("checkpoints/*.ckpt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _train(
+    *,
+    name: str,
+    out: Path,
+    run_dir: Path,
+    own: dict[str, Any],
+    root: str | Path | None,
+    task: Task | str | None,
+    arch: Arch,
+    backbone_weights: str | Path | None,
+    freeze_backbone: bool,
+    tile_size: int | None,
+    val_fraction: float,
+    recipe: Recipe,
+    hardware: Hardware,
+    resume: bool,
+    fast_dev_run: bool,
+    progress: bool,
+    start: float,
+) -> dict[str, Any]:
+    """The four steps of :func:`train` in its run folder: data, module, trainer, bundle."""
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
     data, tile = load_data(
         name=name,
         root=root,

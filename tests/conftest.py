@@ -49,6 +49,31 @@ def cli(*args: str) -> object:
     return result
 
 
+def cli_main(*args: object) -> subprocess.CompletedProcess:
+    """Run the CLI's entry point in-process (as ``lemevit-geo`` runs it: exit codes, error lines on stderr)."""
+    import contextlib
+    import io
+    import signal
+
+    from lemevit_geo.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    argv = sys.argv
+    sys.argv = ["lemevit-geo", *map(str, args)]
+    code: int | str | None = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.argv = argv
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return subprocess.CompletedProcess(args, code if isinstance(code, int) else 1, out.getvalue(), err.getvalue())
+
+
 def cli_subprocess(*args: str) -> subprocess.CompletedProcess:
     """Run the installed CLI as users do (for exit codes and error lines)."""
     return subprocess.run(
