@@ -16,8 +16,10 @@ def build_task_model(
 ) -> nn.Module:
     """Build the model of a task (``head`` holds the head options a bundle stores).
 
-    - ``segment``: UPerNet (segmentation_models_pytorch) on the four dense LeMeViT features; maps
-      ``(B, bands, H, W)`` to class logits ``(B, classes, H, W)``.
+    - ``segment``: UPerNet (segmentation_models_pytorch) on the four dense LeMeViT features, with a
+      full-resolution pixel branch into the head when ``pixel_channels`` > 0
+      (:class:`~lemevit_geo.models.segmentation.PixelUPerNet`); maps ``(B, bands, H, W)`` to class logits
+      ``(B, classes, H, W)``.
     - ``change``: Siamese LeMeViT with the BIT-style head; maps both dates stacked on the channel
       axis ``(B, 2 * bands, H, W)`` to change logits ``(B, classes, H, W)``.
     - ``classify``: LeMeViT with its pooled image-and-meta-token head; maps ``(B, bands, H, W)`` to
@@ -28,7 +30,8 @@ def build_task_model(
     """
     name = f"lemevit_{arch}"
     if task == "segment":
-        return smp.UPerNet(
+        pixel_channels = head.pop("pixel_channels", 0)
+        kwargs: dict[str, Any] = dict(
             encoder_name=f"tu-{name}",
             encoder_weights=None,
             in_channels=in_chans,
@@ -36,6 +39,11 @@ def build_task_model(
             drop_path_rate=drop_path_rate,
             **head,  # decoder_channels, ...; an unknown option fails here rather than being ignored
         )
+        if pixel_channels:
+            from lemevit_geo.models.segmentation import PixelUPerNet
+
+            return PixelUPerNet(pixel_channels=pixel_channels, **kwargs)
+        return smp.UPerNet(**kwargs)
     if task == "change":
         from lemevit_geo.models.change import ChangeModel
 
@@ -59,11 +67,13 @@ def backbone_of(model: nn.Module) -> LeMeViT:
     raise ValueError("model has no LeMeViT backbone")
 
 
-def head_options(task: str) -> dict[str, Any]:
-    """Default head options stored in a bundle for ``task`` (for ``detect``: see
-    :data:`lemevit_geo.models.detection.DEFAULT_OPTIONS`)."""
+def head_options(task: str, **given: Any) -> dict[str, Any]:
+    """Head options stored in a bundle for ``task``: the defaults, updated with ``given`` (for ``detect``: see
+    :data:`lemevit_geo.models.detection.DEFAULT_OPTIONS`; ``segment`` also takes ``pixel_channels``)."""
     if task == "detect":
         from lemevit_geo.models.detection import DEFAULT_OPTIONS
 
-        return {k: list(v) if isinstance(v, list) else v for k, v in DEFAULT_OPTIONS.items()}
-    return {"segment": {"decoder_channels": 256}, "change": {"dim": 64, "tokens": 4}}.get(task, {})
+        defaults = {k: list(v) if isinstance(v, list) else v for k, v in DEFAULT_OPTIONS.items()}
+    else:
+        defaults = {"segment": {"decoder_channels": 256}, "change": {"dim": 64, "tokens": 4}}.get(task, {})
+    return {**defaults, **given}
