@@ -34,3 +34,18 @@ class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+
+
+class Schedule(str, Enum):
+    """Learning-rate schedule of training: linear warm-up then cosine decay per step, or torchgeo's plateau drop."""
+
+    cosine = "cosine"
+    plateau = "plateau"
+
+
+class PretrainMethod(str, Enum):
+    """Self-supervised objective of ``pretrain``: masked image modelling, or torchgeo's contrastive trainers."""
+
+    simmim = "simmim"
+    simclr = "simclr"
+    moco = "moco"

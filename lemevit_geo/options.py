@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
-from lemevit_geo.choices import Arch, Precision, Stitch, Task
+from lemevit_geo.choices import Arch, Precision, Schedule, Stitch, Task
 
 
 class BandIndexes(tuple):
@@ -119,7 +119,35 @@ Simplify = Annotated[
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Epochs = Annotated[int, typer.Option("--epochs", help="Training epochs.")]
 StepsPerEpoch = Annotated[int, typer.Option("--steps-per-epoch", help="Batches per epoch on own data.")]
-LearningRate = Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).")]
+LearningRate = Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")]
+WeightDecay = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")]
+ScheduleOpt = Annotated[
+    Schedule, typer.Option("--schedule", help="Learning rate: warm-up + cosine decay, or drop on plateau.")
+]
+Warmup = Annotated[float, typer.Option("--warmup", help="Share of the steps that warm the learning rate up.")]
+DropPath = Annotated[float, typer.Option("--drop-path", help="Stochastic depth of the backbone.")]
+DecoderChannels = Annotated[int, typer.Option("--decoder-channels", help="Segmentation decoder (UPerNet) width.")]
+PixelChannels = Annotated[
+    int,
+    typer.Option("--pixel-channels", help="Full-resolution branch from each pixel's bands to the head (0: none)."),
+]
+ClassBalance = Annotated[
+    float,
+    typer.Option(
+        "--class-balance", help="Class weights (median freq / freq) ** this, from the training labels (0: none)."
+    ),
+]
+EarlyStop = Annotated[
+    int, typer.Option("--early-stop", help="Stop after this many epochs without a better val metric (0: never).")
+]
+Augment = Annotated[
+    bool, typer.Option("--augment/--no-augment", help="Random flips and 90-degree rotations of training tiles.")
+]
+ScaleJitter = Annotated[float, typer.Option("--scale-jitter", help="Random zoom of training tiles by up to this.")]
+BandJitter = Annotated[
+    float, typer.Option("--band-jitter", help="Random per-band brightness/contrast change of up to this.")
+]
+MaskRatio = Annotated[float, typer.Option("--mask-ratio", help="Share of 16 px patches hidden (simmim).")]
 Devices = Annotated[
     str,  # parsed into a count or a list of indexes where given so
     typer.Option("--devices", parser=parse_devices, help="Lightning devices: auto, a count, or a list such as 0,1."),
@@ -150,6 +178,18 @@ FIELD_OPTIONS: dict[str, Any] = {
     "epochs": Epochs,
     "steps_per_epoch": StepsPerEpoch,
     "lr": LearningRate,
+    "weight_decay": WeightDecay,
+    "schedule": ScheduleOpt,
+    "warmup": Warmup,
+    "drop_path": DropPath,
+    "decoder_channels": DecoderChannels,
+    "pixel_channels": PixelChannels,
+    "class_balance": ClassBalance,
+    "early_stop": EarlyStop,
+    "augment": Augment,
+    "scale_jitter": ScaleJitter,
+    "band_jitter": BandJitter,
+    "mask_ratio": MaskRatio,
     "seed": Seed,
     "accelerator": Accelerator,
     "devices": Devices,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lemevit_geo.choices import Precision, Stitch
+from lemevit_geo.choices import Precision, Schedule, Stitch
 from lemevit_geo.errors import InputError
 
 
@@ -113,11 +113,30 @@ class DenseOutputs:
 class Recipe:
     """How a model is trained.
 
+    The defaults are the small-data recipe measured on real scenes (``benchmarks/README.md``, "Learning on
+    real small scenes"); they hold for large datasets too.
+
     Attributes:
         epochs: Training epochs.
         steps_per_epoch: Batches per epoch on own data (torchgeo datasets: one pass over the data).
         batch_size: Tiles per training step.
-        lr: Learning rate (AdamW).
+        lr: Peak learning rate (AdamW).
+        weight_decay: AdamW weight decay (not on norms, biases and meta tokens).
+        schedule: ``cosine``: linear warm-up, then cosine decay to zero per step; ``plateau``: torchgeo's
+            drop by 10x after ``patience`` epochs without improvement.
+        warmup: Share of all steps spent warming the learning rate up (``cosine``).
+        drop_path: Stochastic depth of the backbone (highest in the last block).
+        decoder_channels: Width of the segmentation decoder (UPerNet).
+        pixel_channels: Width of the full-resolution branch that carries each pixel's bands to the segmentation
+            head next to the decoder (0: none, the plain UPerNet).
+        class_balance: Loss weight per class ``(median frequency / frequency) ** class_balance`` from the
+            training region's labels (0: plain cross-entropy; own data only).
+        early_stop: Stop after this many epochs without a better validation metric (0: never).
+        augment: Random flips and 90-degree rotations of training tiles (own data; torchgeo datasets keep
+            their datamodules' augmentations, and ``False`` leaves them only their normalisation).
+        scale_jitter: Random zoom of training tiles by up to this share (own data).
+        band_jitter: Random per-band brightness and contrast change of up to this many standard deviations /
+            this share (own data).
         seed: Random seed of sampling, augmentation and initialisation.
     """
 
@@ -125,6 +144,56 @@ class Recipe:
     steps_per_epoch: int = 100
     batch_size: int = 8
     lr: float = 1e-3
+    weight_decay: float = 0.05
+    schedule: Schedule = Schedule.cosine
+    warmup: float = 0.05
+    drop_path: float = 0.1
+    decoder_channels: int = 256
+    pixel_channels: int = 32
+    class_balance: float = 0.0
+    early_stop: int = 0
+    augment: bool = True
+    scale_jitter: float = 0.0
+    band_jitter: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schedule", Schedule(self.schedule))
+        for name in ("epochs", "steps_per_epoch", "batch_size", "decoder_channels"):
+            if getattr(self, name) < 1:
+                raise InputError(f"`{name}` must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise InputError(f"`lr` must be positive, got {self.lr}")
+        for name in ("weight_decay", "class_balance", "pixel_channels", "early_stop", "scale_jitter", "band_jitter"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise InputError(f"`{name}` must be at least 0, got {getattr(self, name)}")
+        for name in ("warmup", "drop_path", "scale_jitter"):
+            if not 0 <= getattr(self, name) < 1:
+                raise InputError(f"`{name}` must be at least 0 and below 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """How a backbone is pretrained without labels (``pretrain``).
+
+    Attributes:
+        epochs: Pretraining epochs.
+        steps_per_epoch: Batches per epoch.
+        batch_size: Tiles per step.
+        lr: Peak learning rate (AdamW, linear warm-up then cosine decay).
+        weight_decay: AdamW weight decay (not on norms, biases and meta tokens).
+        warmup: Share of all steps spent warming the learning rate up.
+        mask_ratio: Share of each tile's 16 x 16 px patches hidden from the backbone (``simmim``).
+        seed: Random seed of sampling, masking, augmentation and initialisation.
+    """
+
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.05
+    mask_ratio: float = 0.6
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -133,6 +202,11 @@ class Recipe:
                 raise InputError(f"`{name}` must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise InputError(f"`lr` must be positive, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise InputError(f"`weight_decay` must be at least 0, got {self.weight_decay}")
+        for name in ("warmup", "mask_ratio"):
+            if not 0 <= getattr(self, name) < 1:
+                raise InputError(f"`{name}` must be at least 0 and below 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,13 @@ from lemevit_geo.bundle import CHANGE_CLASSES
 from lemevit_geo.choices import Task
 from lemevit_geo.errors import InputError
 from lemevit_geo.pipelines.compat import random_sampler
-from lemevit_geo.pipelines.datamodules import IGNORE, MillionAIDDataModule, OwnDataModule, wrap_change_augmentations
+from lemevit_geo.pipelines.datamodules import (
+    IGNORE,
+    MillionAIDDataModule,
+    OwnDataModule,
+    TileAugmentation,
+    wrap_change_augmentations,
+)
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,8 @@ class TrainData:
         split: Report of the spatial train/validation split (own data).
         colors: Class colours (from the labels' colour table), if any.
         class_weights: Loss weights per class, if the data calls for them.
+        class_counts: Labelled pixels per class in random training tiles (own data).
+        tile_size: Tile side the datamodule cuts (own data: the given one, or the default capped to fit).
     """
 
     datamodule: L.LightningDataModule
@@ -154,6 +162,8 @@ class TrainData:
     split: dict[str, Any] | None = None
     colors: list[tuple[int, int, int]] = field(default_factory=list)
     class_weights: list[float] | None = None
+    class_counts: list[int] | None = None
+    tile_size: int | None = None
 
 
 # -- torchgeo datasets -----------------------------------------------------------------------------
@@ -372,23 +382,44 @@ def spatial_split(
     }
 
 
-def band_stats(dm: OwnDataModule, samples: int = 32) -> tuple[list[float], list[float]]:
-    """Per-band mean and standard deviation of raw values over random training tiles."""
+def training_stats(dm: Any, classes: int, samples: int = 32) -> tuple[list[float], list[float], list[int]]:
+    """Per-band mean and standard deviation of raw values, and labelled pixels per class (where samples have
+    masks), over random training tiles of a datamodule (:class:`OwnDataModule`, :class:`ImageDataModule`)."""
     sampler = random_sampler(dm.dataset, dm.tile_size, samples, dm.train_roi)
     total = sq = None
     n = 0
+    counts = torch.zeros(classes, dtype=torch.long)
     for query in sampler:
-        image = dm.dataset[query]["image"].double()
+        sample = dm.dataset[query]
+        image = sample["image"].double()
         c = image.shape[0] // dm.dates
         image = image.reshape(dm.dates, c, -1).transpose(0, 1).reshape(c, -1)
         total = image.sum(1) if total is None else total + image.sum(1)
         sq = (image**2).sum(1) if sq is None else sq + (image**2).sum(1)
         n += image.shape[1]
+        if "mask" in sample:
+            labels = dm.labels(sample["mask"][None]).flatten()
+            counts += torch.bincount(labels[labels < classes], minlength=classes)
     if not n:
         raise InputError("the training region is smaller than one tile: lower `tile_size` or `val_fraction`")
     mean = total / n
     std = (sq / n - mean**2).clamp(min=1e-6).sqrt()
-    return mean.tolist(), std.tolist()
+    return mean.tolist(), std.tolist(), counts.tolist()
+
+
+def fit_tile(default: int, split: dict[str, Any], res: tuple[float, float]) -> int:
+    """``default`` capped to the largest multiple of 32 pixels that fits both the training and the validation strip."""
+    sides = []
+    for part in ("train", "val"):
+        minx, miny, maxx, maxy = split[part].bounds
+        sides += [(maxx - minx) / res[0], (maxy - miny) / res[1]]
+    fits = int(min(sides) + 1e-6) // 32 * 32
+    if fits < 32:
+        raise InputError(
+            f"the validation strip is {min(sides):.0f} px wide, less than the smallest tile (32 px): raise "
+            "`val_fraction` or use a larger scene"
+        )
+    return min(default, fits)
 
 
 def _own_images(images: Any, before: Any, after: Any) -> tuple[Any, list[str], bool]:
@@ -434,18 +465,21 @@ def custom_data(
     labels: Any,
     label_column: str | None,
     classes: Sequence[str] | None,
-    tile_size: int,
+    tile_size: int | None,
     batch_size: int,
     num_workers: int,
     val_fraction: float,
     length: int,
     work_dir: Path,
     scene_labels: bool = False,
+    default_tile: int = 512,
+    augmentation: TileAugmentation | None = None,
 ) -> TrainData:
     """Training data from the user's rasters: images (or before/after) intersected with labels.
 
-    With ``scene_labels`` the task is scene classification: each tile is labelled with its most
-    frequent class.
+    Without ``tile_size`` the tiles are ``default_tile`` capped to fit the training and validation strips. With
+    ``scene_labels`` the task is scene classification: each tile is labelled with its most frequent class.
+    ``augmentation`` applies to training batches.
     """
     if labels is None:
         raise InputError("own data needs `labels` (label rasters, or a vector file with `label_column`)")
@@ -458,11 +492,12 @@ def custom_data(
     dataset, aligned = _intersect(imgs, lab.dataset)
     xs, ys, _ = dataset.bounds
     split = spatial_split((xs.start, ys.start, xs.stop, ys.stop), val_fraction, dataset.res)
+    tile = tile_size or fit_tile(default_tile, split, dataset.res)
     dm = OwnDataModule(
         dataset,
         split["train"],
         split["val"],
-        tile_size=tile_size,
+        tile_size=tile,
         batch_size=batch_size,
         num_workers=num_workers,
         length=length,
@@ -470,8 +505,9 @@ def custom_data(
         label_offset=lab.offset,
         label_nodata=lab.nodata,
         scene_labels=scene_labels,
+        augmentation=augmentation,
     )
-    mean, std = band_stats(dm)
+    mean, std, counts = training_stats(dm, len(lab.classes))
     dm.mean, dm.std = torch.tensor(mean), torch.tensor(std)
     with rasterio.open(image_files[0]) as src:
         gsd = abs(src.transform.a) if src.crs is not None and src.crs.is_projected else None
@@ -487,4 +523,6 @@ def custom_data(
         split={**split["report"], "crs": dataset.crs.to_string(), "labels_aligned": aligned},
         colors=lab.colors,
         class_weights=_change_weights(lab) if change else None,
+        class_counts=counts,
+        tile_size=tile,
     )

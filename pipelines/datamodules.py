@@ -1,7 +1,7 @@
 """Lightning datamodules torchgeo does not have: the user's own rasters, and MillionAID.
 
-Also :class:`FrameMask`, which lets torchgeo's change datamodules run their kornia augmentations on
-two-date images with a one-frame mask.
+Also :class:`TileAugmentation` (kornia) for own data, and :class:`FrameMask`, which lets torchgeo's change
+datamodules run their kornia augmentations on two-date images with a one-frame mask.
 """
 
 from __future__ import annotations
@@ -20,6 +20,63 @@ from lemevit_geo.pipelines.compat import grid_sampler, random_sampler
 
 #: Label value ignored by losses and metrics of own data.
 IGNORE = 255
+
+
+class BandJitter(torch.nn.Module):
+    """Per-band brightness and contrast of normalised images ``(B, C, H, W)``: ``x * (1 + a) + b`` with ``a`` and
+    ``b`` drawn uniformly from ``[-amount, amount]`` for each band of each image."""
+
+    def __init__(self, amount: float) -> None:
+        super().__init__()
+        self.amount = amount
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        uniform = 2 * torch.rand(2, *image.shape[:2], 1, 1, device=image.device, dtype=image.dtype) - 1
+        gain, bias = (self.amount * uniform).unbind()
+        return image * (1 + gain) + bias
+
+
+class TileAugmentation(torch.nn.Module):
+    """Random flips, 90-degree rotations, zoom and per-band brightness/contrast of normalised training batches.
+
+    The geometric transforms (kornia) are drawn once per tile and applied alike to the image, every date of a
+    change pair and the mask (nearest neighbour); pixels a zoom-out brings in from outside the tile are
+    ``IGNORE`` in the mask and 0 (the band mean) in the image. Brightness and contrast change each band of each
+    date on its own (:class:`BandJitter`).
+
+    Args:
+        flips: Horizontal and vertical flips and rotations by 0, 90, 180 or 270 degrees.
+        scale_jitter: Zoom by a factor drawn from ``[1 - scale_jitter, 1 + scale_jitter]`` (0: none).
+        band_jitter: Brightness and contrast range, in standard deviations and shares (0: none).
+    """
+
+    def __init__(self, flips: bool = True, scale_jitter: float = 0.0, band_jitter: float = 0.0) -> None:
+        super().__init__()
+        import kornia.augmentation as K
+
+        geometric: list[torch.nn.Module] = []
+        if flips:
+            geometric += [K.RandomHorizontalFlip(), K.RandomVerticalFlip(), K.RandomRotation90(times=(0, 3), p=1.0)]
+        if scale_jitter:
+            geometric.append(K.RandomAffine(degrees=0.0, scale=(1 - scale_jitter, 1 + scale_jitter), p=1.0))
+        self.geometric = K.AugmentationSequential(*geometric, data_keys=["input", "mask"]) if geometric else None
+        self.jitter = BandJitter(band_jitter) if band_jitter else None
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment images ``(B, C, H, W)`` or ``(B, dates, C, H, W)`` and class-id masks ``(B, H, W)`` (none:
+        images only; the mask returned then marks what a zoom-out brought in as ``IGNORE``)."""
+        shape = image.shape
+        flat = image.reshape(shape[0], -1, *shape[-2:])
+        if mask is None:
+            mask = torch.zeros(shape[0], *shape[-2:], dtype=torch.long, device=image.device)
+        if self.geometric is not None:
+            shifted = (mask + 1).to(flat.dtype)[:, None]  # 0 marks what comes in from outside the tile
+            flat, shifted = self.geometric(flat, shifted)
+            moved = shifted[:, 0].round().long() - 1
+            mask = torch.where(moved < 0, IGNORE, moved)
+        if self.jitter is not None:
+            flat = self.jitter(flat)
+        return flat.reshape(shape), mask
 
 
 class FrameMask:
@@ -116,6 +173,7 @@ class OwnDataModule(L.LightningDataModule):
         label_nodata: Label value of unlabelled pixels (ignored, as ``IGNORE``).
         scene_labels: Scene classification: each tile is labelled with its most frequent class (``IGNORE``
             for a tile without any labelled pixel).
+        augmentation: Applied to training batches after normalisation (none if ``None``).
     """
 
     def __init__(
@@ -131,8 +189,10 @@ class OwnDataModule(L.LightningDataModule):
         label_offset: int = 0,
         label_nodata: int | None = None,
         scene_labels: bool = False,
+        augmentation: TileAugmentation | None = None,
     ) -> None:
         super().__init__()
+        self.augmentation = augmentation
         self.dataset, self.train_roi, self.val_roi = dataset, train_roi, val_roi
         self.tile_size, self.batch_size, self.num_workers, self.length = tile_size, batch_size, num_workers, length
         self.dates, self.label_offset, self.scene_labels = dates, label_offset, scene_labels
@@ -184,6 +244,8 @@ class OwnDataModule(L.LightningDataModule):
         if self.dates > 1:
             image = image.reshape(image.shape[0], self.dates, c, *image.shape[-2:])
         mask = self.labels(batch["mask"])
+        if self.augmentation is not None and self.trainer is not None and self.trainer.training:
+            image, mask = self.augmentation(image, mask)
         if self.scene_labels:
             return {"image": image, "label": scene_label(mask)}
         return {"image": image, "mask": mask[:, None] if self.dates > 1 else mask}
@@ -199,6 +261,51 @@ class OwnDataModule(L.LightningDataModule):
             mask = mask - self.label_offset
             mask[mask < 0] = IGNORE
         return mask
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Unlabelled images for self-supervised pretraining: random tiles anywhere in the images, normalised by
+    per-band statistics, flipped and rotated; batches hold ``image`` only.
+
+    Args:
+        dataset: A torchgeo RasterDataset of the images.
+        tile_size: Tile side in pixels.
+        batch_size: Tiles per batch.
+        num_workers: Data loader processes.
+        length: Tiles per epoch.
+    """
+
+    #: Images per sample (the statistics code shares this with :class:`OwnDataModule`).
+    dates = 1
+
+    def __init__(self, dataset: Any, tile_size: int, batch_size: int, num_workers: int, length: int) -> None:
+        super().__init__()
+        self.dataset, self.tile_size, self.batch_size = dataset, tile_size, batch_size
+        self.num_workers, self.length = num_workers, length
+        self.train_roi = shapely.union_all(dataset.index.geometry.values)
+        self.mean = torch.zeros(1)
+        self.std = torch.ones(1)
+        self.augmentation = TileAugmentation(flips=True)
+
+    def train_dataloader(self) -> DataLoader:
+        from torchgeo.datasets import stack_samples
+
+        sampler = random_sampler(self.dataset, self.tile_size, self.length, self.train_roi)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=stack_samples,
+        )
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        image = batch["image"].float()
+        image = (image - self.mean.to(image.device)[None, :, None, None]) / self.std.to(image.device)[
+            None, :, None, None
+        ]
+        image, _ = self.augmentation(image)
+        return {"image": image}
 
 
 def scene_label(mask: torch.Tensor) -> torch.Tensor:

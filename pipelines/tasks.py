@@ -9,14 +9,18 @@ for scenes.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
+import lightning as L
 import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
+from lemevit_geo.choices import Schedule
 from lemevit_geo.models.factory import backbone_of, build_task_model
 from lemevit_geo.pipelines.compat import ChangeDetectionTask, ClassificationTask, SemanticSegmentationTask
 from lemevit_geo.weights import load_backbone_weights
@@ -58,6 +62,33 @@ def dense_metrics(num_classes: int, ignore_index: int | None, change: bool = Fal
     return MetricCollection(metrics)
 
 
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """Learning-rate factor at ``step``: linear from 1/``warmup`` to 1 over ``warmup`` steps, then cosine to 0
+    at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def decay_groups(module: torch.nn.Module) -> list[dict[str, Any]]:
+    """Parameter groups for AdamW: weights decay; norms, biases and meta tokens (vectors) do not."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 or name.endswith("meta_tokens") else decay).append(param)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def adamw_cosine(module: L.LightningModule, lr: float, weight_decay: float, warmup: float) -> dict[str, Any]:
+    """Lightning's optimiser config: AdamW over :func:`decay_groups`, warm-up for a ``warmup`` share of the run's
+    steps, then cosine decay to zero at its last step."""
+    optimizer = torch.optim.AdamW(decay_groups(module), lr=lr, weight_decay=weight_decay)
+    total = max(1, int(module.trainer.estimated_stepping_batches))
+    factor = functools.partial(warmup_cosine, warmup=round(total * warmup), total=total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 class LeMeViTTask:
     """Mixin over a torchgeo task: one constructor for every task, and our model in ``configure_models``.
 
@@ -69,10 +100,14 @@ class LeMeViTTask:
         head: Head options (stored in the bundle).
         class_weights: Loss weight per class.
         ignore_index: Label value ignored by the loss and metrics (dense tasks).
-        lr: Learning rate (AdamW).
-        patience: Epochs without improvement before the learning rate drops.
+        lr: Peak learning rate (AdamW).
+        patience: Epochs without improvement before the learning rate drops (``plateau``).
         freeze_backbone: Train only the decoder and head (or only the classifier).
         freeze_decoder: Train only the head (dense tasks).
+        weight_decay: AdamW weight decay of weights (norms, biases and meta tokens get none).
+        schedule: ``cosine`` (linear warm-up, then cosine decay per step) or ``plateau`` (torchgeo's).
+        warmup: Share of the run's steps that warm the learning rate up (``cosine``).
+        drop_path: Stochastic depth of the backbone.
     """
 
     #: Task name of the model factory and the bundle.
@@ -97,7 +132,13 @@ class LeMeViTTask:
         patience: int = 10,
         freeze_backbone: bool = False,
         freeze_decoder: bool = False,
+        weight_decay: float = 0.05,
+        schedule: str = "cosine",
+        warmup: float = 0.05,
+        drop_path: float = 0.1,
     ) -> None:
+        self.recipe: dict[str, Any] = dict(weight_decay=weight_decay, schedule=Schedule(schedule).value, warmup=warmup)
+        self.drop_path = drop_path
         given = dict(
             model=self.model_template.format(arch=arch),
             backbone=f"tu-lemevit_{arch}",
@@ -116,6 +157,7 @@ class LeMeViTTask:
         if freeze_decoder and "freeze_decoder" not in accepted:
             raise ValueError(f"freeze_decoder does not apply to {self.task_name} models: they have no decoder")
         super().__init__(**{k: v for k, v in given.items() if k in accepted})
+        self.hparams.update(self.recipe, drop_path=drop_path)  # type: ignore[attr-defined]
 
     def configure_models(self) -> None:
         hparams: Any = self.hparams  # type: ignore[attr-defined]
@@ -124,6 +166,7 @@ class LeMeViTTask:
             hparams["arch"],
             in_chans=hparams["in_channels"],
             num_classes=hparams["num_classes"],
+            drop_path_rate=self.drop_path,
             **(hparams.get("head") or {}),
         )
         if hparams.get("backbone_weights"):
@@ -137,6 +180,16 @@ class LeMeViTTask:
         if hparams.get("freeze_decoder"):
             model.decoder.requires_grad_(False)
         self.model = model
+
+    def configure_optimizers(self) -> Any:
+        """AdamW (no decay on norms, biases and meta tokens) with warm-up + cosine per step, or torchgeo's plateau."""
+        module: Any = self  # a LightningModule once combined with the torchgeo task
+        lr, weight_decay = module.hparams["lr"], self.recipe["weight_decay"]
+        if self.recipe["schedule"] == Schedule.cosine.value:
+            return adamw_cosine(module, lr, weight_decay, self.recipe["warmup"])
+        optimizer = torch.optim.AdamW(decay_groups(module), lr=lr, weight_decay=weight_decay)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=module.hparams["patience"])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": module.monitor}}
 
     def set_metrics(self, metrics: MetricCollection) -> None:
         """Train / val / test copies of ``metrics``, prefixed as torchgeo's steps log them."""

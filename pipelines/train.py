@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from lemevit_geo.bundle import DEFAULT_TILE, BundleConfig, save_bundle
@@ -24,8 +25,10 @@ from lemevit_geo.device import cpu_supports_bf16
 from lemevit_geo.errors import InputError
 from lemevit_geo.models.factory import head_options
 from lemevit_geo.outputs import check_output
-from lemevit_geo.pipelines.callbacks import EpochCSV
+from lemevit_geo.pipelines.baselines import pixel_baseline
+from lemevit_geo.pipelines.callbacks import EpochCSV, MajorityBaseline
 from lemevit_geo.pipelines.data import DATASETS, TrainData, custom_data, torchgeo_data
+from lemevit_geo.pipelines.datamodules import TileAugmentation
 from lemevit_geo.pipelines.tasks import TASK_MODULES, LeMeViTTask
 from lemevit_geo.settings import Hardware, Recipe, check_tile_size
 
@@ -58,69 +61,122 @@ def load_data(
             raise InputError(f"unknown dataset {name!r}; choose one of custom, {', '.join(DATASETS)}")
         if root is None:
             raise InputError(f"dataset {name} needs `root`, the folder holding it ({DATASETS[name].expects})")
+        check_torchgeo_recipe(recipe)
         tile = tile_size or DEFAULT_TILE[DATASETS[name].task]
         return torchgeo_data(name, Path(root), recipe.batch_size, tile, hardware.num_workers), tile
     wanted = Task(task) if task else Task.change if own.get("before") is not None else Task.segment
-    tile = tile_size or DEFAULT_TILE[wanted]
+    augmentation = None
+    if recipe.augment or recipe.scale_jitter or recipe.band_jitter:
+        augmentation = TileAugmentation(recipe.augment, recipe.scale_jitter, recipe.band_jitter)
     data = custom_data(
         **own,
-        tile_size=tile,
+        tile_size=tile_size,
+        default_tile=DEFAULT_TILE[wanted],
         batch_size=recipe.batch_size,
         num_workers=hardware.num_workers,
         val_fraction=val_fraction,
         length=recipe.steps_per_epoch * recipe.batch_size,
         work_dir=work_dir,
         scene_labels=wanted == Task.classify,
+        augmentation=augmentation,
     )
     if data.task != wanted:
         raise InputError(f"`task` {wanted.value} does not fit the data given (it makes a {data.task.value} model)")
-    return data, tile
+    return data, int(data.tile_size or tile_size or DEFAULT_TILE[wanted])
+
+
+def check_torchgeo_recipe(recipe: Recipe) -> None:
+    """Refuse recipe options that only own data has: torchgeo's datamodules keep their own augmentations, and
+    class balance needs own data's label counts."""
+    if not recipe.augment or recipe.scale_jitter or recipe.band_jitter:
+        raise InputError(
+            "`augment`, `scale_jitter` and `band_jitter` apply to own data (`dataset` custom): torchgeo's "
+            "datamodules bring their own augmentations"
+        )
+    if recipe.class_balance:
+        raise InputError("`class_balance` applies to own data (`dataset` custom), whose labels it counts")
+
+
+def balanced_weights(counts: Sequence[int], power: float) -> list[float]:
+    """Loss weight per class: ``(median frequency / frequency) ** power`` over the classes seen (others get 1),
+    clipped to [0.1, 10]."""
+    freq = np.asarray(counts, dtype=float)
+    seen = freq > 0
+    if not seen.any():
+        return [1.0] * len(freq)
+    weights = np.ones_like(freq)
+    weights[seen] = (np.median(freq[seen]) / freq[seen]) ** power
+    return [round(float(w), 4) for w in np.clip(weights, 0.1, 10.0)]
+
+
+def head_of(task: Task, recipe: Recipe) -> dict[str, Any]:
+    """The head options a bundle of ``task`` trained with ``recipe`` stores."""
+    if task == Task.segment:
+        return head_options(task.value, decoder_channels=recipe.decoder_channels, pixel_channels=recipe.pixel_channels)
+    return head_options(task.value)
 
 
 def make_module(
     data: TrainData, arch: Arch, backbone_weights: str | Path | None, freeze_backbone: bool, recipe: Recipe
 ) -> LeMeViTTask:
     """The Lightning module of the data's task."""
+    weights = data.class_weights
+    if recipe.class_balance:
+        if not data.class_counts:
+            raise InputError("`class_balance` needs the training labels' class counts (own data)")
+        weights = balanced_weights(data.class_counts, recipe.class_balance)
     kwargs: dict[str, Any] = dict(
         arch=arch.value,
         in_channels=data.bands,
         num_classes=len(data.classes),
         backbone_weights=str(backbone_weights) if backbone_weights else None,
-        head=head_options(data.task.value),
-        class_weights=data.class_weights,
+        head=head_of(data.task, recipe),
+        class_weights=weights,
         ignore_index=data.ignore_index,
         lr=recipe.lr,
         freeze_backbone=freeze_backbone,
+        weight_decay=recipe.weight_decay,
+        schedule=recipe.schedule.value,
+        warmup=recipe.warmup,
+        drop_path=recipe.drop_path,
     )
     return TASK_MODULES[data.task.value](**kwargs)
 
 
 def make_trainer(
     run_dir: Path,
-    monitor: tuple[str, str],
-    recipe: Recipe,
+    monitor: tuple[str, str] | None,
+    epochs: int,
     hardware: Hardware,
-    fast_dev_run: bool,
-    progress: bool,
-) -> tuple[L.Trainer, L.pytorch.callbacks.ModelCheckpoint, Path]:
-    """A Lightning trainer that keeps the best and last checkpoints and writes per-epoch metrics."""
+    *,
+    early_stop: int = 0,
+    fast_dev_run: bool = False,
+    progress: bool = True,
+    extra: Sequence[L.Callback] = (),
+) -> tuple[L.Trainer, L.pytorch.callbacks.ModelCheckpoint, EpochCSV]:
+    """A Lightning trainer that keeps the best (by ``monitor``: name, min or max; without it, the latest) and
+    last checkpoints, writes per-epoch metrics, stops after ``early_stop`` epochs without a better ``monitor``
+    (0: never), and runs the ``extra`` callbacks."""
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor=monitor[0],
-        mode=monitor[1],
-        save_last=True,
+        filename="best" if monitor else "last",
+        monitor=monitor[0] if monitor else None,
+        mode=monitor[1] if monitor else "min",
+        save_last=bool(monitor),
         enable_version_counter=False,
     )
-    metrics_csv = run_dir / "metrics.csv"
+    epoch_csv = EpochCSV(run_dir / "metrics.csv")
+    callbacks: list[L.Callback] = [checkpoint, epoch_csv, *extra]
+    if early_stop and monitor:
+        callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor[0], patience=early_stop, mode=monitor[1]))
     trainer = L.Trainer(
-        max_epochs=recipe.epochs,
+        max_epochs=epochs,
         accelerator=hardware.accelerator,
         devices=hardware.devices,
         num_nodes=hardware.num_nodes,
         strategy=hardware.strategy,
         precision=lightning_precision(hardware.precision),  # type: ignore[arg-type]
-        callbacks=[checkpoint, EpochCSV(metrics_csv)],
+        callbacks=callbacks,
         logger=False,
         fast_dev_run=fast_dev_run,
         enable_progress_bar=progress,
@@ -129,7 +185,7 @@ def make_trainer(
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
     )
-    return trainer, checkpoint, metrics_csv
+    return trainer, checkpoint, epoch_csv
 
 
 def train(
@@ -155,10 +211,15 @@ def train(
     fast_dev_run: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    baseline: bool = False,
 ) -> dict[str, Any]:
     """Train a model on ``dataset`` (a torchgeo dataset name, or ``custom`` for own rasters) into the bundle
     ``out``; returns a summary. Own data: ``images`` + ``labels`` (+ ``label_column`` for vector labels),
-    or ``before`` + ``after`` + ``labels`` for change; ``task="classify"`` trains scene labels."""
+    or ``before`` + ``after`` + ``labels`` for change; ``task="classify"`` trains scene labels.
+
+    The summary reports the best validation metrics next to predicting the majority class, and with
+    ``baseline`` (own data, segment and change) next to a per-pixel gradient-boosting classifier on the same
+    split (:mod:`lemevit_geo.pipelines.baselines`)."""
     start = time.perf_counter()
     out, name, arch = Path(out), dataset.lower(), Arch(arch)
     check_tile_size(tile_size)
@@ -186,15 +247,16 @@ def train(
             resume=resume,
             fast_dev_run=fast_dev_run,
             progress=progress,
+            baseline=baseline,
             start=start,
         )
 
 
 @contextlib.contextmanager
-def run_folder(out: Path) -> Iterator[Path]:
-    """``<out>.train/`` for checkpoints and metrics; removed again if this run made it and failed before its
+def run_folder(out: Path, suffix: str = ".train") -> Iterator[Path]:
+    """``<out><suffix>/`` for checkpoints and metrics; removed again if this run made it and failed before its
     first checkpoint (a run that saved one can be resumed)."""
-    run_dir = out.with_name(out.stem + ".train")
+    run_dir = out.with_name(out.stem + suffix)
     fresh = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -223,9 +285,10 @@ def _train(
     resume: bool,
     fast_dev_run: bool,
     progress: bool,
+    baseline: bool,
     start: float,
 ) -> dict[str, Any]:
-    """The four steps of :func:`train` in its run folder: data, module, trainer, bundle."""
+    """The four steps of :func:`train` in its run folder: data, module, trainer, bundle (and the baselines)."""
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     data, tile = load_data(
         name=name,
@@ -238,21 +301,44 @@ def _train(
         hardware=hardware,
         work_dir=run_dir,
     )
+    if baseline and name != "custom":
+        raise InputError("`baseline` applies to own data (`dataset` custom)")
     module = make_module(data, arch, backbone_weights, freeze_backbone, recipe)
-    trainer, checkpoint, metrics_csv = make_trainer(
-        run_dir, type(module).monitor_metric, recipe, hardware, fast_dev_run, progress
+    majority = MajorityBaseline(len(data.classes), data.ignore_index, dense=data.task != Task.classify)
+    trainer, checkpoint, epochs = make_trainer(
+        run_dir,
+        type(module).monitor_metric,
+        recipe.epochs,
+        hardware,
+        early_stop=recipe.early_stop,
+        fast_dev_run=fast_dev_run,
+        progress=progress,
+        extra=[majority],
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise InputError(f"`resume`: no checkpoint to continue from at {last}")
     trainer.fit(module, datamodule=data.datamodule, ckpt_path=str(last) if resume else None)
-
+    summary = export_bundle(out, module, data, arch, tile, trainer, checkpoint)
+    baselines: dict[str, Any] = {}
+    if majority.result:
+        baselines["majority"] = {**majority.result, "class": data.classes[majority.result["class"]]}
+    if baseline and trainer.is_global_zero:
+        baselines["pixel_classifier"] = pixel_baseline(data, seed=recipe.seed)
     return {
         "dataset": name,
-        **export_bundle(out, module, data, arch, tile, trainer, checkpoint),
-        "metrics_csv": str(metrics_csv) if metrics_csv.exists() else None,
+        **summary,
+        "validation": best_row(epochs, summary["best_epoch"]),
+        "baselines": baselines,
+        "metrics_csv": str(epochs.path) if epochs.path.exists() else None,
         "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def best_row(epochs: EpochCSV, epoch: int | None) -> dict[str, float]:
+    """The validation metrics of ``epoch`` (the best checkpoint's), without their ``val_`` prefix."""
+    row = next((r for r in epochs.rows if r["epoch"] == epoch), {})
+    return {k.removeprefix("val_"): round(float(v), 4) for k, v in row.items() if k.startswith("val_")}
 
 
 def export_bundle(
@@ -265,9 +351,11 @@ def export_bundle(
     checkpoint: L.pytorch.callbacks.ModelCheckpoint,
 ) -> dict[str, Any]:
     """Write the best checkpoint's model (or the last, without validation) as a bundle; return the summary."""
-    best_path = checkpoint.best_model_path
+    best_path, best_epoch = checkpoint.best_model_path, None
     if best_path and Path(best_path).is_file():
-        module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"])
+        state = torch.load(best_path, map_location="cpu", weights_only=False)
+        module.load_state_dict(state["state_dict"])
+        best_epoch = state["epoch"]
     config = BundleConfig(
         task=data.task,
         arch=arch,
@@ -278,7 +366,7 @@ def export_bundle(
         colors=data.colors,
         tile_size=tile,
         gsd=data.gsd,
-        head=head_options(data.task.value),
+        head=dict(module.hparams["head"]),
     )
     if trainer.is_global_zero:
         save_bundle(out, module.model.cpu(), config)
@@ -293,8 +381,11 @@ def export_bundle(
         "global_steps": trainer.global_step,
         "monitor": checkpoint.monitor,
         "best": None if best is None else round(float(best), 4),
+        "best_epoch": best_epoch,
         "bundle": str(out),
         "best_checkpoint": best_path or None,
         "split": data.split,
-        "class_weights": data.class_weights,
+        "tile_size": tile,
+        "head": dict(module.hparams["head"]),
+        "class_weights": module.hparams["class_weights"],
     }
