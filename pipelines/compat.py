@@ -2,7 +2,8 @@
 
 pip resolves torchgeo 0.8 on Python 3.11 (0.9 and later need Python 3.12) and 0.10 on Python 3.12+. The
 Lightning tasks are ``torchgeo.trainers.{SemanticSegmentation,ChangeDetection,Classification}Task`` up to 0.9 and
-``torchgeo.tasks.{SemanticSegmentation,ChangeDetection,Classification}`` from 0.10; the geospatial samplers are
+``torchgeo.tasks.{SemanticSegmentation,ChangeDetection,Classification}`` from 0.10 (the self-supervised
+``SimCLRTask``/``MoCoTask`` likewise became ``SimCLR``/``MoCo``); the geospatial samplers are
 ``RandomGeoSampler``/``GridGeoSampler`` up to 0.9 and ``RandomPatchSampler``/``GriddedPatchSampler`` from 0.10
 (keyword-only, with a NumPy ``generator``). 0.10 keeps the old names as aliases that raise a DeprecationWarning
 on every subclass and instance, so this module imports whichever names are current.
@@ -18,11 +19,27 @@ import torch
 try:  # torchgeo >= 0.10
     from torchgeo.tasks import ChangeDetection as ChangeDetectionTask
     from torchgeo.tasks import Classification as ClassificationTask
+    from torchgeo.tasks import MoCo as MoCoTask
     from torchgeo.tasks import SemanticSegmentation as SemanticSegmentationTask
+    from torchgeo.tasks import SimCLR as SimCLRTask
 except ImportError:  # torchgeo 0.8, 0.9
-    from torchgeo.trainers import ChangeDetectionTask, ClassificationTask, SemanticSegmentationTask
+    from torchgeo.trainers import (
+        ChangeDetectionTask,
+        ClassificationTask,
+        MoCoTask,
+        SemanticSegmentationTask,
+        SimCLRTask,
+    )
 
-__all__ = ["ChangeDetectionTask", "ClassificationTask", "SemanticSegmentationTask", "grid_sampler", "random_sampler"]
+__all__ = [
+    "ChangeDetectionTask",
+    "ClassificationTask",
+    "MoCoTask",
+    "SemanticSegmentationTask",
+    "SimCLRTask",
+    "grid_sampler",
+    "random_sampler",
+]
 
 
 def random_sampler(dataset: Any, size: int, length: int, roi: shapely.Polygon) -> Any:

@@ -88,6 +88,8 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="The given matrix is equal to Affine.identity")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation noise
     warnings.filterwarnings("ignore", message=".*litlogger.*")
+    # torchgeo's self-supervised tasks define a no-op validation step; pretraining has no validation data
+    warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
     rasterio_log = logging.getLogger("rasterio")
     if GDAL_ERRORS not in rasterio_log.handlers:  # GDAL's own error lines go into our one error line
         rasterio_log.addHandler(GDAL_ERRORS)

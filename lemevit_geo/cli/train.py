@@ -1,4 +1,4 @@
-"""The ``train`` command: parse, call the training pipeline, print."""
+"""The ``train`` and ``pretrain`` commands: parse, call the training pipelines, print."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 
 from lemevit_geo import options as o
+from lemevit_geo.choices import PretrainMethod
 from lemevit_geo.cli.app import app, quiet_lightning
 from lemevit_geo.cli.display import report
 from lemevit_geo.options import Display, grouped
-from lemevit_geo.settings import Hardware, Recipe
+from lemevit_geo.settings import Hardware, PretrainRecipe, Recipe
 
 Dataset = Annotated[
     str,
@@ -31,13 +32,31 @@ LabelColumn = Annotated[str | None, typer.Option("--label-column", help="Class c
 OwnTask = Annotated[
     o.Task | None, typer.Option("--task", help="Own data only: classify trains scene labels (tile majority).")
 ]
-BackboneWeights = Annotated[Path | None, typer.Option("--backbone-weights", help="Official LeMeViT checkpoint.")]
+BackboneWeights = Annotated[
+    Path | None,
+    typer.Option("--backbone-weights", help="Backbone to start from: `pretrain` output or official .pth checkpoint."),
+]
 FreezeBackbone = Annotated[
     bool, typer.Option("--freeze-backbone", help="Train only the decoder and head (or the classifier).")
 ]
 ValFraction = Annotated[float, typer.Option("--val-fraction", help="Share of own data's area kept for validation.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this --out.")]
 FastDevRun = Annotated[bool, typer.Option("--fast-dev-run", help="One batch of training and validation.")]
+Baseline = Annotated[
+    bool,
+    typer.Option(
+        "--baseline", help="Also score a per-pixel gradient-boosting classifier on the same split (scikit-learn)."
+    ),
+]
+PretrainImages = Annotated[list[str], typer.Option("--images", help="Unlabelled images: paths or globs.")]
+BackboneOut = Annotated[Path, typer.Option("--out", "-o", help="Backbone to write (.safetensors).")]
+Method = Annotated[
+    PretrainMethod, typer.Option("--method", help="Masked image modelling, or torchgeo's SimCLR / MoCo v3.")
+]
+PretrainTile = Annotated[
+    int | None, typer.Option("--tile-size", help="Tile side in pixels (default 128, capped to the images).")
+]
+PretrainResume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this --out.")]
 
 
 @app.command()
@@ -60,13 +79,17 @@ def train(
     val_fraction: ValFraction = 0.2,
     resume: Resume = False,
     fast_dev_run: FastDevRun = False,
+    baseline: Baseline = False,
     overwrite: o.Overwrite = False,
     *,
     recipe: Recipe,
     hardware: Hardware,
     display: Display,
 ) -> None:
-    """Train a model on a torchgeo dataset or on your own rasters; writes a bundle."""
+    """Train a model on a torchgeo dataset or on your own rasters; writes a bundle.
+
+    The summary puts the best validation metrics next to predicting the majority class (and, with --baseline,
+    next to a per-pixel classifier)."""
     from lemevit_geo.pipelines.train import train as run
 
     quiet_lightning()
@@ -91,6 +114,41 @@ def train(
         hardware=hardware,
         resume=resume,
         fast_dev_run=fast_dev_run,
+        overwrite=overwrite,
+        progress=display.progress,
+        baseline=baseline,
+    )
+    report(summary, display)
+
+
+@app.command()
+@grouped(recipe=PretrainRecipe(), hardware=Hardware(), display=Display())
+def pretrain(
+    images: PretrainImages,
+    out: BackboneOut = Path("backbone.safetensors"),
+    method: Method = PretrainMethod.simmim,
+    arch: o.ArchOpt = o.Arch.tiny,
+    tile_size: PretrainTile = None,
+    resume: PretrainResume = False,
+    overwrite: o.Overwrite = False,
+    *,
+    recipe: PretrainRecipe,
+    hardware: Hardware,
+    display: Display,
+) -> None:
+    """Pretrain a backbone on unlabelled images (self-supervised); use it with train --backbone-weights."""
+    from lemevit_geo.pipelines.pretrain import pretrain as run
+
+    quiet_lightning()
+    summary = run(
+        images=images,
+        out=out,
+        method=method,
+        arch=arch,
+        tile_size=tile_size,
+        recipe=recipe,
+        hardware=hardware,
+        resume=resume,
         overwrite=overwrite,
         progress=display.progress,
     )

@@ -1,0 +1,119 @@
+"""Self-supervised pretraining of a LeMeViT backbone on the user's unlabelled imagery.
+
+``pretrain(images="scenes/*.tif", out="backbone.safetensors")`` draws random tiles from the images (any band
+count, any number of scenes; torchgeo aligns their CRS and resolution), normalises them by per-band statistics
+of random tiles, and trains a backbone with one of the objectives of :mod:`lemevit_geo.pipelines.ssl`. Memory
+is bounded by the batch: tiles are read window by window. The run folder ``<out>.pretrain/`` holds the last
+checkpoint (``--resume`` continues from it) and a CSV of per-epoch losses. The result loads into
+``train --backbone-weights``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from lemevit_geo import __version__
+from lemevit_geo.choices import Arch, PretrainMethod
+from lemevit_geo.errors import InputError
+from lemevit_geo.outputs import check_output
+from lemevit_geo.pipelines.data import expand_paths, raster_dataset, training_stats
+from lemevit_geo.pipelines.datamodules import ImageDataModule
+from lemevit_geo.pipelines.ssl import METHODS
+from lemevit_geo.pipelines.train import make_trainer, run_folder
+from lemevit_geo.settings import Hardware, PretrainRecipe, check_tile_size
+from lemevit_geo.weights import save_backbone
+
+#: Tile side of pretraining unless given (capped to the images' extent).
+DEFAULT_TILE = 128
+
+
+def pretrain(
+    *,
+    images: Any,
+    out: str | Path,
+    method: PretrainMethod | str = PretrainMethod.simmim,
+    arch: Arch | str = Arch.tiny,
+    tile_size: int | None = None,
+    recipe: PretrainRecipe = PretrainRecipe(),
+    hardware: Hardware = Hardware(),
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Pretrain a backbone on ``images`` (paths or globs) with ``method`` and write it to ``out``; returns a
+    summary (losses of the first and last epoch, normalisation, steps, seconds)."""
+    start = time.perf_counter()
+    out, method, arch = Path(out), PretrainMethod(method), Arch(arch)
+    check_tile_size(tile_size)
+    files = expand_paths(images, "image")
+    if not resume:
+        check_output(out, overwrite, files)
+    with run_folder(out, ".pretrain") as run_dir:
+        L.seed_everything(recipe.seed, workers=True, verbose=False)
+        dm = image_data(files, tile_size, recipe, hardware)
+        module = ssl_module(method, arch, len(dm.mean), dm.tile_size, recipe)
+        trainer, checkpoint, epochs = make_trainer(run_dir, None, recipe.epochs, hardware, progress=progress)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if resume and not last.is_file():
+            raise InputError(f"`resume`: no checkpoint to continue from at {last}")
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+        config = {
+            "arch": arch.value,
+            "bands": len(dm.mean),
+            "mean": [round(float(m), 4) for m in dm.mean],
+            "std": [round(float(s), 4) for s in dm.std],
+            "method": method.value,
+            "tile_size": dm.tile_size,
+            "images": files,
+            "version": __version__,
+        }
+        if trainer.is_global_zero:
+            save_backbone(out, module.backbone, config)
+        losses = [r["train_loss"] for r in epochs.rows if "train_loss" in r]
+        return {
+            "backbone": str(out),
+            **{k: v for k, v in config.items() if k != "images"},
+            "images": len(files),
+            "epochs": trainer.current_epoch,
+            "global_steps": trainer.global_step,
+            "loss_first_epoch": losses[0] if losses else None,
+            "loss_last_epoch": losses[-1] if losses else None,
+            "last_checkpoint": checkpoint.last_model_path or str(last),
+            "metrics_csv": str(epochs.path),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+
+
+def image_data(files: list[str], tile_size: int | None, recipe: PretrainRecipe, hardware: Hardware) -> ImageDataModule:
+    """Random tiles of the images with per-band statistics; the tile is ``DEFAULT_TILE`` capped to the extent."""
+    dataset = raster_dataset(files, is_image=True)
+    xs, ys, _ = dataset.bounds
+    fits = int(min((xs.stop - xs.start) / dataset.res[0], (ys.stop - ys.start) / dataset.res[1]) + 1e-6) // 32 * 32
+    tile = tile_size or min(DEFAULT_TILE, fits)
+    if tile < 32 or tile > fits:
+        raise InputError(f"the images span {fits} px at most, less than a tile of {max(tile, 32)} px")
+    dm = ImageDataModule(
+        dataset,
+        tile_size=tile,
+        batch_size=recipe.batch_size,
+        num_workers=hardware.num_workers,
+        length=recipe.steps_per_epoch * recipe.batch_size,
+    )
+    mean, std, _ = training_stats(dm, classes=0)
+    dm.mean, dm.std = torch.tensor(mean), torch.tensor(std)
+    return dm
+
+
+def ssl_module(method: PretrainMethod, arch: Arch, bands: int, tile: int, recipe: PretrainRecipe) -> L.LightningModule:
+    """The Lightning module of ``method`` on a LeMeViT of ``arch`` for ``bands``-band tiles."""
+    common: dict[str, Any] = dict(
+        arch=arch.value, in_channels=bands, lr=recipe.lr, weight_decay=recipe.weight_decay, warmup=recipe.warmup
+    )
+    if method == PretrainMethod.simmim:
+        return METHODS[method.value](mask_ratio=recipe.mask_ratio, **common)
+    return METHODS[method.value](size=tile, **common)
