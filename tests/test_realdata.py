@@ -47,8 +47,11 @@ def test_choose_split_keeps_every_class_on_both_sides() -> None:
 def test_burn_marks_conflicting_classes_unknown() -> None:
     import geopandas as gpd
 
-    gdf = gpd.GeoDataFrame({"c": ["x", "y", "x"]}, geometry=[shapely.box(0, 0, 4, 4), shapely.box(2, 0, 6, 4),
-                                                           shapely.box(0, 0, 1, 1)], crs="EPSG:32633")  # fmt: skip
+    gdf = gpd.GeoDataFrame(
+        {"c": ["x", "y", "x"]},
+        geometry=[shapely.box(0, 0, 4, 4), shapely.box(2, 0, 6, 4), shapely.box(0, 0, 1, 1)],
+        crs="EPSG:32633",
+    )
     labels, conflicts = realdata._burn(gdf, "c", ["x", "y"], (4, 8), from_origin(0, 4, 1, 1))
     assert conflicts == 8  # columns 2-3, all four rows: claimed by x and y
     assert (labels[:, :2] == 0).all() and (labels[:, 2:4] == 255).all() and (labels[:, 4:6] == 1).all()
