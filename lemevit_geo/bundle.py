@@ -53,6 +53,8 @@ class BundleConfig:
         gsd: Ground sample distance of the training data in metres, if known.
         head: Head options (e.g. ``decoder_channels``).
         version: lemevit-geo version that wrote the bundle.
+        overlap: Default overlap of neighbouring tiles in pixels (detection: at least the largest object
+            trained on, so one tile sees each object whole); ``None``: an eighth of the tile.
     """
 
     task: Task
@@ -66,6 +68,7 @@ class BundleConfig:
     gsd: float | None = None
     head: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
+    overlap: int | None = None
 
     def __post_init__(self) -> None:
         self.task, self.arch = Task(self.task), Arch(self.arch)
@@ -86,6 +89,8 @@ class BundleConfig:
         self.tile_size = self.tile_size or DEFAULT_TILE[self.task]
         if self.tile_size % 32:
             raise BundleError(f"tile size {self.tile_size} is not a multiple of 32")
+        if self.overlap is not None and not 0 <= self.overlap < self.tile_size:
+            raise BundleError(f"overlap {self.overlap} must be at least 0 and less than the tile size {self.tile_size}")
 
     @property
     def num_classes(self) -> int:
@@ -95,6 +100,8 @@ class BundleConfig:
         """The config as plain JSON-ready values."""
         d = asdict(self)
         d["task"], d["arch"] = self.task.value, self.arch.value
+        if self.overlap is None:  # bundles without it stay readable by versions that predate the field
+            del d["overlap"]
         return d
 
     def to_json(self) -> str:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -15,7 +20,7 @@ from rasterio.windows import Window
 from shapely.geometry import shape
 
 from lemevit_geo.errors import OutputError
-from lemevit_geo.outputs import atomic_path
+from lemevit_geo.outputs import atomic_path, check_output, temporary_sibling
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".parquet": "parquet"}
 
@@ -141,3 +146,97 @@ def write_vector(gdf: gpd.GeoDataFrame, path: Path, overwrite: bool) -> Path:
         else:
             gdf.to_file(tmp, driver=driver, layer=path.stem, engine="pyogrio")
     return path
+
+
+class VectorStream:
+    """A vector file written in parts, in bounded memory (GeoPackage, GeoParquet or GeoJSON by extension).
+
+    Parts are appended to a hidden GeoPackage beside the target as they come; :meth:`finish` streams the
+    layer in batches into the target's format under a temporary name and renames it into place. On an
+    error (or without :meth:`finish`) nothing is left behind. Use as a context manager.
+
+    Args:
+        path: The target file.
+        overwrite: Replace an existing target.
+        template: An empty frame with the columns, their types and the CRS (written when no part comes).
+        geometry_type: The layer's geometry type.
+    """
+
+    def __init__(self, path: Path, overwrite: bool, template: gpd.GeoDataFrame, geometry_type: str = "Polygon") -> None:
+        self.path, self.overwrite = Path(path), overwrite
+        check_vector_path(self.path)
+        check_output(self.path, overwrite)
+        self.template, self.geometry_type = template, geometry_type
+        self.stage = temporary_sibling(self.path.with_suffix(".gpkg"))
+        self.count = 0
+
+    def __enter__(self) -> VectorStream:
+        return self
+
+    def append(self, part: gpd.GeoDataFrame) -> None:
+        """Add features (with the template's columns)."""
+        if len(part):
+            self._write(part)
+
+    def _write(self, frame: gpd.GeoDataFrame) -> None:
+        import pyogrio
+
+        append = self.stage.exists()
+        pyogrio.write_dataframe(
+            frame, self.stage, layer=self.path.stem, driver="GPKG", append=append, geometry_type=self.geometry_type
+        )
+        self.count += len(frame)
+
+    def finish(self) -> Path:
+        """Publish the file under its name."""
+        if not self.stage.exists():
+            self._write(self.template)
+        driver = DRIVERS[self.path.suffix.lower()]
+        with atomic_path(self.path, self.overwrite) as tmp:
+            if driver == "GPKG":
+                os.replace(self.stage, tmp)
+            elif driver == "parquet":
+                _gpkg_to_parquet(self.stage, tmp)
+            else:
+                _gpkg_to(self.stage, tmp, driver, self.geometry_type)
+        return self.path
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.stage.unlink()
+
+
+def _gpkg_to(stage: Path, target: Path, driver: str, geometry_type: str) -> None:
+    """Stream a GeoPackage layer into another OGR format."""
+    import pyogrio
+
+    with pyogrio.open_arrow(stage, use_pyarrow=True, batch_size=16384) as (meta, reader):
+        pyogrio.write_arrow(
+            reader,
+            target,
+            driver=driver,
+            layer=target.stem,
+            geometry_name=meta["geometry_name"],
+            geometry_type=geometry_type,
+            crs=meta["crs"],
+        )
+
+
+def _gpkg_to_parquet(stage: Path, target: Path) -> None:
+    """Stream a GeoPackage layer into GeoParquet 1.0 (WKB geometry column ``geometry``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pyogrio
+    from pyproj import CRS
+
+    with pyogrio.open_arrow(stage, use_pyarrow=True, batch_size=16384) as (meta, reader):
+        geom = meta["geometry_name"]
+        crs = CRS(meta["crs"]).to_json_dict() if meta["crs"] else None
+        column: dict[str, Any] = {"encoding": "WKB", "geometry_types": [meta["geometry_type"]], "crs": crs}
+        geo = {"version": "1.0.0", "primary_column": "geometry", "columns": {"geometry": column}}
+        fields = [pa.field("geometry", pa.binary()) if f.name == geom else f for f in reader.schema]
+        schema = pa.schema(fields, metadata={b"geo": json.dumps(geo).encode()})
+        with pq.ParquetWriter(target, schema) as writer:
+            for batch in reader:
+                arrays = [c.cast(f.type) if c.type != f.type else c for c, f in zip(batch.columns, fields, strict=True)]
+                writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))

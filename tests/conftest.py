@@ -49,6 +49,16 @@ def cli(*args: str) -> object:
     return result
 
 
+def cli_error(*args: str) -> str:
+    """Run the CLI in-process expecting a user error; return its message as the command line shows it."""
+    from lemevit_geo.cli.app import _flags
+    from lemevit_geo.errors import LemevitError, with_flags
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert isinstance(result.exception, LemevitError), (result.exit_code, result.output, result.exception)
+    return with_flags(str(result.exception), _flags())
+
+
 def cli_subprocess(*args: str) -> subprocess.CompletedProcess:
     """Run the installed CLI as users do (for exit codes and error lines)."""
     return subprocess.run(
