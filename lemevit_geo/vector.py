@@ -19,7 +19,7 @@ from rasterio.features import rasterize, shapes
 from rasterio.windows import Window
 from shapely.geometry import shape
 
-from lemevit_geo.errors import OutputError
+from lemevit_geo.errors import InputError, OutputError
 from lemevit_geo.outputs import atomic_path, check_output, temporary_sibling
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".parquet": "parquet"}
@@ -240,3 +240,51 @@ def _gpkg_to_parquet(stage: Path, target: Path) -> None:
             for batch in reader:
                 arrays = [c.cast(f.type) if c.type != f.type else c for c, f in zip(batch.columns, fields, strict=True)]
                 writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+
+
+#: Class columns tried, in order, when none is named.
+CLASS_COLUMNS = ("class_name", "class")
+
+
+def read_polygons(path: str | Path, column: str | None, crs: Any = None, what: str = "labels") -> gpd.GeoDataFrame:
+    """Labelled polygons of a vector file, checked, in ``crs`` (reprojected when the file has another CRS).
+
+    The class column is ``column``, else the first of :data:`CLASS_COLUMNS` the file has; it is returned as
+    strings in column ``class``. Refused with one clear line: a file that cannot be read, a missing class
+    column, features without a class, geometries that are not polygons, and empty or degenerate (zero-area)
+    polygons, naming the first rows at fault.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist")
+    try:
+        gdf = gpd.read_parquet(path) if path.suffix.lower() == ".parquet" else gpd.read_file(path)
+    except Exception as exc:  # GDAL/pyarrow raise many types for unreadable files
+        raise InputError(f"{path} cannot be read as a vector file: {str(exc).splitlines()[0]}") from exc
+    name = column or next((c for c in CLASS_COLUMNS if c in gdf.columns), None)
+    if name is None or name not in gdf.columns:
+        wanted = f"column {column!r}" if column else f"class column ({' or '.join(CLASS_COLUMNS)})"
+        raise InputError(f"{path} has no {wanted}; name it with `label_column` (columns: {', '.join(gdf.columns)})")
+    if not len(gdf):
+        raise InputError(f"{path} holds no polygons")
+    geoms = gdf.geometry.values
+    bad = [
+        ("has no class", gdf[name].isna().to_numpy()),
+        ("is not a polygon", ~np.isin(shapely.get_type_id(geoms), [3, 6]) & ~shapely.is_missing(geoms)),
+        ("is empty", shapely.is_missing(geoms) | shapely.is_empty(geoms)),
+        ("is degenerate (zero area)", ~(shapely.area(geoms) > 0)),
+    ]
+    for problem, rows in bad:
+        if rows.any():
+            first = ", ".join(str(i) for i in np.flatnonzero(rows)[:5])
+            message = f"{int(rows.sum())} feature(s) whose geometry {problem} (rows {first})"
+            if problem == "has no class":
+                message = f"{int(rows.sum())} feature(s) without a class in {name!r} (rows {first})"
+            raise InputError(f"{path}: {message}; fix or remove them")
+    if crs is not None and gdf.crs is not None and gdf.crs != crs:
+        gdf = gdf.to_crs(crs)
+    out = gpd.GeoDataFrame({"class": gdf[name].astype(str).to_numpy()}, geometry=gdf.geometry.values, crs=gdf.crs)
+    for extra in ("difficult", "score"):
+        if extra in gdf.columns and extra != name:
+            out[extra] = gdf[extra].to_numpy()
+    return out
