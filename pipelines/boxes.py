@@ -24,6 +24,7 @@ puts the tiles' boxes together on the scene's grid, in grid order, holding at mo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -114,6 +115,13 @@ class Axis:
     def inner(self, i: int) -> tuple[bool, bool]:
         """Whether the tile's low and high edges on this axis are inner edges (a neighbour lies beyond)."""
         return i > 0, i < len(self.offsets) - 1
+
+
+def overlap_for(extent: float, tile: int) -> int:
+    """The tile overlap (px) that lets one tile see an object of ``extent`` px along x and y whole and away
+    from its edges (:data:`EDGE_MARGIN`), rounded up to 8 px, at most half the tile."""
+    need = math.ceil((extent + 2 * EDGE_MARGIN + 2) / 8) * 8
+    return int(min(max(need, 8), tile // 2))
 
 
 def rectangle_boxes(corners: np.ndarray) -> np.ndarray:

@@ -10,13 +10,17 @@ import lightning as L
 
 
 class EpochCSV(L.Callback):
-    """Writes one row of metrics per epoch (after validation) to a CSV file."""
+    """Writes one row of metrics per epoch (after validation) to a CSV file.
+
+    The row is written when validation ends, after the module's own ``on_validation_epoch_end`` (which is
+    where metrics computed over the whole epoch, such as detection mAP, are logged).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rows: list[dict[str, Any]] = []
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         row = {"epoch": trainer.current_epoch}

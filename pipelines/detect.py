@@ -89,7 +89,7 @@ def detect(
     settings = configure_detector(net, config, detection)
     runtime = Runtime.create(engine)
     grid = make_grid(info, tile, overlap)
-    classes = Counter[str]()
+    classes: Counter[str] = Counter()
 
     def write(rows: np.ndarray) -> None:
         part = box_features(rows, info.transform, config.classes, info.crs)
@@ -107,17 +107,20 @@ def detect(
             stats = run_tiles(iter(reader), runtime.prepare(net), merger, runtime, progress)
         written = {"vector": str(stream.finish())}
     summary = run_summary(stats, runtime, grid, info, time.perf_counter() - start, written)
-    summary.update(
-        objects=merger.counts["written"],
-        class_objects={
-            c: classes[c]
-            for i, c in enumerate(config.classes)
-            if settings["keep"] in (None, []) or i in settings["keep"]
-        },
-        boxes_found=merger.counts["found"],
-        merged_across_tiles=merger.counts["merged"],
-        partial_boxes=merger.counts["partial"],
-        bundle_overlap=config.overlap,
+    return {**summary, **box_summary(merger, classes, config, settings)}
+
+
+def box_summary(
+    merger: BoxMerger, found: Counter[str], config: BundleConfig, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """What ``detect`` adds to the run summary: objects (per class), merging counts and the settings used."""
+    kept = [c for i, c in enumerate(config.classes) if settings["keep"] is None or i in settings["keep"]]
+    return {
+        "objects": merger.counts["written"],
+        "class_objects": {c: found[c] for c in kept},
+        "boxes_found": merger.counts["found"],
+        "merged_across_tiles": merger.counts["merged"],
+        "partial_boxes": merger.counts["partial"],
+        "bundle_overlap": config.overlap,
         **{k: v for k, v in settings.items() if k != "keep"},
-    )
-    return summary
+    }

@@ -8,8 +8,10 @@ trains on the user's GeoTIFFs (:mod:`lemevit_geo.pipelines.data`). The result is
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +21,26 @@ import torch
 from lemevit_geo.bundle import DEFAULT_TILE, BundleConfig, save_bundle
 from lemevit_geo.choices import Arch, Precision, Task
 from lemevit_geo.device import cpu_supports_bf16
-from lemevit_geo.errors import InputError
+from lemevit_geo.errors import InputError, LemevitError
 from lemevit_geo.models.factory import head_options
 from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.callbacks import EpochCSV
-from lemevit_geo.pipelines.data import DATASETS, TrainData, custom_data, torchgeo_data
+from lemevit_geo.pipelines.data import DATASETS, TrainData, custom_data, detection_data, torchgeo_data
 from lemevit_geo.pipelines.tasks import TASK_MODULES, LeMeViTTask
 from lemevit_geo.settings import Hardware, Recipe, check_tile_size
+
+
+@contextlib.contextmanager
+def _removed_on_error(run_dir: Path) -> Iterator[None]:
+    """Create the run folder; remove it again if it was new and the inputs turn out unusable."""
+    new = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except LemevitError:
+        if new:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def lightning_precision(precision: Precision | str) -> str:
@@ -60,6 +75,21 @@ def load_data(
         return torchgeo_data(name, Path(root), recipe.batch_size, tile, hardware.num_workers), tile
     wanted = Task(task) if task else Task.change if own.get("before") is not None else Task.segment
     tile = tile_size or DEFAULT_TILE[wanted]
+    if wanted == Task.detect:
+        if own.get("before") is not None or own.get("after") is not None:
+            raise InputError("detection training takes `images` and `labels` (polygons), not `before`/`after`")
+        data = detection_data(
+            images=own.get("images"),
+            labels=own.get("labels"),
+            label_column=own.get("label_column"),
+            classes=own.get("classes"),
+            tile_size=tile,
+            batch_size=recipe.batch_size,
+            num_workers=hardware.num_workers,
+            val_fraction=val_fraction,
+            length=recipe.steps_per_epoch * recipe.batch_size,
+        )
+        return data, tile
     data = custom_data(
         **own,
         tile_size=tile,
@@ -75,8 +105,22 @@ def load_data(
     return data, tile
 
 
+def head_for(data: TrainData, head: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Head options of the model: the task's defaults, what the data calls for, then ``head``."""
+    options = {**head_options(data.task.value), **data.head, **(head or {})}
+    unknown = sorted(set(options) - set(head_options(data.task.value)))
+    if unknown:
+        raise InputError(f"`head` options {', '.join(unknown)} do not apply to {data.task.value} models")
+    return options
+
+
 def make_module(
-    data: TrainData, arch: Arch, backbone_weights: str | Path | None, freeze_backbone: bool, recipe: Recipe
+    data: TrainData,
+    arch: Arch,
+    backbone_weights: str | Path | None,
+    freeze_backbone: bool,
+    recipe: Recipe,
+    head: dict[str, Any] | None = None,
 ) -> LeMeViTTask:
     """The Lightning module of the data's task."""
     kwargs: dict[str, Any] = dict(
@@ -84,13 +128,15 @@ def make_module(
         in_channels=data.bands,
         num_classes=len(data.classes),
         backbone_weights=str(backbone_weights) if backbone_weights else None,
-        head=head_options(data.task.value),
+        head=head_for(data, head),
         class_weights=data.class_weights,
         lr=recipe.lr,
         freeze_backbone=freeze_backbone,
     )
     if data.task != Task.classify:
         kwargs["ignore_index"] = data.ignore_index
+    if data.task == Task.detect:
+        kwargs["class_names"] = list(data.classes)
     return TASK_MODULES[data.task.value](**kwargs)
 
 
@@ -154,32 +200,35 @@ def train(
     fast_dev_run: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    head: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a model on ``dataset`` (a torchgeo dataset name, or ``custom`` for own rasters) into the bundle
     ``out``; returns a summary. Own data: ``images`` + ``labels`` (+ ``label_column`` for vector labels),
-    or ``before`` + ``after`` + ``labels`` for change; ``task="classify"`` trains scene labels."""
+    or ``before`` + ``after`` + ``labels`` for change; ``task="classify"`` trains scene labels,
+    ``task="detect"`` an oriented detector from polygons. ``head`` overrides head options (e.g. a small
+    detector for a quick run: ``{"fpn_channels": 64, "num_convs": 2}``)."""
     start = time.perf_counter()
     out, name, arch = Path(out), dataset.lower(), Arch(arch)
     check_tile_size(tile_size)
     if not resume:
         check_output(out, overwrite)
     run_dir = out.with_name(out.stem + ".train")
-    run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
 
     own = dict(images=images, before=before, after=after, labels=labels, label_column=label_column, classes=classes)
-    data, tile = load_data(
-        name=name,
-        root=root,
-        own=own,
-        task=task,
-        tile_size=tile_size,
-        val_fraction=val_fraction,
-        recipe=recipe,
-        hardware=hardware,
-        work_dir=run_dir,
-    )
-    module = make_module(data, arch, backbone_weights, freeze_backbone, recipe)
+    with _removed_on_error(run_dir):
+        data, tile = load_data(
+            name=name,
+            root=root,
+            own=own,
+            task=task,
+            tile_size=tile_size,
+            val_fraction=val_fraction,
+            recipe=recipe,
+            hardware=hardware,
+            work_dir=run_dir,
+        )
+        module = make_module(data, arch, backbone_weights, freeze_backbone, recipe, head)
     trainer, checkpoint, metrics_csv = make_trainer(
         run_dir, type(module).monitor_metric, recipe, hardware, fast_dev_run, progress
     )
@@ -219,7 +268,8 @@ def export_bundle(
         colors=data.colors,
         tile_size=tile,
         gsd=data.gsd,
-        head=head_options(data.task.value),
+        head=dict(module.hparams["head"]),
+        overlap=data.overlap,
     )
     if trainer.is_global_zero:
         save_bundle(out, module.model.cpu(), config)
@@ -238,4 +288,5 @@ def export_bundle(
         "best_checkpoint": best_path or None,
         "split": data.split,
         "class_weights": data.class_weights,
+        "overlap": data.overlap,
     }

@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
@@ -27,6 +28,7 @@ EXPECTED = {  # task, bands, classes
     "ucmerced": ("classify", 3, 21),
     "resisc45": ("classify", 3, 45),
     "millionaid": ("classify", 3, 51),
+    "dota": ("detect", 3, 15),
 }
 
 
@@ -62,11 +64,14 @@ def test_torchgeo_dataset_trains_and_its_bundle_runs(tmp_path: Path, name: str) 
         cli("segment", scene, "-o", tmp_path / "out.tif", "-m", bundle, "-q")
     elif task == "change":
         cli("change", scene, scene, "-o", tmp_path / "out.tif", "-m", bundle, "-q")
+    elif task == "detect":
+        assert config.head["angle_free_classes"] == [2, 12] and 0 < config.overlap <= 32
+        cli("detect", scene, "-o", tmp_path / "out.gpkg", "-m", bundle, "-q")
     else:
         cli("classify", scene, "-o", tmp_path / "out.gpkg", "-m", bundle, "-q")
-    out = tmp_path / ("out.gpkg" if task == "classify" else "out.tif")
+    out = tmp_path / ("out.gpkg" if task in ("classify", "detect") else "out.tif")
     assert out.exists()
-    if task != "classify":
+    if task not in ("classify", "detect"):
         with rasterio.open(out) as ds:
             assert (ds.width, ds.height) == (130, 96) and ds.read(1).max() < len(config.classes)
 
@@ -243,6 +248,48 @@ def test_own_change_data_and_vector_labels(tmp_path: Path) -> None:
         "-q",
     )
     assert read_config(seg).classes == ["field", "wood"]
+
+
+def test_own_detection_training_and_its_bundle_runs(tmp_path: Path) -> None:
+    scene = make_scene(tmp_path / "scene", size=320, seed=5)
+    bundle = tmp_path / "det.safetensors"
+    summary = json.loads(
+        cli(
+            "train",
+            "--dataset",
+            "custom",
+            "--task",
+            "detect",
+            "--images",
+            scene.before,
+            "--labels",
+            scene.objects,
+            "--out",
+            bundle,
+            "--epochs",
+            1,
+            "--steps-per-epoch",
+            2,
+            "--batch-size",
+            2,
+            "--tile-size",
+            64,
+            "--val-fraction",
+            0.25,
+            "--json",
+        ).output
+    )
+    config = read_config(bundle)
+    assert config.task.value == "detect" and config.classes == ["car", "container", "truck"] and config.bands == 4
+    assert config.overlap == summary["overlap"] == 32  # trucks up to 30 px long, capped at half the tile
+    assert summary["split"]["objects"] > 0 and summary["monitor"] == "val_mAP"
+    rows = list(csv.DictReader(open(summary["metrics_csv"])))
+    assert {"val_mAP", "val_mAP_07", "val_AP_car", "train_loss_box"} <= set(rows[0])
+    out = tmp_path / "objects.parquet"
+    cli("detect", scene.before, "-o", out, "-m", bundle, "--tile-size", "128", "-q")
+    assert gpd.read_parquet(out).crs.to_epsg() == 32633
+    result = json.loads(cli("evaluate", out, scene.objects, "--json").output)
+    assert result["task"] == "detect" and 0 <= (result["mAP"] or 0) <= 1
 
 
 def test_resume_continues_to_the_same_epoch_count(tmp_path: Path) -> None:
