@@ -313,30 +313,56 @@ def memory_child(scene: str, stitch: str, tile: int, overlap: int, out: str) -> 
             {
                 "peak_rss_mb": round(rss_mb, 1),
                 "tiles": summary["tiles"],
+                "tiles_run": summary["tiles_run"],
                 "seconds": round(time.perf_counter() - start, 1),
             }
         )
     )
 
 
+def make_sparse_vrt(tmp: Path, size: int, data: int = 4096) -> Path:
+    """A ``size`` x ``size`` px mosaic VRT (nodata 0) whose only source is a ``data`` px scene in its middle."""
+    scene = make_scene(tmp / "island.tif", data, seed=3)
+    off = (size - data) // 2
+    with rasterio.open(scene) as src:
+        srs = src.crs.to_wkt()
+    transform = from_origin(400000 - off, 5500000 + off, 1, 1).to_gdal()
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><NoDataValue>0</NoDataValue><SimpleSource>'
+        f'<SourceFilename relativeToVRT="1">{scene.name}</SourceFilename><SourceBand>{b}</SourceBand>'
+        f'<SrcRect xOff="0" yOff="0" xSize="{data}" ySize="{data}"/>'
+        f'<DstRect xOff="{off}" yOff="{off}" xSize="{data}" ySize="{data}"/></SimpleSource></VRTRasterBand>'
+        for b in (1, 2, 3)
+    )
+    vrt = tmp / f"sparse{size}.vrt"
+    vrt.write_text(
+        f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><SRS>{srs}</SRS>'
+        f"<GeoTransform>{', '.join(map(str, transform))}</GeoTransform>{bands}</VRTDataset>"
+    )
+    return vrt
+
+
+def _memory_run(scene: Path, stitch: str, args: argparse.Namespace, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--memory-child", str(scene), stitch, str(args.tile), str(args.overlap), str(out)]
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    out.unlink(missing_ok=True)
+    return res
+
+
 def memory(args: argparse.Namespace, tmp: Path) -> list[dict]:
     rows = []
+    if args.sparse_size:
+        vrt = make_sparse_vrt(tmp, args.sparse_size)
+        for stitch in ("crop", "blend"):
+            res = _memory_run(vrt, stitch, args, tmp / f"sparse{stitch}.tif")
+            rows.append(
+                {"scene": f"{args.sparse_size}x{args.sparse_size} VRT, 4096x4096 of data", "stitch": stitch, **res}
+            )
+            print(rows[-1], flush=True)
     for size in args.memory_sizes:
         scene = make_scene(tmp / f"scene{size}.tif", size)
         for stitch in ("crop", "blend"):
-            cmd = [
-                sys.executable,
-                __file__,
-                "--memory-child",
-                str(scene),
-                stitch,
-                str(args.tile),
-                str(args.overlap),
-                str(tmp / f"out{size}{stitch}.tif"),
-            ]
-            res = json.loads(
-                subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            )
+            res = _memory_run(scene, stitch, args, tmp / f"out{size}{stitch}.tif")
             rows.append({"scene": f"{size}x{size}", "stitch": stitch, **res})
             print(rows[-1], flush=True)
         scene.unlink()
@@ -374,6 +400,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[4096, 16384])
+    parser.add_argument("--sparse-size", type=int, default=200_000, help="side of the mostly-nodata VRT (0: skip)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--only-detect", action="store_true", help="only the detect figures")

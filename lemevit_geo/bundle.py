@@ -8,6 +8,7 @@ ever unpickled.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,9 @@ CHANGE_CLASSES = ["no change", "change"]
 CHANGE_COLORS = [(200, 200, 200), (230, 30, 30)]
 
 DEFAULT_TILE = {Task.segment: 512, Task.change: 256, Task.classify: 224, Task.detect: 1024}
+
+#: Limits a bundle's config must respect (a crafted bundle must not ask for absurd allocations).
+MAX_BANDS, MAX_CLASSES, MAX_TILE = 1024, 65534, 8192
 
 
 @dataclass
@@ -71,26 +75,52 @@ class BundleConfig:
     overlap: int | None = None
 
     def __post_init__(self) -> None:
-        self.task, self.arch = Task(self.task), Arch(self.arch)
-        if len(self.classes) < 2:
-            raise BundleError(f"a {self.task.value} bundle needs at least 2 classes, got {self.classes}")
+        try:
+            self.task, self.arch = Task(self.task), Arch(self.arch)
+        except ValueError as exc:
+            raise BundleError(f"unknown task or architecture: {exc}") from exc
+        self._check_classes()
+        self._check_bands()
+        self.tile_size = self.tile_size or DEFAULT_TILE[self.task]
+        if not isinstance(self.tile_size, int) or not 32 <= self.tile_size <= MAX_TILE or self.tile_size % 32:
+            raise BundleError(f"tile size {self.tile_size} is not a multiple of 32 between 32 and {MAX_TILE}")
+        if self.gsd is not None and not (isinstance(self.gsd, int | float) and 0 < self.gsd < math.inf):
+            raise BundleError(f"ground sample distance {self.gsd} is not a positive number")
+        if not isinstance(self.head, dict) or not all(isinstance(k, str) for k in self.head):
+            raise BundleError(f"head options must be a mapping of names to values, got {self.head!r}")
+        if self.overlap is not None and not (isinstance(self.overlap, int) and 0 <= self.overlap < self.tile_size):
+            raise BundleError(f"overlap {self.overlap!r} must be a whole number from 0 to below the tile size")
+
+    def _check_classes(self) -> None:
+        if not isinstance(self.classes, list) or not all(isinstance(c, str) and c for c in self.classes):
+            raise BundleError(f"class names must be non-empty strings, got {self.classes!r}")
+        if not 2 <= len(self.classes) <= MAX_CLASSES:
+            raise BundleError(f"a {self.task.value} bundle needs 2 to {MAX_CLASSES} classes, got {len(self.classes)}")
         if len(set(self.classes)) != len(self.classes):
             raise BundleError(f"class names must be unique, got {self.classes}")
         if not self.colors:
             binary = self.task == Task.change and len(self.classes) == 2
             self.colors = CHANGE_COLORS if binary else [PALETTE[i % len(PALETTE)] for i in range(len(self.classes))]
-        self.colors = [tuple(int(v) for v in c) for c in self.colors]  # type: ignore[misc]
-        if len(self.colors) != len(self.classes):
-            raise BundleError(f"{len(self.colors)} colours given for {len(self.classes)} classes")
-        if len(self.mean) != self.bands or len(self.std) != self.bands:
-            raise BundleError(f"normalisation needs {self.bands} means and stds, got {len(self.mean)}/{len(self.std)}")
+        try:
+            self.colors = [tuple(int(v) for v in c) for c in self.colors]  # type: ignore[misc]
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"colours must be RGB triples, got {self.colors!r}") from exc
+        if len(self.colors) != len(self.classes) or any(
+            len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in self.colors
+        ):
+            raise BundleError(f"colours must be one RGB triple (0..255) per class, got {self.colors!r}")
+
+    def _check_bands(self) -> None:
+        if not isinstance(self.bands, int) or not 1 <= self.bands <= MAX_BANDS:
+            raise BundleError(f"the number of bands must be between 1 and {MAX_BANDS}, got {self.bands!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not isinstance(values, list) or len(values) != self.bands:
+                raise BundleError(f"normalisation needs {self.bands} values of `{name}`, got {values!r}")
+            if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+                raise BundleError(f"normalisation `{name}` must be finite numbers, got {values}")
         if any(s <= 0 for s in self.std):
             raise BundleError("normalisation standard deviations must be positive")
-        self.tile_size = self.tile_size or DEFAULT_TILE[self.task]
-        if self.tile_size % 32:
-            raise BundleError(f"tile size {self.tile_size} is not a multiple of 32")
-        if self.overlap is not None and not 0 <= self.overlap < self.tile_size:
-            raise BundleError(f"overlap {self.overlap} must be at least 0 and less than the tile size {self.tile_size}")
 
     @property
     def num_classes(self) -> int:
@@ -168,6 +198,33 @@ def open_model(
     return load_bundle(model, task)
 
 
+def _check_tensors(path: Path, config: BundleConfig) -> None:
+    """Build the model's skeleton on the meta device (no memory) and compare its tensors with the file's.
+
+    Unknown or invalid head options, and tensors that do not fit the config, are refused before anything
+    is allocated, so a small crafted file cannot make the tool allocate gigabytes.
+    """
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(config)
+    except Exception as exc:  # TypeError for unknown options, ValueError/RuntimeError for invalid values
+        raise BundleError(f"{path}: head options {config.head} do not describe a model: {exc}") from exc
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    with safe_open(str(path), framework="pt") as f:
+        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  (not a dict)
+    if stored != expected:
+        missing = sorted(set(expected) - set(stored))
+        extra = sorted(set(stored) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(stored) if expected[k] != stored[k])
+        detail = (
+            f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra else f"shapes of {wrong[:3]}"
+        )
+        raise BundleError(f"{path}: weights do not match its config ({detail})")
+
+
 def load_bundle(path: str | Path, task: Task | None = None) -> tuple[torch.nn.Module, BundleConfig]:
     """Load a bundle into its model (eval mode, CPU); refuse a bundle made for another task."""
     from safetensors.torch import load_file
@@ -175,6 +232,7 @@ def load_bundle(path: str | Path, task: Task | None = None) -> tuple[torch.nn.Mo
     config = read_config(path)
     if task is not None and config.task != Task(task):
         raise BundleError(f"{path} is a {config.task.value} model; this command needs a {Task(task).value} model")
+    _check_tensors(Path(path), config)
     model = build_model(config)
     try:
         model.load_state_dict(load_file(str(path)), strict=True)

@@ -1,27 +1,62 @@
-"""Atomic output files: written under a temporary name beside the target, renamed at the end."""
+"""Atomic output files: written under a temporary name beside the target, published at the end.
+
+Publishing never clobbers: without ``overwrite`` the finished file is hard-linked to its name, which
+fails if a file of that name appeared meanwhile (another run writing the same output), so one of two
+concurrent runs wins and the other fails with the usual "exists" line.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from lemevit_geo.errors import OutputError
+from lemevit_geo.errors import LemevitError, OutputError
 
 
-def check_output(path: Path, overwrite: bool) -> None:
-    """Refuse an output whose directory is missing or not writable, or that exists without ``overwrite``."""
+def _is_gdal_error(exc: BaseException) -> bool:
+    from lemevit_geo.raster import READ_ERRORS
+
+    return isinstance(exc, READ_ERRORS) or type(exc).__module__.startswith(("rasterio", "pyogrio", "fiona"))
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    from lemevit_geo.raster import read_error
+
+    return read_error(exc)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_output(path: Path, overwrite: bool, inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse an output that is one of the ``inputs``, whose directory is missing or cannot hold files, or
+    that exists without ``overwrite``."""
+    path = Path(path)
+    for source in inputs:
+        if "://" not in str(source) and _same_file(path, Path(source)):
+            raise OutputError(f"{path} is one of the inputs: choose another output name")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"output directory {parent} is not writable")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} exists; pass `overwrite` to replace it")
     if path.is_dir():
         raise OutputError(f"{path} is a directory")
+    try:  # os.access says yes to root everywhere; a real probe also catches read-only mounts and /proc
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".lemevit-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"output directory {parent} is not writable: {exc.strerror or exc}") from exc
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} exists; pass `overwrite` to replace it")
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -29,21 +64,45 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path to write; on success rename it to ``path``, on any error remove it.
+def publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Give the finished ``tmp`` its name: replace with ``overwrite``, else never clobber a file that appeared."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputError(f"{path} exists (written meanwhile?); pass `overwrite` to replace it") from None
+    except OSError:  # a file system without hard links: check, then rename
+        if path.exists():
+            raise OutputError(f"{path} exists; pass `overwrite` to replace it") from None
+        os.replace(tmp, path)
+    else:
+        tmp.unlink()
 
-    Sidecar files GDAL writes beside the temporary (``.aux.xml``) are renamed or removed with it.
+
+@contextlib.contextmanager
+def atomic_path(path: Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
+    """Yield a temporary path to write; on success publish it as ``path``, on any error remove it.
+
+    Sidecar files GDAL writes beside the temporary (``.aux.xml``) are published or removed with it.
     """
-    check_output(path, overwrite)
+    path = Path(path)
+    check_output(path, overwrite, inputs)
     tmp = temporary_sibling(path)
+    aux = Path(f"{tmp}.aux.xml")
     try:
         yield tmp
-        os.replace(tmp, path)
-        aux = Path(f"{tmp}.aux.xml")
+        publish(tmp, path, overwrite)
         if aux.exists():
             os.replace(aux, Path(f"{path}.aux.xml"))
+    except LemevitError:
+        raise
+    except Exception as exc:  # a full disk, a file size limit, a failing driver: one line naming the output
+        if not isinstance(exc, OSError) and not _is_gdal_error(exc):
+            raise
+        raise OutputError(f"writing {path} failed: {_message(exc)}") from exc
     finally:
-        for leftover in (tmp, Path(f"{tmp}.aux.xml")):
+        for leftover in (tmp, aux):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,13 +12,19 @@ from typing import Any
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
-from rasterio.errors import RasterioIOError
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import RasterioError
 from rasterio.io import DatasetWriter
+from rasterio.windows import Window
 
-from lemevit_geo.errors import InputError
+from lemevit_geo.errors import GDAL_ERRORS, InputError, LemevitWarning, OutputError
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
+
+#: What GDAL raises on a failed read: rasterio's errors and GDAL's own (CPLE_*).
+READ_ERRORS = (RasterioError, CPLE_BaseError)
 
 #: GDAL's block cache during a run. It defaults to 5 % of RAM; tiles stream through once, so a small
 #: cache bounds memory without slowing reads.
@@ -31,6 +38,45 @@ def gdal_env() -> rasterio.Env:
 
 
 @dataclass(frozen=True)
+class MaskPlan:
+    """Where a source's nodata comes from, decided once from its mask flags and colour interpretation.
+
+    A pixel is nodata where the source's nodata value is found in every selected band (GDAL's rule), where
+    its alpha band is 0, where its internal mask is 0, or (float data) where any selected band is not finite.
+
+    Attributes:
+        source: What the mask is, for reports (``nodata value 0``, ``alpha band 4``, ``internal mask``, ``none``).
+        nodata: The nodata value of the selected bands, if the mask comes from it.
+        alpha: The alpha band whose zeros are nodata, if the mask comes from it.
+        internal: Whether the mask is the dataset's internal mask.
+        finite: Whether non-finite values are nodata (float data).
+    """
+
+    source: str
+    nodata: float | None = None
+    alpha: int | None = None
+    internal: bool = False
+    finite: bool = False
+
+    def describe(self) -> str:
+        return self.source + (" + non-finite values" if self.finite else "")
+
+    def valid(self, src: Any, data: np.ndarray, window: Window) -> np.ndarray:
+        """The valid pixels of ``data`` (selected bands, read from ``src`` in ``window``)."""
+        valid = np.ones(data.shape[1:], dtype=bool)
+        if self.nodata is not None:
+            nodata = np.isnan(data) if np.isnan(self.nodata) else data == self.nodata
+            valid &= ~nodata.all(axis=0)
+        elif self.alpha is not None:
+            valid &= src.read(self.alpha, window=window) != 0
+        elif self.internal:
+            valid &= src.read_masks(1, window=window) != 0
+        if self.finite:
+            valid &= np.isfinite(data).all(axis=0)
+        return valid
+
+
+@dataclass(frozen=True)
 class SourceInfo:
     """What the engine needs to know about an input raster (opened and checked once)."""
 
@@ -41,16 +87,83 @@ class SourceInfo:
     transform: Affine
     bands: tuple[int, ...]
     dtype: str
+    mask: MaskPlan = MaskPlan("none")
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.height, self.width
 
 
+def _looks_like_data(src: Any, band: int, samples: int = 4) -> bool:
+    """True if an alpha band holds values other than 0 and 255 in a few windows spread over the raster."""
+    size = 256
+    for r in np.linspace(0, max(0, src.height - size), samples).astype(int):
+        for c in np.linspace(0, max(0, src.width - size), samples).astype(int):
+            values = np.unique(src.read(band, window=Window(int(c), int(r), size, size)))
+            if np.setdiff1d(values, [0, 255]).size:
+                return True
+    return False
+
+
+def plan_mask(src: Any, bands: Sequence[int] | None) -> tuple[MaskPlan, tuple[int, ...]]:
+    """The mask of ``src`` and the bands to read (all but a real alpha band when ``bands`` is not given).
+
+    GDAL's order: a nodata value, else an alpha band, else an internal mask. An alpha band that holds
+    values other than 0 and 255 is data that GDAL mistook for transparency (a 4-band RGB + NIR file
+    written with default options): it is not used as a mask, with a warning.
+    """
+    finite = np.dtype(src.dtypes[0]).kind == "f"
+    alphas = [i + 1 for i, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha]
+    chosen = tuple(bands) if bands else None
+    first = (chosen or (1,))[0]
+    if max(chosen or (1,)) > src.count:
+        raise InputError(f"{src.name} has {src.count} bands; `bands` asked for band {max(chosen or (1,))}")
+    if src.nodatavals[first - 1] is not None:
+        default = tuple(range(1, src.count + 1))
+        nodata = src.nodatavals[first - 1]
+        return MaskPlan(f"nodata value {nodata:g}", nodata=nodata, finite=finite), chosen or default
+    for alpha in alphas:
+        if _looks_like_data(src, alpha):
+            warnings.warn(
+                f"{src.name}: band {alpha} is flagged as alpha but holds values other than 0 and 255, so it is "
+                "read as data, not as a mask",
+                LemevitWarning,
+                stacklevel=2,
+            )
+            continue
+        if chosen and alpha in chosen:
+            raise InputError(
+                f"{src.name}: band {alpha} is the alpha (transparency) band; choose data bands with `bands`"
+            )
+        data_bands = tuple(b for b in range(1, src.count + 1) if b != alpha)
+        return MaskPlan(f"alpha band {alpha}", alpha=alpha, finite=finite), chosen or data_bands
+    all_bands = chosen or tuple(range(1, src.count + 1))
+    if (
+        MaskFlags.per_dataset in src.mask_flag_enums[first - 1]
+        and MaskFlags.alpha not in src.mask_flag_enums[first - 1]
+    ):
+        return MaskPlan("internal mask", internal=True, finite=finite), all_bands
+    return MaskPlan("none", finite=finite), all_bands
+
+
+def read_error(exc: BaseException) -> str:
+    """The most telling line of a GDAL error (GDAL often ends with "See previous exception"), with the
+    root cause GDAL logged before it, if any."""
+    messages = []
+    while exc is not None:
+        messages.extend(line for line in str(exc).splitlines() if line.strip())
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    useful = [m for m in messages if "previous exception" not in m.lower()]
+    message = (useful or messages or ["unknown error"])[0]
+    logged = [m for m in dict.fromkeys(GDAL_ERRORS.messages) if m not in message]
+    GDAL_ERRORS.messages.clear()
+    return f"{message} ({'; '.join(logged)})" if logged else message
+
+
 def inspect_source(
     path: str | Path, bands: Sequence[int] | None, expected_bands: int, allow_pixel_grid: bool = False
 ) -> SourceInfo:
-    """Open ``path`` once, check it can be used, and describe it.
+    """Open ``path`` once, check it can be used, and describe it (bands, dtype, grid, mask).
 
     Raises:
         InputError: missing file, not a raster, corrupt data, no CRS/geotransform (unless
@@ -66,9 +179,7 @@ def inspect_source(
                     f"{path} has no CRS or geotransform, so outputs could not be placed on a map; "
                     "pass `allow_pixel_grid` to work in pixel coordinates"
                 )
-            chosen = tuple(bands) if bands else tuple(range(1, src.count + 1))
-            if max(chosen) > src.count:
-                raise InputError(f"{path} has {src.count} bands; `bands` asked for band {max(chosen)}")
+            mask, chosen = plan_mask(src, bands)
             if len(chosen) != expected_bands:
                 raise InputError(
                     f"{path}: {len(chosen)} input bands ({','.join(map(str, chosen))}) but the model takes "
@@ -79,10 +190,15 @@ def inspect_source(
                 raise InputError(f"{path}: data type {dtype} is not supported ({', '.join(SUPPORTED_DTYPES)})")
             # a corrupt or truncated file usually opens: read one block of the last band row to be sure
             src.read(chosen[0], window=((src.height - 1, src.height), (0, min(src.width, 256))))
-            return SourceInfo(path, src.width, src.height, src.crs, src.transform, chosen, dtype)
-    except RasterioIOError as exc:
-        msg = str(exc).splitlines()[0]
-        raise InputError(f"{path} cannot be read as a raster: {msg}") from exc
+            return SourceInfo(path, src.width, src.height, src.crs, src.transform, chosen, dtype, mask)
+    except READ_ERRORS as exc:
+        raise InputError(f"{path} cannot be read as a raster: {read_error(exc)}") from exc
+
+
+def check_raster_path(path: Path) -> None:
+    """Refuse a raster output whose name does not say GeoTIFF (we write GeoTIFF, or COG, only)."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        raise OutputError(f"{path}: raster outputs are GeoTIFFs; name them .tif or .tiff")
 
 
 def class_dtype(num_classes: int) -> tuple[str, int]:

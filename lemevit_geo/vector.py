@@ -160,12 +160,20 @@ class VectorStream:
         overwrite: Replace an existing target.
         template: An empty frame with the columns, their types and the CRS (written when no part comes).
         geometry_type: The layer's geometry type.
+        inputs: Files the target must not be (the run's inputs).
     """
 
-    def __init__(self, path: Path, overwrite: bool, template: gpd.GeoDataFrame, geometry_type: str = "Polygon") -> None:
-        self.path, self.overwrite = Path(path), overwrite
+    def __init__(
+        self,
+        path: Path,
+        overwrite: bool,
+        template: gpd.GeoDataFrame,
+        geometry_type: str = "Polygon",
+        inputs: Sequence[str | Path] = (),
+    ) -> None:
+        self.path, self.overwrite, self.inputs = Path(path), overwrite, list(inputs)
         check_vector_path(self.path)
-        check_output(self.path, overwrite)
+        check_output(self.path, overwrite, self.inputs)
         self.template, self.geometry_type = template, geometry_type
         self.stage = temporary_sibling(self.path.with_suffix(".gpkg"))
         self.count = 0
@@ -192,7 +200,7 @@ class VectorStream:
         if not self.stage.exists():
             self._write(self.template)
         driver = DRIVERS[self.path.suffix.lower()]
-        with atomic_path(self.path, self.overwrite) as tmp:
+        with atomic_path(self.path, self.overwrite, self.inputs) as tmp:
             if driver == "GPKG":
                 os.replace(self.stage, tmp)
             elif driver == "parquet":

@@ -33,8 +33,8 @@ def build_task_model(
             encoder_weights=None,
             in_channels=in_chans,
             classes=num_classes,
-            decoder_channels=head.get("decoder_channels", 256),
             drop_path_rate=drop_path_rate,
+            **head,  # decoder_channels, ...; an unknown option fails here rather than being ignored
         )
     if task == "change":
         from lemevit_geo.models.change import ChangeModel
@@ -45,7 +45,9 @@ def build_task_model(
 
         return OrientedFCOS(arch, in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate, **head)
     if task == "classify":
-        return timm.create_model(name, in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate)
+        return timm.create_model(
+            name, in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate, **head
+        )
     raise ValueError(f"no model for task {task!r} yet")
 
 

@@ -273,7 +273,7 @@ class LeMeViT(nn.Module):
             self.downsample_layers.append(nn.Identity() if keep else _conv_bn(embed_dims[i], embed_dims[i + 1]))
             self.meta_token_downsample.append(_meta_projection(embed_dims[i], embed_dims[i + 1]))
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
         self.stages = nn.ModuleList()
         self.feature_info: list[dict[str, Any]] = []
         cur, reduction = 0, 4

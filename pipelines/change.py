@@ -3,36 +3,44 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import rasterio
-import rasterio.errors
 import shapely
 import torch
 from affine import Affine
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_geom
 from shapely.geometry import mapping, shape
 
 from lemevit_geo.bundle import BundleConfig, open_model
 from lemevit_geo.choices import Task
-from lemevit_geo.errors import InputError
+from lemevit_geo.errors import InputError, LemevitWarning
 from lemevit_geo.pipelines.dense import run_dense, source_for
 from lemevit_geo.pipelines.engine import Progress
-from lemevit_geo.raster import SourceInfo, inspect_source
+from lemevit_geo.raster import READ_ERRORS, MaskPlan, SourceInfo, inspect_source, plan_mask
 from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 
 
 class WarpedSource:
-    """A source warped onto another grid (bilinear, windowed reads); closes what it opened."""
+    """A source warped onto another grid (bilinear, windowed reads); closes what it opened.
+
+    The warp keeps the source's nodata value or alpha band; a source with neither gets an added alpha
+    band (the last band), so pixels the source does not cover are nodata.
+    """
 
     def __init__(self, path: str, crs: Any, transform: Affine, width: int, height: int) -> None:
         self._src = rasterio.open(path)
-        extra: dict[str, Any] = {"nodata": self._src.nodata} if self._src.nodata is not None else {"add_alpha": True}
+        extra: dict[str, Any] = {}
+        if self._src.nodata is not None:
+            extra["nodata"] = self._src.nodata
+        elif ColorInterp.alpha not in self._src.colorinterp:
+            extra["add_alpha"] = True
         self._vrt = WarpedVRT(
             self._src,
             crs=crs,
@@ -43,8 +51,18 @@ class WarpedSource:
             **extra,
         )
 
-    def read(self, **kwargs: Any) -> Any:
-        return self._vrt.read(**kwargs)
+    def read(self, *args: Any, **kwargs: Any) -> Any:
+        return self._vrt.read(*args, **kwargs)
+
+    def read_masks(self, *args: Any, **kwargs: Any) -> Any:
+        return self._vrt.read_masks(*args, **kwargs)
+
+    @staticmethod
+    def mask_plan(info: SourceInfo, count: int) -> MaskPlan:
+        """The mask of the warped source: its own nodata or alpha, else the added alpha band ``count + 1``."""
+        if info.mask.nodata is not None or info.mask.alpha is not None:
+            return info.mask
+        return MaskPlan(f"{info.mask.source}; outside the warped image", alpha=count + 1, finite=info.mask.finite)
 
     def close(self) -> None:
         self._vrt.close()
@@ -116,11 +134,12 @@ def align(before: SourceInfo, after: SourceInfo) -> Alignment:
 
 
 def _check_band_counts(before: str | Path, after: str | Path) -> None:
-    """Refuse dates that differ in their band counts (when no bands are chosen)."""
+    """Refuse dates that differ in their data bands (when no bands are chosen; alpha bands do not count)."""
     try:
-        with rasterio.open(before) as b, rasterio.open(after) as a:
-            counts = b.count, a.count
-    except rasterio.errors.RasterioIOError:
+        with rasterio.open(before) as b, rasterio.open(after) as a, warnings.catch_warnings():
+            warnings.simplefilter("ignore", LemevitWarning)  # inspect_source warns once per date
+            counts = len(plan_mask(b, None)[1]), len(plan_mask(a, None)[1])
+    except READ_ERRORS:
         return  # inspect_source says what is wrong with the file
     if counts[0] != counts[1]:
         raise InputError(f"the dates differ in bands: {before} has {counts[0]}, {after} has {counts[1]}")
@@ -153,6 +172,11 @@ def change(
         _check_band_counts(before, after)
     info_b = inspect_source(before, bands, config.bands, allow_pixel_grid)
     info_a = inspect_source(after, bands, config.bands, allow_pixel_grid)
+    if info_b.dtype != info_a.dtype:
+        raise InputError(
+            f"the dates differ in data type ({before}: {info_b.dtype}, {after}: {info_a.dtype}), so one "
+            "normalisation cannot fit both: convert them to the same type and scale"
+        )
     alignment = align(info_b, info_a)
     grid = alignment.grid
     src_b = source_for(info_b, config)
@@ -162,6 +186,8 @@ def change(
         src_a.offset = alignment.after_offset
     else:
         src_a.opener = lambda: WarpedSource(info_a.path, grid.crs, grid.transform, grid.width, grid.height)
+        with rasterio.open(info_a.path) as src:
+            src_a.mask = WarpedSource.mask_plan(info_a, src.count)
     summary = run_dense(
         net=net,
         config=config,
@@ -174,6 +200,7 @@ def change(
         overwrite=overwrite,
         vector_skip_classes=(0,),
         progress=progress,
+        inputs=[] if isinstance(model, tuple) else [model],
     )
     summary["alignment"] = alignment.report
     return summary

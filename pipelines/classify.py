@@ -23,6 +23,7 @@ from lemevit_geo.pipelines.stitch import softmax
 from lemevit_geo.pipelines.tiling import Tile
 from lemevit_geo.raster import (
     SourceInfo,
+    check_raster_path,
     class_dtype,
     gdal_env,
     inspect_source,
@@ -126,8 +127,10 @@ def classify(
     check_tile_size(tile_size)
     runtime = Runtime.create(engine)
     output, raster = Path(output), Path(raster) if raster else None
-    check_outputs([output, raster], overwrite)
+    check_outputs([output, raster], overwrite, inputs=[info.path, *([] if isinstance(model, tuple) else [model])])
     check_vector_path(output)
+    if raster is not None:
+        check_raster_path(raster)
     grid = make_grid(info, tile_size or config.tile_size, 0, fit=False)
     if progress:
         progress.start(len(grid))
@@ -143,4 +146,5 @@ def classify(
         written["raster"] = str(raster)
     summary = run_summary(stats, runtime, grid, info, time.perf_counter() - start, written)
     summary["class_tiles"] = {c: int((table["class_name"] == c).sum()) for c in config.classes}
+    summary["mask"] = [info.mask.describe()]
     return summary

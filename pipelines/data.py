@@ -14,6 +14,7 @@ import glob
 import inspect
 import io
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,7 +285,8 @@ class Labels:
         dataset: A torchgeo RasterDataset or VectorDataset.
         classes: Class names, in label order.
         offset: Subtracted from the read values to give class ids (vector labels burn class + 1).
-        ignore: Label value to ignore after the offset, if any.
+        ignore: Class id that losses and metrics ignore, if any.
+        nodata: Label value of unlabelled pixels, read as ``ignore``.
         colors: Class colours from the labels' colour table, if complete.
         counts: Labelled pixels per class (label rasters only).
     """
@@ -293,19 +295,20 @@ class Labels:
     classes: list[str]
     offset: int = 0
     ignore: int | None = None
+    nodata: int | None = None
     colors: list[tuple[int, int, int]] = field(default_factory=list)
     counts: np.ndarray | None = None
 
 
-def raster_labels(files: list[str], given: Sequence[str] | None) -> Labels:
-    """Label rasters, read block by block: class names from ``given``, our CLASS_n tags, or the values found."""
-    counts = np.zeros(65536, dtype=np.int64)
+def _label_values(files: list[str]) -> tuple[dict[int, int], float | None, dict[int, str], dict[int, tuple]]:
+    """Pixels per label value (nodata excluded), the nodata value, CLASS_n tags and colour tables of label rasters."""
+    counts: Counter[int] = Counter()
     nodata = None
     tags: dict[int, str] = {}
     cmap: dict[int, tuple[int, ...]] = {}
     for f in files:
         with rasterio.open(f) as src:
-            if src.dtypes[0] not in ("uint8", "uint16", "int16", "int32", "uint32"):
+            if src.dtypes[0] not in ("uint8", "uint16", "int8", "int16", "int32", "uint32"):
                 raise InputError(f"{f}: label rasters hold integer class values, not {src.dtypes[0]}")
             nodata = src.nodata if src.nodata is not None else nodata
             tags.update({int(k[6:]): v for k, v in src.tags(1).items() if k.startswith("CLASS_") and k[6:].isdigit()})
@@ -313,9 +316,26 @@ def raster_labels(files: list[str], given: Sequence[str] | None) -> Labels:
                 cmap.update(src.colormap(1))
             for _, win in src.block_windows(1):
                 arr = src.read(1, window=win).ravel()
-                arr = arr[arr != src.nodata] if src.nodata is not None else arr
-                counts += np.bincount(arr.astype(np.int64), minlength=65536)[:65536]
-    top = int(np.nonzero(counts)[0].max()) if counts.any() else 0
+                values, n = np.unique(arr[arr != src.nodata] if src.nodata is not None else arr, return_counts=True)
+                counts.update(dict(zip(values.tolist(), n.tolist(), strict=True)))
+    return dict(counts), nodata, tags, cmap
+
+
+def raster_labels(files: list[str], given: Sequence[str] | None) -> Labels:
+    """Label rasters, read block by block: class names from ``given``, our CLASS_n tags, or the values found.
+
+    Class values run from 0 to 254; the rasters' nodata value (any value) marks unlabelled pixels.
+    """
+    counts, nodata, tags, cmap = _label_values(files)
+    bad = [v for v in counts if not 0 <= v < IGNORE]
+    if bad:
+        raise InputError(
+            f"labels hold the value {sorted(bad)[0]}: class values run from 0 to {IGNORE - 1}; mark unlabelled "
+            "pixels with the label rasters' nodata value"
+        )
+    if not counts:
+        raise InputError(f"the label rasters {', '.join(files)} hold no labelled pixel")
+    top = max(counts)
     if given:
         if top >= len(given):
             raise InputError(f"labels hold class value {top} but `classes` names only {len(given)} classes")
@@ -326,9 +346,10 @@ def raster_labels(files: list[str], given: Sequence[str] | None) -> Labels:
     return Labels(
         dataset=raster_dataset(files, is_image=False),
         classes=names,
-        ignore=None if nodata is None else int(nodata),
+        ignore=None if nodata is None else IGNORE,
+        nodata=None if nodata is None else int(nodata),
         colors=colors,  # type: ignore[arg-type]
-        counts=counts[: len(names)],
+        counts=np.array([counts.get(i, 0) for i in range(len(names))], dtype=np.int64),
     )
 
 
@@ -476,6 +497,7 @@ def custom_data(
         length=length,
         dates=2 if change else 1,
         label_offset=lab.offset,
+        label_nodata=lab.nodata,
         scene_labels=scene_labels,
     )
     mean, std = band_stats(dm)
@@ -490,7 +512,7 @@ def custom_data(
         mean=mean,
         std=std,
         gsd=gsd,
-        ignore_index=lab.ignore,
+        ignore_index=IGNORE if scene_labels else lab.ignore,
         split={**split["report"], "crs": dataset.crs.to_string(), "labels_aligned": aligned},
         colors=lab.colors,
         class_weights=_change_weights(lab) if change else None,

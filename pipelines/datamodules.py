@@ -115,7 +115,9 @@ class OwnDataModule(L.LightningDataModule):
         length: Training tiles per epoch.
         dates: Images per sample (2 for change: bands of both dates are stacked).
         label_offset: Subtracted from the labels (vector labels burn class + 1); values below 0 are ignored.
-        scene_labels: Scene classification: each tile is labelled with its most frequent class.
+        label_nodata: Label value of unlabelled pixels (ignored, as ``IGNORE``).
+        scene_labels: Scene classification: each tile is labelled with its most frequent class (``IGNORE``
+            for a tile without any labelled pixel).
     """
 
     def __init__(
@@ -129,12 +131,14 @@ class OwnDataModule(L.LightningDataModule):
         length: int,
         dates: int = 1,
         label_offset: int = 0,
+        label_nodata: int | None = None,
         scene_labels: bool = False,
     ) -> None:
         super().__init__()
         self.dataset, self.train_roi, self.val_roi = dataset, train_roi, val_roi
         self.tile_size, self.batch_size, self.num_workers, self.length = tile_size, batch_size, num_workers, length
         self.dates, self.label_offset, self.scene_labels = dates, label_offset, scene_labels
+        self.label_nodata = label_nodata
         self.mean = torch.zeros(1)
         self.std = torch.ones(1)
 
@@ -185,18 +189,32 @@ class OwnDataModule(L.LightningDataModule):
         image = (image - mean) / std
         if self.dates > 1:
             image = image.reshape(image.shape[0], self.dates, c, *image.shape[-2:])
-        mask = batch["mask"].long()
+        mask = self.labels(batch["mask"])
+        if self.scene_labels:
+            return {"image": image, "label": scene_label(mask)}
+        return {"image": image, "mask": mask[:, None] if self.dates > 1 else mask}
+
+    def labels(self, mask: torch.Tensor) -> torch.Tensor:
+        """Read label values as class ids, with ``IGNORE`` for unlabelled pixels."""
+        mask = mask.long()
         if mask.ndim == 4:
             mask = mask[:, 0]
+        if self.label_nodata is not None:
+            mask = torch.where(mask == self.label_nodata, IGNORE, mask)
         if self.label_offset:
             mask = mask - self.label_offset
             mask[mask < 0] = IGNORE
-        if self.scene_labels:  # scene classification: each tile's most frequent labelled class
-            counts = torch.stack(
-                [((mask == k) & (mask != IGNORE)).flatten(1).sum(1) for k in range(int(mask.max()) + 1)]
-            )
-            return {"image": image, "label": counts.argmax(0)}
-        return {"image": image, "mask": mask[:, None] if self.dates > 1 else mask}
+        return mask
+
+
+def scene_label(mask: torch.Tensor) -> torch.Tensor:
+    """Each tile's most frequent labelled class, ``IGNORE`` for a tile without any labelled pixel."""
+    flat = mask.flatten(1).clamp(0, IGNORE)
+    counts = torch.zeros(mask.shape[0], IGNORE + 1, dtype=torch.long, device=mask.device)
+    counts.scatter_add_(1, flat, torch.ones_like(flat))
+    counts[:, IGNORE] = 0
+    label = counts.argmax(1)
+    return torch.where(counts.sum(1) > 0, label, IGNORE)
 
 
 # -- oriented object detection -------------------------------------------------------------------------

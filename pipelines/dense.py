@@ -25,7 +25,7 @@ from lemevit_geo.pipelines.engine import Progress, RunStats, Runtime, SourceSpec
 from lemevit_geo.pipelines.stitch import BandWriter, DenseStitcher
 from lemevit_geo.pipelines.tiling import TileGrid
 from lemevit_geo.pipelines.writers import DenseRasterWriter
-from lemevit_geo.raster import SourceInfo, gdal_env
+from lemevit_geo.raster import SourceInfo, check_raster_path, gdal_env
 from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 from lemevit_geo.vector import check_vector_path
 
@@ -35,20 +35,28 @@ def source_for(info: SourceInfo, config: BundleConfig) -> SourceSpec:
     return SourceSpec(info, np.asarray(config.mean, dtype=np.float32), np.asarray(config.std, dtype=np.float32))
 
 
-def check_outputs(paths: Sequence[Path | None], overwrite: bool) -> None:
-    """Check every output can be written, and that no path is named for two outputs."""
+def check_outputs(paths: Sequence[Path | None], overwrite: bool, inputs: Sequence[str | Path] = ()) -> None:
+    """Check every output can be written, is none of the ``inputs``, and that no path is named twice."""
     seen = set()
     for p in paths:
         if p is None:
             continue
-        check_output(p, overwrite)
+        check_output(p, overwrite, inputs)
         if p.resolve() in seen:
             raise InputError(f"{p} is named for two outputs")
         seen.add(p.resolve())
 
 
 def make_grid(info: SourceInfo, tile_size: int, overlap: int, fit: bool = True) -> TileGrid:
-    """The tile grid over ``info``, with grid errors as input errors."""
+    """The tile grid over ``info``, with grid errors as input errors.
+
+    A tile larger than the scene is shrunk to the smallest multiple of 32 that covers it (the overlap
+    with it), so a huge tile size costs no memory on a small scene.
+    """
+    cover = 32 * -(-max(info.height, info.width) // 32)
+    if tile_size > cover:
+        overlap = min(overlap, cover // 2)
+        tile_size = cover
     try:
         return TileGrid(info.height, info.width, tile_size, overlap, fit=fit)
     except ValueError as exc:
@@ -90,11 +98,16 @@ def dense_predict(
     overwrite: bool = False,
     vector_skip_classes: Sequence[int] = (),
     progress: Progress | None = None,
+    inputs: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Run a per-pixel model (already on ``runtime``'s device) over co-registered ``sources`` and write a
     class raster on ``grid_info``'s grid, plus the optional ``outputs``."""
     output = Path(output)
-    check_outputs([output, outputs.probabilities, outputs.vector], overwrite)
+    inputs = [*inputs, *(s.info.path for s in sources)]
+    check_outputs([output, outputs.probabilities, outputs.vector], overwrite, inputs)
+    for raster in (output, outputs.probabilities):
+        if raster is not None:
+            check_raster_path(raster)
     if outputs.vector is not None:
         check_vector_path(outputs.vector)
     grid = make_grid(grid_info, tile_size, overlap)
@@ -103,14 +116,14 @@ def dense_predict(
     start = time.perf_counter()
     writer = DenseRasterWriter(grid_info, classes, colors, output, outputs, overwrite, vector_skip_classes)
     with gdal_env(), writer as files:
-        stitcher = DenseStitcher(
-            grid, len(classes), stitch, BandWriter(files.write), files.nodata, files.with_probabilities
-        )
+        band_writer = BandWriter(files.write, files.nodata, len(classes))
+        stitcher = DenseStitcher(grid, len(classes), stitch, band_writer, files.nodata, files.with_probabilities)
         reader = TileReader(sources, grid, threads=runtime.threads, prefetch=4 * runtime.batch_size)
         stats = run_tiles(iter(reader), model, stitcher, runtime, progress)
         written = files.finish()
     summary = run_summary(stats, runtime, grid, grid_info, time.perf_counter() - start, written)
     summary["class_pixels"] = dict(zip(classes, stitcher.counts.tolist(), strict=True))
+    summary["mask"] = [s.mask_plan.describe() for s in sources]
     return summary
 
 
@@ -127,6 +140,7 @@ def run_dense(
     overwrite: bool,
     vector_skip_classes: Sequence[int] = (),
     progress: Progress | None = None,
+    inputs: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """:func:`dense_predict` with the bundle's model and defaults on the device ``engine`` names."""
     runtime = Runtime.create(engine)
@@ -146,4 +160,5 @@ def run_dense(
         overwrite=overwrite,
         vector_skip_classes=vector_skip_classes,
         progress=progress,
+        inputs=inputs,
     )

@@ -81,8 +81,9 @@ def detect(
     [0, 180)), ``length``, ``width`` and ``area`` in CRS units. Returns the run's summary.
     """
     output = Path(output)
+    inputs = [image, *([] if isinstance(model, tuple) else [model])]
     check_vector_path(output)
-    check_output(output, overwrite)
+    check_output(output, overwrite, inputs)
     net, config = open_model(model, Task.detect)
     info = inspect_source(image, bands, config.bands, allow_pixel_grid)
     tile, overlap = Tiling(tile_size=tile_size, overlap=overlap).resolve(config.tile_size, config.overlap)
@@ -97,7 +98,7 @@ def detect(
         stream.append(part)
 
     template = box_features(np.zeros((0, 7)), info.transform, config.classes, info.crs)
-    with VectorStream(output, overwrite, template) as stream:
+    with VectorStream(output, overwrite, template, inputs=inputs) as stream:
         if progress:
             progress.start(len(grid))
         start = time.perf_counter()
@@ -107,6 +108,7 @@ def detect(
             stats = run_tiles(iter(reader), runtime.prepare(net), merger, runtime, progress)
         written = {"vector": str(stream.finish())}
     summary = run_summary(stats, runtime, grid, info, time.perf_counter() - start, written)
+    summary["mask"] = [info.mask.describe()]
     return {**summary, **box_summary(merger, classes, config, settings)}
 
 

@@ -23,8 +23,9 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from lemevit_geo.device import autocast, precision_name, resolve_device, resolve_precision
+from lemevit_geo.errors import InputError
 from lemevit_geo.pipelines.tiling import Tile, TileGrid
-from lemevit_geo.raster import SourceInfo, normalise
+from lemevit_geo.raster import READ_ERRORS, MaskPlan, SourceInfo, normalise, read_error
 from lemevit_geo.settings import Engine
 
 Opener = Callable[[], Any]
@@ -65,9 +66,10 @@ class Runtime:
 
 @dataclass
 class SourceSpec:
-    """One raster the engine reads: how to open it (per thread), which bands, and their normalisation.
+    """One raster the engine reads: how to open it (per thread), which bands, their normalisation and mask.
 
-    ``opener`` returns an open dataset (a ``DatasetReader`` or a ``WarpedVRT`` onto another grid).
+    ``opener`` returns an open dataset (a ``DatasetReader`` or a ``WarpedVRT`` onto another grid);
+    ``mask`` replaces the source's own mask plan when the opener changes it (a warp that adds an alpha band).
     """
 
     info: SourceInfo
@@ -75,28 +77,34 @@ class SourceSpec:
     std: np.ndarray
     opener: Opener | None = None
     offset: tuple[int, int] = (0, 0)  # (row, col) of the output grid's origin in this source's pixels
+    mask: MaskPlan | None = None
 
     def open(self) -> DatasetReader:
         return self.opener() if self.opener else rasterio.open(self.info.path)
+
+    @property
+    def mask_plan(self) -> MaskPlan:
+        return self.mask or self.info.mask
 
 
 @dataclass
 class TileData:
     """A read tile: normalised bands ``(C, T, T)`` (padded to the tile size) and the valid-pixel mask.
 
-    ``data`` is None for a tile with no valid pixel: it is not run through the model.
+    ``data`` and ``valid`` are None for a tile with no valid pixel: it is not run through the model.
     """
 
     tile: Tile
     data: np.ndarray | None
-    valid: np.ndarray
+    valid: np.ndarray | None
 
 
 class TileReader:
     """Read tiles of one or more co-registered sources in background threads, in grid order.
 
     With several sources (the dates of a change pair) their bands are concatenated and a pixel is
-    valid only where it is valid in every source.
+    valid only where it is valid in every source. Read errors (a corrupt block, a missing VRT source)
+    become one :class:`~lemevit_geo.errors.InputError` naming the file and the window.
     """
 
     def __init__(self, sources: Sequence[SourceSpec], grid: TileGrid, threads: int = 2, prefetch: int = 16) -> None:
@@ -111,11 +119,22 @@ class TileReader:
     def _handles(self) -> list[Any]:
         handles = getattr(self._local, "handles", None)
         if handles is None:
-            handles = [s.open() for s in self.sources]
+            handles = []
+            for spec in self.sources:
+                handle = spec.open()
+                with self._lock:
+                    self._opened.append(handle)
+                handles.append(handle)
             self._local.handles = handles
-            with self._lock:
-                self._opened.extend(handles)
         return handles
+
+    def _read_source(self, spec: SourceSpec, src: Any, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            arr = src.read(indexes=list(spec.info.bands), window=window)
+            return arr, spec.mask_plan.valid(src, arr, window)
+        except READ_ERRORS as exc:
+            where = f"window at column {window.col_off}, row {window.row_off} ({window.width} x {window.height} px)"
+            raise InputError(f"{spec.info.path}: reading the {where} failed: {read_error(exc)}") from exc
 
     def read(self, tile: Tile) -> TileData:
         """Read one tile from every source (called in a worker thread)."""
@@ -126,12 +145,11 @@ class TileReader:
         parts = []
         for spec, src in zip(self.sources, self._handles(), strict=True):
             oy, ox = spec.offset
-            arr = src.read(indexes=list(spec.info.bands), window=Window(tile.x + ox, tile.y + oy, w, h), masked=True)
-            # GDAL's dataset-mask rule: a pixel is nodata only where every band is nodata
-            valid[:h, :w] &= ~np.ma.getmaskarray(arr).all(axis=0)
-            parts.append((spec, np.ma.getdata(arr)))
+            arr, ok = self._read_source(spec, src, Window(tile.x + ox, tile.y + oy, w, h))
+            valid[:h, :w] &= ok
+            parts.append((spec, arr))
         if not valid.any():
-            return TileData(tile, None, valid)
+            return TileData(tile, None, None)
         bands = sum(len(spec.info.bands) for spec, _ in parts)
         data = np.zeros((bands, size, size), dtype=np.float32)
         b = 0
@@ -139,26 +157,28 @@ class TileReader:
             n = arr.shape[0]
             data[b : b + n, :h, :w] = normalise(arr, spec.mean, spec.std)
             b += n
-        data[:, ~valid] = 0.0
+        data[:, ~valid] = 0.0  # also clears non-finite values
         return TileData(tile, data, valid)
 
     def __iter__(self) -> Iterator[TileData]:
         tiles = self.grid.tiles()
         pending: deque[Future[TileData]] = deque()
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="lemevit-read") as pool:
-            try:
-                it = iter(tiles)
-                for tile in it:
-                    pending.append(pool.submit(self.read, tile))
-                    if len(pending) >= self.prefetch:
+        try:
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="lemevit-read") as pool:
+                try:
+                    for tile in tiles:
+                        pending.append(pool.submit(self.read, tile))
+                        if len(pending) >= self.prefetch:
+                            yield pending.popleft().result()
+                    while pending:
                         yield pending.popleft().result()
-                while pending:
-                    yield pending.popleft().result()
-            finally:
-                for f in pending:
-                    f.cancel()
-        for handle in self._opened:
-            handle.close()
+                finally:
+                    for f in pending:
+                        f.cancel()
+        finally:
+            for handle in self._opened:
+                handle.close()
+            self._opened.clear()
 
 
 class Sink(Protocol):
@@ -203,10 +223,16 @@ def run_tiles(
     runtime: Runtime,
     progress: Progress | None = None,
 ) -> RunStats:
-    """Feed tiles from ``reader`` through ``model`` in batches of ``runtime.batch_size`` valid tiles into ``sink``."""
+    """Feed tiles from ``reader`` through ``model`` in batches of up to ``runtime.batch_size`` valid tiles into
+    ``sink``, in grid order.
+
+    A batch never spans two tile rows, so any split of the grid into strips of rows computes exactly what
+    the whole run computes (models are not batch-invariant at the last bit). Tiles with no valid pixel
+    pass straight to the sink unless valid tiles before them wait for a batch, so long runs of empty
+    tiles hold no memory.
+    """
     stats = RunStats()
     pending: list[TileData] = []
-    batch_size = runtime.batch_size
 
     def flush() -> None:
         run = [p for p in pending if p.data is not None]
@@ -215,23 +241,28 @@ def run_tiles(
         for p in pending:
             if p.data is None:
                 sink.skip(p)
-                stats.tiles_skipped += 1
             else:
                 sink.add(p, next(it))
-                stats.tiles_run += 1
+        stats.tiles_run += len(run)
+        stats.tiles_skipped += len(pending) - len(run)
         stats.batches += bool(run)
         if progress:
             progress.advance(len(pending))
         pending.clear()
 
     try:
+        waiting = 0  # valid tiles in pending
         for item in reader:
             stats.tiles += 1
-            pending.append(item)
-            if sum(p.data is not None for p in pending) >= batch_size:
+            if pending and item.tile.row != pending[0].tile.row:
                 flush()
-        if pending:
-            flush()
+                waiting = 0
+            pending.append(item)
+            waiting += item.data is not None
+            if waiting >= runtime.batch_size or not waiting:
+                flush()
+                waiting = 0
+        flush()
     finally:
         sink.close()  # also on errors: background writers must stop before their files are removed
     return stats

@@ -30,6 +30,7 @@ from lemevit_geo.bundle import CHANGE_CLASSES
 from lemevit_geo.choices import Task
 from lemevit_geo.errors import InputError
 from lemevit_geo.pipelines.metrics import binary_scores, confusion_matrix, detection_ap, segmentation_scores
+from lemevit_geo.raster import READ_ERRORS, read_error
 from lemevit_geo.vector import DRIVERS, read_polygons
 
 Bounds = tuple[float, float, float, float]
@@ -51,8 +52,8 @@ def guess_task(prediction: Path) -> Task:
     try:
         with rasterio.open(prediction) as src:
             return Task.change if _class_names(src) == CHANGE_CLASSES else Task.segment
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(f"{prediction} cannot be read as a raster: {str(exc).splitlines()[0]}") from exc
+    except READ_ERRORS as exc:
+        raise InputError(f"{prediction} cannot be read as a raster: {read_error(exc)}") from exc
 
 
 def _window(src: rasterio.io.DatasetReader, bounds: Bounds | None) -> Window:
@@ -238,7 +239,10 @@ def evaluate(
         _check_raster(prediction)
         _check_raster(reference)
         run = evaluate_change if task == Task.change else evaluate_classes
-        scores = run(prediction, reference, box)
+        try:
+            scores = run(prediction, reference, box)
+        except READ_ERRORS as exc:
+            raise InputError(f"reading {prediction} or {reference} failed: {read_error(exc)}") from exc
     else:
         raise InputError("`task` classify cannot be evaluated here: evaluate scores segment, change and detect outputs")
     return {"prediction": str(prediction), "reference": str(reference), **scores}
@@ -248,5 +252,5 @@ def _check_raster(path: Path) -> None:
     try:
         with rasterio.open(path):
             pass
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(f"{path} cannot be read as a raster: {str(exc).splitlines()[0]}") from exc
+    except READ_ERRORS as exc:
+        raise InputError(f"{path} cannot be read as a raster: {read_error(exc)}") from exc

@@ -48,4 +48,5 @@ def segment(
         outputs=outputs,
         overwrite=overwrite,
         progress=progress,
+        inputs=[] if isinstance(model, tuple) else [model],
     )

@@ -3,15 +3,20 @@
 ``crop`` writes each output pixel from the central part of the one tile that owns it. ``blend``
 averages the overlapping logits with a smooth window in a rolling buffer of one tile row's height;
 rows are flushed to the writer as soon as no later tile touches them. Masked (nodata) pixels get no
-weight and come out as nodata. Neither mode ever holds a scene-sized array.
+weight and come out as nodata.
+
+Memory follows the valid data, not the scene: finished rows are kept in column chunks that exist only
+where some tile had a valid pixel, the blend carry likewise, and work on empty columns is skipped. A
+200k x 200k px mosaic that is mostly nodata runs in the memory of its data. Neither mode ever holds a
+scene-sized array.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +26,8 @@ from lemevit_geo.pipelines.tiling import Tile, TileGrid, blend_window, ownership
 
 PROB_SCALE = 254  # probabilities are written as uint8 0..254; 255 is nodata
 FINISH_COLUMNS = 2048
+#: Columns per output chunk: a multiple of the output's 256 px blocks, so chunks never share a block.
+CHUNK = 2048
 
 
 def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -30,69 +37,152 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
 
 
 @dataclass
-class Band:
-    """Finished output rows ``[row, row + classes.shape[0])`` of the full scene width."""
+class Piece:
+    """Finished output rows of one column chunk, starting at scene column ``x``."""
 
-    row: int
-    classes: np.ndarray  # (h, W) class ids, nodata where invalid
-    probs: np.ndarray | None  # (K, h, W) uint8 probabilities, 255 where invalid
-    confidence: np.ndarray  # (h, W) uint8 probability of the chosen class, 255 where invalid
+    x: int
+    classes: np.ndarray  # (h, w) class ids, nodata where invalid
+    confidence: np.ndarray  # (h, w) uint8 probability of the chosen class, 255 where invalid
+    probs: np.ndarray | None  # (K, h, w) uint8 probabilities, 255 where invalid
 
     @property
     def height(self) -> int:
         return self.classes.shape[0]
 
-    def split(self, n: int) -> tuple[Band, Band]:
-        """The first ``n`` rows and the rest."""
-        probs = (None, None) if self.probs is None else (self.probs[:, :n], self.probs[:, n:])
-        return (
-            Band(self.row, self.classes[:n], probs[0], self.confidence[:n]),
-            Band(self.row + n, self.classes[n:], probs[1], self.confidence[n:]),
+    def rows(self, a: int, b: int) -> Piece:
+        return Piece(
+            self.x, self.classes[a:b], self.confidence[a:b], None if self.probs is None else self.probs[:, a:b]
         )
 
     @staticmethod
-    def concat(bands: list[Band]) -> Band:
-        """Consecutive bands as one."""
-        if len(bands) == 1:
-            return bands[0]
-        probs = None if bands[0].probs is None else np.concatenate([b.probs for b in bands], axis=1)
-        classes = np.concatenate([b.classes for b in bands])
-        return Band(bands[0].row, classes, probs, np.concatenate([b.confidence for b in bands]))
+    def stack(pieces: list[Piece]) -> Piece:
+        """Consecutive row ranges of one chunk as one piece."""
+        if len(pieces) == 1:
+            return pieces[0]
+        probs = None if pieces[0].probs is None else np.concatenate([p.probs for p in pieces], axis=1)  # type: ignore[misc]
+        return Piece(
+            pieces[0].x,
+            np.concatenate([p.classes for p in pieces]),
+            np.concatenate([p.confidence for p in pieces]),
+            probs,
+        )
+
+
+@dataclass
+class Band:
+    """Finished output rows ``[row, row + height)``: pieces by chunk index; absent chunks are nodata."""
+
+    row: int
+    height: int
+    pieces: dict[int, Piece] = field(default_factory=dict)
+
+
+class OutputRows:
+    """Finished output rows ``[row, row + height)``, filled block by block, kept in column chunks that are
+    allocated only where something valid is set."""
+
+    def __init__(self, row: int, height: int, width: int, num_classes: int, nodata: int, with_probs: bool) -> None:
+        self.row, self.height, self.width = row, height, width
+        self.k, self.nodata, self.with_probs = num_classes, nodata, with_probs
+        self.dtype = np.uint8 if nodata <= 255 else np.uint16
+        self.chunks: dict[int, Piece] = {}
+
+    def _chunk(self, i: int) -> Piece:
+        piece = self.chunks.get(i)
+        if piece is None:
+            w = min(CHUNK, self.width - i * CHUNK)
+            probs = np.full((self.k, self.height, w), 255, dtype=np.uint8) if self.with_probs else None
+            piece = Piece(
+                i * CHUNK,
+                np.full((self.height, w), self.nodata, dtype=self.dtype),
+                np.full((self.height, w), 255, dtype=np.uint8),
+                probs,
+            )
+            self.chunks[i] = piece
+        return piece
+
+    def set(self, rows: slice, cols: slice, logits: np.ndarray, valid: np.ndarray) -> None:
+        """Classes, confidences and probabilities of a block from its logits ``(K, h, w)``; nodata where invalid."""
+        if not valid.any():
+            return
+        probs = softmax(logits)
+        cls = logits.argmax(axis=0)
+        conf = np.take_along_axis(probs, cls[None], axis=0)[0]
+        classes = np.where(valid, cls, self.nodata)
+        confidence = np.where(valid, np.rint(conf * PROB_SCALE), 255)
+        quantised = np.where(valid[None], np.rint(probs * PROB_SCALE), 255) if self.with_probs else None
+        for i in range(cols.start // CHUNK, (cols.stop - 1) // CHUNK + 1):
+            piece = self._chunk(i)
+            a, b = max(cols.start, piece.x), min(cols.stop, piece.x + CHUNK)
+            src, dst = slice(a - cols.start, b - cols.start), slice(a - piece.x, b - piece.x)
+            piece.classes[rows, dst] = classes[:, src]
+            piece.confidence[rows, dst] = confidence[:, src]
+            if piece.probs is not None and quantised is not None:
+                piece.probs[:, rows, dst] = quantised[:, :, src]
+
+    def class_counts(self) -> np.ndarray:
+        """Pixels per class in these rows."""
+        counts = np.zeros(self.k, dtype=np.int64)
+        for piece in self.chunks.values():
+            c = piece.classes[piece.classes != self.nodata]
+            counts += np.bincount(c.ravel(), minlength=self.k)[: self.k]
+        return counts
+
+    def band(self) -> Band:
+        return Band(self.row, self.height, dict(self.chunks))
 
 
 class BlockRows:
-    """Regroups finished bands into writes that start and end on block-row boundaries.
+    """Regroups finished bands into writes that start and end on block-row boundaries, chunk by chunk.
 
-    A compressed GeoTIFF block written twice is stored twice; writing whole block rows once keeps the
-    file compact and lets GDAL evict finished blocks from its cache.
+    A compressed GeoTIFF block written twice is stored twice; writing whole block rows once keeps the file
+    compact and lets GDAL evict finished blocks from its cache. A chunk's rows that stop short of a block
+    row wait for the next band; if that band has nothing there, they are completed with nodata.
     """
 
-    def __init__(self, write: Callable[[Band], None], block: int) -> None:
-        self._write, self.block = write, block
-        self.pending: list[Band] = []
+    def __init__(self, write: Callable[[int, Piece], None], block: int, nodata: int, num_classes: int) -> None:
+        self._write, self.block, self.nodata, self.k = write, block, nodata, num_classes
+        self.rest: dict[int, tuple[int, Piece]] = {}  # chunk -> (first row, rows short of a block row)
+
+    def _blank(self, like: Piece, height: int) -> Piece:
+        w = like.classes.shape[1]
+        probs = None if like.probs is None else np.full((self.k, height, w), 255, dtype=np.uint8)
+        return Piece(
+            like.x, np.full((height, w), self.nodata, like.classes.dtype), np.full((height, w), 255, np.uint8), probs
+        )
 
     def __call__(self, band: Band) -> None:
-        self.pending.append(band)
-        start = self.pending[0].row
-        end = band.row + band.height
-        cut = end - end % self.block
-        if cut > start:
-            done, rest = Band.concat(self.pending).split(cut - start)
-            self._write(done)
-            self.pending = [rest] if rest.height else []
+        for i in sorted(set(band.pieces) | set(self.rest)):
+            row, pieces = band.row, [band.pieces[i]] if i in band.pieces else []
+            if i in self.rest:
+                row, rest = self.rest.pop(i)
+                if not pieces:  # nothing more here: complete the block row with nodata and write it
+                    pad = min(band.row + band.height, -(-(row + rest.height) // self.block) * self.block)
+                    pad -= row + rest.height
+                    self._write(row, Piece.stack([rest, self._blank(rest, pad)]) if pad > 0 else rest)
+                    continue
+                pieces.insert(0, rest)
+            piece = Piece.stack(pieces)
+            end = row + piece.height
+            cut = end - end % self.block
+            if cut > row:
+                self._write(row, piece.rows(0, cut - row))
+            if end > max(cut, row):
+                self.rest[i] = (max(cut, row), piece.rows(max(cut, row) - row, piece.height))
 
     def flush(self) -> None:
-        if self.pending:
-            self._write(Band.concat(self.pending))
-            self.pending = []
+        for row, piece in self.rest.values():
+            self._write(row, piece)
+        self.rest.clear()
 
 
 class BandWriter:
     """Writes finished bands in a background thread (the device never waits on the disk)."""
 
-    def __init__(self, write: Callable[[Band], None], depth: int = 2, block: int = 256) -> None:
-        self._rows = BlockRows(write, block)
-        self._write = self._rows
+    def __init__(
+        self, write: Callable[[int, Piece], None], nodata: int, num_classes: int, depth: int = 2, block: int = 256
+    ) -> None:
+        self._rows = BlockRows(write, block, nodata, num_classes)
         self._queue: queue.Queue[Band | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="lemevit-write", daemon=True)
@@ -102,7 +192,7 @@ class BandWriter:
         while (band := self._queue.get()) is not None:
             if self._error is None:
                 try:
-                    self._write(band)
+                    self._rows(band)
                 except BaseException as exc:  # re-raised in the main thread
                     self._error = exc
 
@@ -118,35 +208,6 @@ class BandWriter:
             self._rows.flush()
         if self._error is not None:
             raise self._error
-
-
-class OutputRows:
-    """Finished output rows ``[row, row + height)`` of the full scene width, filled block by block."""
-
-    def __init__(self, row: int, height: int, width: int, num_classes: int, nodata: int, with_probs: bool) -> None:
-        dtype = np.uint8 if nodata <= 255 else np.uint16
-        self.row, self.nodata = row, nodata
-        self.classes = np.full((height, width), nodata, dtype=dtype)
-        self.confidence = np.full((height, width), 255, dtype=np.uint8)
-        self.probs = np.full((num_classes, height, width), 255, dtype=np.uint8) if with_probs else None
-
-    def set(self, rows: slice, cols: slice, logits: np.ndarray, valid: np.ndarray) -> None:
-        """Classes, confidences and probabilities of a block from its logits ``(K, h, w)``; nodata where invalid."""
-        probs = softmax(logits)
-        cls = logits.argmax(axis=0)
-        conf = np.take_along_axis(probs, cls[None], axis=0)[0]
-        self.classes[rows, cols] = np.where(valid, cls, self.nodata)
-        self.confidence[rows, cols] = np.where(valid, np.rint(conf * PROB_SCALE), 255)
-        if self.probs is not None:
-            self.probs[:, rows, cols] = np.where(valid[None], np.rint(probs * PROB_SCALE), 255)
-
-    def class_counts(self, num_classes: int) -> np.ndarray:
-        """Pixels per class in these rows."""
-        c = self.classes[self.classes != self.nodata]
-        return np.bincount(c.ravel(), minlength=num_classes)[:num_classes]
-
-    def band(self) -> Band:
-        return Band(self.row, self.classes, self.probs, self.confidence)
 
 
 class CropMerge:
@@ -177,7 +238,8 @@ class BlendMerge:
 
     Rows ``[ys[r], ys[r + 1])`` finish in tile row ``r``; the rows below, down to the tiles' bottom edge,
     carry over to the next tile row. Accumulators (K logit sums and one weight sum) live in a window two
-    tiles wide that slides left to right, and in a full-width carry of overlap height only.
+    tiles wide that slides left to right, and in a carry of overlap height kept in column chunks where it
+    holds weight. ``right`` bounds the window's columns that hold anything, so empty stretches cost nothing.
     """
 
     def __init__(self, grid: TileGrid, num_classes: int) -> None:
@@ -186,9 +248,10 @@ class BlendMerge:
         self.height = 0  # rows the current tile row covers
         self.finished = 0  # of which the first ``finished`` finish in it
         self.wx = 0  # scene column of the window's first column
-        self.win = np.zeros((0, 0, 0), dtype=np.float32)
-        self.carry: np.ndarray | None = None  # built for the next tile row
-        self.prev_carry: np.ndarray | None = None  # left by the previous tile row
+        self.right = 0  # scene column past the last window column that may hold weight
+        self.win = np.zeros((num_classes + 1, grid.tile, 2 * grid.tile), dtype=np.float32)
+        self.carry: dict[int, np.ndarray] = {}  # built for the next tile row, by chunk
+        self.prev_carry: dict[int, np.ndarray] = {}  # left by the previous tile row
 
     def rows(self, r: int) -> tuple[int, int]:
         ys = self.grid.ys
@@ -198,36 +261,77 @@ class BlendMerge:
         y0, y1 = self.rows(r)
         self.height = min(self.grid.tile, self.grid.height - y0)
         self.finished = y1 - y0
-        self.prev_carry = self.carry if r > 0 else None
-        self.carry = np.zeros((self.k + 1, self.height - self.finished, self.grid.width), dtype=np.float32)
-        self.wx = 0
-        self.win = np.zeros((self.k + 1, self.height, 2 * self.grid.tile), dtype=np.float32)
+        self.prev_carry, self.carry = (self.carry if r > 0 else {}), {}
+        self.win[:] = 0.0
+        self.wx = self.right = 0
         self._fill(0, self.win.shape[2])
+
+    def _chunks(self, a: int, b: int) -> Iterator[tuple[int, int, int]]:
+        """Chunk index and scene columns [lo, hi) of each chunk overlapping scene columns [a, b)."""
+        for i in range(a // CHUNK, (b - 1) // CHUNK + 1):
+            yield i, max(a, i * CHUNK), min(b, (i + 1) * CHUNK)
 
     def _fill(self, a: int, b: int) -> None:
         """Load window columns [a, b) (window coordinates) with what the previous tile row carried."""
         lo, hi = self.wx + a, min(self.wx + b, self.grid.width)
-        if self.prev_carry is not None and hi > lo:
-            keep = min(self.prev_carry.shape[1], self.height)
-            self.win[:, :keep, a : a + hi - lo] = self.prev_carry[:, :keep, lo:hi]
+        if not self.prev_carry or hi <= lo:
+            return
+        for i, c0, c1 in self._chunks(lo, hi):
+            chunk = self.prev_carry.get(i)
+            if chunk is not None:
+                keep = min(chunk.shape[1], self.height)
+                self.win[:, :keep, c0 - self.wx : c1 - self.wx] = chunk[:, :keep, c0 - i * CHUNK : c1 - i * CHUNK]
+                self.right = max(self.right, c1)
+
+    def _keep(self, x0: int, data: np.ndarray) -> None:
+        """Carry window rows below the finished ones, scene columns [x0, x0 + width), into the next tile row."""
+        for i, c0, c1 in self._chunks(x0, x0 + data.shape[2]):
+            part = data[:, :, c0 - x0 : c1 - x0]
+            if not part[self.k].any():
+                continue
+            chunk = self.carry.get(i)
+            if chunk is None:
+                w = min(CHUNK, self.grid.width - i * CHUNK)
+                chunk = self.carry[i] = np.zeros((self.k + 1, data.shape[1], w), dtype=np.float32)
+            chunk[:, :, c0 - i * CHUNK : c1 - i * CHUNK] = part
+
+    def _next_carried(self, x: int) -> int:
+        """The first scene column at or after ``x`` in a chunk the previous tile row carried (or the width)."""
+        starts = [max(x, i * CHUNK) for i in self.prev_carry if (i + 1) * CHUNK > x]
+        return min(starts, default=self.grid.width)
 
     def _flush_columns(self, x_end: int, out: OutputRows) -> None:
         """Finish scene columns [wx, x_end): no later tile of this row touches them."""
-        n = x_end - self.wx
-        if n <= 0:
-            return
-        for a in range(0, n, FINISH_COLUMNS):  # chunks bound the temporaries
-            b = min(a + FINISH_COLUMNS, n)
-            wsum = self.win[self.k, : self.finished, a:b]
-            valid = wsum > 0
-            logits = self.win[: self.k, : self.finished, a:b] / np.where(valid, wsum, 1.0)
-            out.set(slice(0, self.finished), slice(self.wx + a, self.wx + b), logits, valid)
-        assert self.carry is not None
-        self.carry[:, :, self.wx : x_end] = self.win[:, self.finished :, :n]
         width = self.win.shape[2]
-        self.win[:, :, : width - n] = self.win[:, :, n:].copy()
-        self.win[:, :, width - n :] = 0.0
+        while self.wx < x_end:
+            if self.right <= self.wx:  # an empty window: jump over columns nothing reaches
+                target = min(x_end, self._next_carried(self.wx))
+                if target > self.wx:
+                    self.wx = self.right = target
+                    self._fill(0, width)
+                    continue
+            self._slide(min(x_end, self.wx + width), out)
+
+    def _slide(self, x_end: int, out: OutputRows) -> None:
+        """Finish scene columns [wx, x_end), at most a window's width, and slide the window past them."""
+        n, width, h = x_end - self.wx, self.win.shape[2], self.height
+        if self.right > self.wx:  # the window holds something: finish it, carry it
+            m = min(n, self.right - self.wx)
+            for a in range(0, m, FINISH_COLUMNS):  # chunks bound the temporaries
+                b = min(a + FINISH_COLUMNS, m)
+                wsum = self.win[self.k, : self.finished, a:b]
+                valid = wsum > 0
+                logits = self.win[: self.k, : self.finished, a:b] / np.where(valid, wsum, 1.0)
+                out.set(slice(0, self.finished), slice(self.wx + a, self.wx + b), logits, valid)
+            if h > self.finished:
+                self._keep(self.wx, self.win[:, self.finished : h, :m])
+            if self.right > x_end:
+                self.win[:, :, : width - n] = self.win[:, :, n:].copy()
+                self.win[:, :, width - n :] = 0.0
+            else:
+                self.win[:, :, : self.right - self.wx] = 0.0
         self.wx = x_end
+        self.right = max(self.right, x_end)
         self._fill(width - n, width)
 
     def add(self, tile: Tile, logits: np.ndarray, valid: np.ndarray, out: OutputRows) -> None:
@@ -236,10 +340,10 @@ class BlendMerge:
         wgt = self.weights[:h, :w] * valid[:h, :w]
         self.win[: self.k, :h, :w] += logits[:, :h, :w] * wgt
         self.win[self.k, :h, :w] += wgt
+        self.right = max(self.right, tile.x + w)
 
     def finish(self, out: OutputRows) -> None:
-        while self.wx < self.grid.width:
-            self._flush_columns(min(self.grid.width, self.wx + self.grid.tile), out)
+        self._flush_columns(self.grid.width, out)
 
 
 class DenseStitcher:
@@ -275,7 +379,7 @@ class DenseStitcher:
         if col != self.last_col:
             return
         self.merge.finish(self.out)
-        self.counts += self.out.class_counts(self.k)
+        self.counts += self.out.class_counts()
         self.writer.put(self.out.band())
         if self.row + 1 < len(self.grid.ys):
             self.row += 1
@@ -284,6 +388,7 @@ class DenseStitcher:
     # -- sink protocol -----------------------------------------------------------------------
     def add(self, item: TileData, output: np.ndarray) -> None:
         self._check(item)
+        assert item.valid is not None
         self.merge.add(item.tile, output, item.valid, self.out)
         self._after(item.tile.col)
 

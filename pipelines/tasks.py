@@ -118,9 +118,8 @@ class LeMeViTTask:
             freeze_decoder=freeze_decoder,
         )
         accepted = inspect.signature(self.torchgeo_task.__init__).parameters
-        for name in ("ignore_index", "freeze_decoder"):
-            if given[name] not in (None, False) and name not in accepted:
-                raise ValueError(f"{name} does not apply to {self.task_name} models")
+        if freeze_decoder and "freeze_decoder" not in accepted:
+            raise ValueError(f"freeze_decoder does not apply to {self.task_name} models: they have no decoder")
         super().__init__(**{k: v for k, v in given.items() if k in accepted})
 
     def configure_models(self) -> None:
@@ -175,16 +174,42 @@ class ChangeModule(LeMeViTTask, ChangeDetectionTask):
         self.set_metrics(dense_metrics(self.hparams["num_classes"], self.hparams["ignore_index"], change=True))
 
 
+class IgnoringCrossEntropy(torch.nn.Module):
+    """Cross-entropy over the labelled samples only; 0 (no gradient) for a batch without any."""
+
+    def __init__(self, weight: torch.Tensor | None, ignore_index: int) -> None:
+        super().__init__()
+        self.loss = torch.nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index, reduction="sum")
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(logits, target) / (target != self.ignore_index).sum().clamp(min=1)
+
+
 class ClassificationModule(LeMeViTTask, ClassificationTask):
-    """LeMeViT scene classification with its pooled image-and-meta-token head."""
+    """LeMeViT scene classification with its pooled image-and-meta-token head.
+
+    With ``ignore_index`` (own data: tiles without any labelled pixel) those tiles count in neither the
+    loss nor the metrics.
+    """
 
     task_name = "classify"
     monitor_metric = ("val_OA", "max")
     torchgeo_task = ClassificationTask
     model_template = "lemevit_{arch}"
 
+    def configure_losses(self) -> None:
+        super().configure_losses()
+        ignore = self.hparams["ignore_index"]
+        if ignore is not None:
+            weights = self.hparams["class_weights"]
+            self.criterion = IgnoringCrossEntropy(None if weights is None else torch.as_tensor(weights), ignore)
+
     def configure_metrics(self) -> None:
-        self.set_metrics(MetricCollection({"OA": MulticlassAccuracy(self.hparams["num_classes"], average="micro")}))
+        accuracy = MulticlassAccuracy(
+            self.hparams["num_classes"], average="micro", ignore_index=self.hparams["ignore_index"]
+        )
+        self.set_metrics(MetricCollection({"OA": accuracy}))
 
 
 def _finite(value: float) -> float:

@@ -21,26 +21,13 @@ import torch
 from lemevit_geo.bundle import DEFAULT_TILE, BundleConfig, save_bundle
 from lemevit_geo.choices import Arch, Precision, Task
 from lemevit_geo.device import cpu_supports_bf16
-from lemevit_geo.errors import InputError, LemevitError
+from lemevit_geo.errors import InputError
 from lemevit_geo.models.factory import head_options
 from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.callbacks import EpochCSV
 from lemevit_geo.pipelines.data import DATASETS, TrainData, custom_data, detection_data, torchgeo_data
 from lemevit_geo.pipelines.tasks import TASK_MODULES, LeMeViTTask
 from lemevit_geo.settings import Hardware, Recipe, check_tile_size
-
-
-@contextlib.contextmanager
-def _removed_on_error(run_dir: Path) -> Iterator[None]:
-    """Create the run folder; remove it again if it was new and the inputs turn out unusable."""
-    new = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        yield
-    except LemevitError:
-        if new:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
 
 
 def lightning_precision(precision: Precision | str) -> str:
@@ -130,11 +117,10 @@ def make_module(
         backbone_weights=str(backbone_weights) if backbone_weights else None,
         head=head_for(data, head),
         class_weights=data.class_weights,
+        ignore_index=data.ignore_index,
         lr=recipe.lr,
         freeze_backbone=freeze_backbone,
     )
-    if data.task != Task.classify:
-        kwargs["ignore_index"] = data.ignore_index
     if data.task == Task.detect:
         kwargs["class_names"] = list(data.classes)
     return TASK_MODULES[data.task.value](**kwargs)
@@ -211,24 +197,84 @@ def train(
     out, name, arch = Path(out), dataset.lower(), Arch(arch)
     check_tile_size(tile_size)
     if not resume:
-        check_output(out, overwrite)
-    run_dir = out.with_name(out.stem + ".train")
-    L.seed_everything(recipe.seed, workers=True, verbose=False)
-
-    own = dict(images=images, before=before, after=after, labels=labels, label_column=label_column, classes=classes)
-    with _removed_on_error(run_dir):
-        data, tile = load_data(
+        given = [images, labels, before, after]
+        inputs = [p for g in given if g is not None for p in ([g] if isinstance(g, str | Path) else g)]
+        check_output(out, overwrite, inputs)
+    with run_folder(out) as run_dir:
+        return _train(
             name=name,
+            out=out,
+            run_dir=run_dir,
+            own=dict(
+                images=images, before=before, after=after, labels=labels, label_column=label_column, classes=classes
+            ),
             root=root,
-            own=own,
             task=task,
+            arch=arch,
+            backbone_weights=backbone_weights,
+            freeze_backbone=freeze_backbone,
             tile_size=tile_size,
             val_fraction=val_fraction,
             recipe=recipe,
             hardware=hardware,
-            work_dir=run_dir,
+            resume=resume,
+            fast_dev_run=fast_dev_run,
+            progress=progress,
+            start=start,
+            head=head,
         )
-        module = make_module(data, arch, backbone_weights, freeze_backbone, recipe, head)
+
+
+@contextlib.contextmanager
+def run_folder(out: Path) -> Iterator[Path]:
+    """``<out>.train/`` for checkpoints and metrics; removed again if this run made it and failed before its
+    first checkpoint (a run that saved one can be resumed)."""
+    run_dir = out.with_name(out.stem + ".train")
+    fresh = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield run_dir
+    except BaseException:
+        if fresh and not any(run_dir.glob("checkpoints/*.ckpt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _train(
+    *,
+    name: str,
+    out: Path,
+    run_dir: Path,
+    own: dict[str, Any],
+    root: str | Path | None,
+    task: Task | str | None,
+    arch: Arch,
+    backbone_weights: str | Path | None,
+    freeze_backbone: bool,
+    tile_size: int | None,
+    val_fraction: float,
+    recipe: Recipe,
+    hardware: Hardware,
+    resume: bool,
+    fast_dev_run: bool,
+    progress: bool,
+    start: float,
+    head: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The four steps of :func:`train` in its run folder: data, module, trainer, bundle."""
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    data, tile = load_data(
+        name=name,
+        root=root,
+        own=own,
+        task=task,
+        tile_size=tile_size,
+        val_fraction=val_fraction,
+        recipe=recipe,
+        hardware=hardware,
+        work_dir=run_dir,
+    )
+    module = make_module(data, arch, backbone_weights, freeze_backbone, recipe, head)
     trainer, checkpoint, metrics_csv = make_trainer(
         run_dir, type(module).monitor_metric, recipe, hardware, fast_dev_run, progress
     )

@@ -16,8 +16,9 @@ import rasterio
 import rasterio.shutil
 from rasterio.io import DatasetWriter
 
+from lemevit_geo.errors import OutputError
 from lemevit_geo.outputs import atomic_path, temporary_sibling
-from lemevit_geo.pipelines.stitch import PROB_SCALE, Band
+from lemevit_geo.pipelines.stitch import PROB_SCALE, Piece
 from lemevit_geo.raster import (
     SourceInfo,
     class_dtype,
@@ -27,6 +28,20 @@ from lemevit_geo.raster import (
 )
 from lemevit_geo.settings import DenseOutputs
 from lemevit_geo.vector import polygonize, write_vector
+
+
+def check_complete(path: Path, name: Path) -> None:
+    """Refuse a GeoTIFF whose blocks reach past its end: GDAL's COG copy does not report every failed write
+    (a full disk, a file size limit), and leaves a truncated file. ``name`` is the output's own name."""
+    size = path.stat().st_size
+    with rasterio.open(path) as ds:
+        block_w, block_h = ds.block_shapes[0]
+        blocks = [(x, y) for y in range(-(-ds.height // block_h)) for x in range(-(-ds.width // block_w))]
+        for x, y in blocks:
+            offset = ds.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=1)
+            length = ds.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=1)
+            if offset and length and int(offset) + int(length) > size:
+                raise OutputError(f"writing {name} failed: the file ends before its last blocks (disk full?)")
 
 
 class DenseRasterWriter:
@@ -98,14 +113,14 @@ class DenseRasterWriter:
         self._datasets.append(ds)
         return ds
 
-    def write(self, band: Band) -> None:
-        """Write finished rows to every open raster."""
-        win = ((band.row, band.row + band.height), (0, self.grid.width))
-        self.classes_ds.write(band.classes, 1, window=win)
+    def write(self, row: int, piece: Piece) -> None:
+        """Write finished rows of one column chunk to every open raster."""
+        win = ((row, row + piece.height), (piece.x, piece.x + piece.classes.shape[1]))
+        self.classes_ds.write(piece.classes, 1, window=win)
         if self.conf_ds is not None:
-            self.conf_ds.write(band.confidence, 1, window=win)
-        if self.prob_ds is not None and band.probs is not None:
-            self.prob_ds.write(band.probs, window=win)
+            self.conf_ds.write(piece.confidence, 1, window=win)
+        if self.prob_ds is not None and piece.probs is not None:
+            self.prob_ds.write(piece.probs, window=win)
 
     def finish(self) -> dict[str, Any]:
         """Close the rasters, make the COG, category names and polygons; return what was written."""
@@ -114,6 +129,7 @@ class DenseRasterWriter:
         opts = self.options
         if opts.cog:
             rasterio.shutil.copy(self.tiff, self.final, driver="COG", compress="DEFLATE", predictor=2, blocksize=512)
+            check_complete(self.final, self.output)
         write_category_names(self.final, self.classes)
         written: dict[str, Any] = {"raster": str(self.output)}
         if opts.probabilities is not None:

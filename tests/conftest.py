@@ -49,14 +49,29 @@ def cli(*args: str) -> object:
     return result
 
 
-def cli_error(*args: str) -> str:
-    """Run the CLI in-process expecting a user error; return its message as the command line shows it."""
-    from lemevit_geo.cli.app import _flags
-    from lemevit_geo.errors import LemevitError, with_flags
+def cli_main(*args: object) -> subprocess.CompletedProcess:
+    """Run the CLI's entry point in-process (as ``lemevit-geo`` runs it: exit codes, error lines on stderr)."""
+    import contextlib
+    import io
+    import signal
 
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert isinstance(result.exception, LemevitError), (result.exit_code, result.output, result.exception)
-    return with_flags(str(result.exception), _flags())
+    from lemevit_geo.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    argv = sys.argv
+    sys.argv = ["lemevit-geo", *map(str, args)]
+    code: int | str | None = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.argv = argv
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return subprocess.CompletedProcess(args, code if isinstance(code, int) else 1, out.getvalue(), err.getvalue())
 
 
 def cli_subprocess(*args: str) -> subprocess.CompletedProcess:
@@ -106,3 +121,12 @@ def cls_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path,
     )
     return path
+
+
+def cli_error(*args: object) -> str:
+    """Run the CLI's entry point in-process expecting a user error (exit code 1, one line on stderr); return
+    that line."""
+    r = cli_main(*args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, (r.returncode, r.stderr)
+    return lines[0]

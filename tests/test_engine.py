@@ -218,3 +218,121 @@ def test_polygon_merge_with_small_windows_and_simplify(tmp_path: Path) -> None:
     assert "corner" not in set(small["class_name"])
     # coverage simplification keeps neighbours sharing their edges: no gaps or overlaps appear
     assert small.union_all().area == pytest.approx(300 * 300 * GSD * GSD - 400 * GSD * GSD, rel=1e-6)
+
+
+def test_batches_stay_in_their_tile_row_and_empty_tiles_pass_straight_through() -> None:
+    from lemevit_geo.pipelines.engine import TileData, run_tiles
+
+    grid = TileGrid(3 * 64, 4 * 64, 64, 0)
+    valid = {0: [1, 0, 0, 1], 1: [0, 0, 0, 0], 2: [1, 1, 1, 1]}
+    events: list[tuple[str, int]] = []
+    calls: list[int] = []
+
+    class Sink:
+        def add(self, item: TileData, output: np.ndarray) -> None:
+            events.append(("add", item.tile.index))
+
+        def skip(self, item: TileData) -> None:
+            events.append(("skip", item.tile.index))
+
+        def close(self) -> None:
+            events.append(("close", -1))
+
+    class Model(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape[0])
+            return x
+
+    def reader() -> object:
+        for tile in grid.tiles():
+            ok = valid[tile.row][tile.col]
+            yield TileData(
+                tile, np.zeros((3, 64, 64), np.float32) if ok else None, np.ones((64, 64), bool) if ok else None
+            )
+            if not ok and tile.index >= 4:  # nothing valid waits in row 1: the empty tile is already handed on
+                assert events[-1] == ("skip", tile.index)
+
+    stats = run_tiles(iter(reader()), Model(), Sink(), Runtime(torch.device("cpu"), torch.float32, 3, 1))
+    assert [e for e in events if e[0] != "close"] == [("add" if valid[i // 4][i % 4] else "skip", i) for i in range(12)]
+    assert calls == [2, 3, 1]  # row 0: two valid tiles; row 2: a full batch, then the rest of the row
+    assert (stats.tiles, stats.tiles_run, stats.tiles_skipped, stats.batches) == (12, 6, 6, 3)
+
+
+def test_blend_weights_sum_to_one_across_every_overlap() -> None:
+    from lemevit_geo.pipelines.tiling import blend_window
+
+    for tile, overlap in [(128, 32), (64, 16), (96, 40), (256, 64)]:
+        ramp = blend_window(tile, overlap)[tile // 2]
+        stride = tile - overlap
+        total = np.zeros(stride * 5 + tile)
+        for k in range(6):
+            total[k * stride : k * stride + tile] += ramp
+        inner = total[overlap : 5 * stride + tile - overlap]  # every pixel away from the outer edges
+        np.testing.assert_allclose(inner, 1.0, atol=1e-6)
+        assert ramp.min() > 0 and ramp[tile // 2] == 1.0
+
+
+class TileMean(torch.nn.Module):
+    """Logits that depend on the whole tile, not on the pixel: (mean of band 1, 0, -4, -4) everywhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x[:, :1].mean(dim=(2, 3), keepdim=True).expand(-1, 1, *x.shape[-2:])
+        return torch.cat([m, torch.zeros_like(m), torch.full_like(m, -4.0), torch.full_like(m, -4.0)], dim=1)
+
+
+def test_blending_averages_overlapping_tiles_with_the_raised_cosine_window(tmp_path: Path) -> None:
+    height, width, tile, overlap = 200, 333, 128, 48
+    cols = np.linspace(0, 235, width, dtype=np.float32)
+    data = np.broadcast_to((20 + cols)[None, None, :], (3, height, width)).astype(np.uint8)
+    src = write_raster(tmp_path / "gradient.tif", data)
+    out, _ = run_dense(
+        tmp_path,
+        src,
+        TileMean(),
+        "blend",
+        tile_size=tile,
+        overlap=overlap,
+        stitch=Stitch.blend,
+        probabilities=tmp_path / "p.tif",
+    )
+    with rasterio.open(tmp_path / "p.tif") as ds:
+        got = ds.read(1).astype(int)
+    # the expected blend, computed independently: raised-cosine ramps over the overlap, 1 inside
+    n = overlap
+    ramp1d = np.ones(tile)
+    ramp1d[:n] = 0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)
+    ramp1d[tile - n :] = ramp1d[:n][::-1]
+    x = (data[0].astype(np.float32) - MEAN[0]) / STD[0]
+    num, den = np.zeros((height, width)), np.zeros((height, width))
+    for y0 in tile_offsets(height, tile, tile - overlap, fit=True):
+        for x0 in tile_offsets(width, tile, tile - overlap, fit=True):
+            h, w = min(tile, height - y0), min(tile, width - x0)
+            mean = x[y0 : y0 + h, x0 : x0 + w].sum() / (tile * tile)  # the tile is zero-padded to its size
+            wgt = np.outer(ramp1d[:h], ramp1d[:w])
+            num[y0 : y0 + h, x0 : x0 + w] += wgt * mean
+            den[y0 : y0 + h, x0 : x0 + w] += wgt
+    logit = num / den
+    p0 = np.exp(logit) / (np.exp(logit) + 1 + 2 * np.exp(-4.0))
+    np.testing.assert_array_less(np.abs(got - np.rint(p0 * 254)), 1.01)
+    assert np.ptp(got) > 20  # the tiles really differ, so a wrong window would show
+
+
+@pytest.mark.parametrize("stitch", [Stitch.crop, Stitch.blend])
+def test_sparse_scene_wider_than_a_chunk(tmp_path: Path, stitch: Stitch) -> None:
+    """Islands of data in a wide, mostly empty scene: only they are stitched, exactly, across rows and chunks."""
+    data = np.zeros((3, 420, 2600), dtype=np.uint8)
+    islands = [
+        (slice(100, 230), slice(2000, 2300)),
+        (slice(5, 60), slice(30, 90)),
+        (slice(300, 420), slice(2450, 2600)),
+    ]
+    for k, (rows, cols) in enumerate(islands):
+        data[:, rows, cols] = textured_scene(rows.stop - rows.start, cols.stop - cols.start, seed=k)
+    src = write_raster(tmp_path / "sparse.tif", data, nodata=0)
+    model = pixel_model(2)
+    out, summary = run_dense(tmp_path, src, model, "out", tile_size=128, overlap=32, stitch=stitch)
+    expected = whole_scene(model, data)
+    expected[(data == 0).all(axis=0)] = 255
+    with rasterio.open(out) as ds:
+        np.testing.assert_array_equal(ds.read(1), expected)
+    assert summary["tiles_skipped_nodata"] > summary["tiles_run"]

@@ -373,3 +373,105 @@ def test_learning_beats_the_majority_baseline(tmp_path: Path) -> None:
     )
     print(metrics)
     assert metrics["mIoU"] > metrics["baseline_mIoU"] + 0.3
+
+
+def _labels(tmp: Path, values: np.ndarray, nodata: float | None, dtype: str = "int16") -> Path:
+    return write_raster(tmp / f"labels_{dtype}.tif", values.astype(dtype)[None], nodata=nodata)
+
+
+def test_label_values_are_checked_and_nodata_is_ignored(tmp_path: Path) -> None:
+    from tests.conftest import cli_main
+
+    image = write_raster(tmp_path / "image.tif", textured_scene(128, 128))
+    values = np.tile(np.arange(128) // 43, (128, 1))  # classes 0, 1, 2 in stripes
+    for bad, message in [(-3, "labels hold the value -3"), (300, "labels hold the value 300")]:
+        wrong = values.copy()
+        wrong[:5, :5] = bad
+        labels = _labels(tmp_path, wrong, nodata=-1)
+        out = tmp_path / "m.safetensors"
+        r = cli_main("train", "--dataset", "custom", "--images", image, "--labels", labels, "--out", out)
+        assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not out.exists() and not (tmp_path / "m.train").exists()  # nothing left of a failed run
+    unlabelled = values.copy()
+    unlabelled[:, :30] = -1  # int16 labels with nodata -1: unlabelled, never a class
+    labels = _labels(tmp_path, unlabelled, nodata=-1)
+    data = custom_data(
+        images=str(image),
+        labels=str(labels),
+        label_column=None,
+        classes=None,
+        tile_size=64,
+        batch_size=2,
+        num_workers=0,
+        val_fraction=0.5,
+        length=2,
+        work_dir=tmp_path,
+    )
+    assert data.classes == ["class_0", "class_1", "class_2"] and data.ignore_index == 255
+    batch = next(iter(data.datamodule.train_dataloader()))
+    mask = data.datamodule.on_after_batch_transfer(batch, 0)["mask"]
+    assert set(mask.unique().tolist()) <= {0, 1, 2, 255} and (mask == 255).any()
+
+
+def test_scene_labels_ignore_tiles_without_labels() -> None:
+    import torch
+
+    from lemevit_geo.pipelines.datamodules import IGNORE, scene_label
+
+    mask = torch.full((3, 8, 8), IGNORE)
+    mask[1, :2] = 4
+    mask[2, :] = 1
+    mask[2, :1] = 3
+    assert scene_label(mask).tolist() == [IGNORE, 4, 1]
+
+
+def test_task_modules_keep_true_hyperparameters_and_freeze_what_is_asked() -> None:
+    from lemevit_geo.pipelines.tasks import ChangeModule, ClassificationModule, SegmentationModule
+
+    change = ChangeModule(in_channels=3, num_classes=2, freeze_backbone=True)
+    assert change.hparams["model"] == "bit" and change.hparams["arch"] == "tiny"
+    assert not any(p.requires_grad for p in change.model.encoder.parameters())
+    assert all(p.requires_grad for p in change.model.decoder.parameters())
+    seg = SegmentationModule(in_channels=4, num_classes=3, freeze_decoder=True)
+    assert seg.hparams["model"] == "upernet" and seg.hparams["in_channels"] == 4
+    assert not any(p.requires_grad for p in seg.model.decoder.parameters())
+    assert all(p.requires_grad for p in seg.model.encoder.parameters())
+    assert all(p.requires_grad for p in seg.model.segmentation_head.parameters())
+    cls = ClassificationModule(num_classes=5, freeze_backbone=True)
+    trainable = {n for n, p in cls.model.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight", "head.bias"}
+    with pytest.raises(ValueError, match="no decoder"):
+        ClassificationModule(num_classes=5, freeze_decoder=True)
+
+
+def test_training_prints_our_lines_only(tmp_path: Path) -> None:
+    scene = make_scene(tmp_path / "scene", size=256, seed=5)
+    r = cli_subprocess(
+        "train",
+        "--dataset",
+        "custom",
+        "--images",
+        scene.before,
+        "--labels",
+        scene.labels,
+        "--out",
+        tmp_path / "m.safetensors",
+        "--fast-dev-run",
+        "--batch-size",
+        2,
+        "--tile-size",
+        64,
+        "--val-fraction",
+        0.3,
+        "--quiet",
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == "", r.stderr  # no Lightning tips (litlogger), no library warnings
+
+
+def test_demo_trains_on_the_device_it_was_given() -> None:
+    from lemevit_geo.pipelines.demo import lightning_devices
+
+    assert lightning_devices("cpu") == {"accelerator": "cpu", "devices": 1}
+    assert lightning_devices("cuda:1") == {"accelerator": "gpu", "devices": [1]}
+    assert lightning_devices("auto") == {}

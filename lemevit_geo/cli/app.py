@@ -7,11 +7,14 @@ only with ``--debug``); 2 usage error (click's usage message); 130 interrupted b
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import sys
+import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Annotated
 
@@ -19,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from lemevit_geo.errors import LemevitError, with_flags
+from lemevit_geo.errors import GDAL_ERRORS, LemevitError, LemevitWarning, with_flags
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -85,18 +88,86 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="The given matrix is equal to Affine.identity")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation noise
     warnings.filterwarnings("ignore", message=".*litlogger.*")
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+    rasterio_log = logging.getLogger("rasterio")
+    if GDAL_ERRORS not in rasterio_log.handlers:  # GDAL's own error lines go into our one error line
+        rasterio_log.addHandler(GDAL_ERRORS)
+
+
+_show_warning = warnings.showwarning
+_pending_warnings: list[str] = []
+
+
+def _warn(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    """Our warnings are kept for the end of a successful run (a failed run says one line); others as usual."""
+    if issubclass(category, LemevitWarning):
+        _pending_warnings.append(with_flags(str(message), _flags()))
+    else:
+        _show_warning(message, category, *args, **kwargs)  # type: ignore[arg-type]
+
+
+def _print_warnings() -> None:
+    """Our warnings, one line each, once each."""
+    for message in dict.fromkeys(_pending_warnings):
+        console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    _pending_warnings.clear()
+
+
+def quiet_lightning() -> None:
+    """Lightning's info lines (devices, tips) off; call after importing Lightning, whose import sets them on."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def main() -> None:
-    """Console-script entry point (see the module docstring for the exit codes)."""
+@contextlib.contextmanager
+def _library_output_aside() -> Iterator[None]:
+    """Send what C libraries print straight to file descriptor 2 (libtiff's "_tiffWriteProc: File too large.")
+    to a scratch file, while Python's stderr (our messages, the progress bar) stays on the terminal."""
+    try:
+        real = sys.stderr.fileno() == 2
+    except (OSError, ValueError, AttributeError):
+        real = False
+    if not real:  # Python's stderr is not the process's (captured, embedded): nothing to set aside
+        yield
+        return
+    sys.stderr.flush()
+    terminal = os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding, errors="replace")
+    python_stderr = sys.stderr
+    with tempfile.TemporaryFile() as scratch:
+        saved = os.dup(2)
+        os.dup2(scratch.fileno(), 2)
+        sys.stderr = terminal
+        try:
+            yield
+        finally:
+            sys.stderr = python_stderr
+            os.dup2(saved, 2)
+            os.close(saved)
+            terminal.close()
+
+
+def run_guarded(command: Callable[[], object]) -> None:
+    """Run ``command`` the way the CLI runs commands: signals become :class:`Interrupted` (cleanup on the way
+    out), our errors one line on stderr, and every ending an exit code (see the module docstring)."""
     _quiet_libraries()
+    warnings.simplefilter("always", LemevitWarning)
+    warnings.showwarning = _warn
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _on_signal)
+    debug = "--debug" in sys.argv[1:2]
+    with contextlib.nullcontext() if debug else _library_output_aside():
+        _run(command)
+
+
+def _run(command: Callable[[], object]) -> None:
     try:
-        app(standalone_mode=True)  # click prints usage errors and exits 2
+        command()
+        _print_warnings()
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            _print_warnings()
+        raise
     except LemevitError as exc:
+        _pending_warnings.clear()
         if _debug["on"]:
             raise
         message = escape(with_flags(str(exc), _flags()))
@@ -108,3 +179,8 @@ def main() -> None:
     except MemoryError:
         console.print("[bold red]error:[/] out of memory: lower --batch-size or --tile-size", highlight=False)
         sys.exit(1)
+
+
+def main() -> None:
+    """Console-script entry point (see the module docstring for the exit codes)."""
+    run_guarded(lambda: app(standalone_mode=True))  # click prints usage errors and exits 2

@@ -72,5 +72,8 @@ def tile_progress(display: Display) -> Iterator[TileProgress]:
     progress = TileProgress(hidden=not display.progress)
     try:
         yield progress
+    except BaseException:
+        progress.bar.live.transient = True  # a failed run's error stays the only line
+        raise
     finally:
         progress.bar.stop()

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lemevit_geo import options as o
-from lemevit_geo.cli.app import app, bundle_app, console
+from lemevit_geo.cli.app import app, bundle_app, console, quiet_lightning
 from lemevit_geo.cli.display import print_json, report
 from lemevit_geo.options import Display, grouped
 from lemevit_geo.settings import Engine
@@ -54,6 +54,8 @@ def demo(
 ) -> None:
     """Run the whole tool offline on a generated georeferenced scene (a few minutes on a CPU)."""
     from lemevit_geo.pipelines.demo import run_demo
+
+    quiet_lightning()
 
     def log(msg: str) -> None:
         if display.progress:

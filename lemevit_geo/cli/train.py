@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lemevit_geo import options as o
-from lemevit_geo.cli.app import app
+from lemevit_geo.cli.app import app, quiet_lightning
 from lemevit_geo.cli.display import report
 from lemevit_geo.options import Display, grouped
 from lemevit_geo.settings import Hardware, Recipe
@@ -76,6 +76,8 @@ def train(
 ) -> None:
     """Train a model on a torchgeo dataset or on your own rasters; writes a bundle."""
     from lemevit_geo.pipelines.train import train as run
+
+    quiet_lightning()
 
     summary = run(
         dataset=dataset,
