@@ -254,13 +254,15 @@ def _gpkg_to_parquet(stage: Path, target: Path) -> None:
 CLASS_COLUMNS = ("class_name", "class")
 
 
-def read_polygons(path: str | Path, column: str | None, crs: Any = None, what: str = "labels") -> gpd.GeoDataFrame:
+def read_polygons(
+    path: str | Path, column: str | None, crs: Any = None, what: str = "labels", allow_empty: bool = False
+) -> gpd.GeoDataFrame:
     """Labelled polygons of a vector file, checked, in ``crs`` (reprojected when the file has another CRS).
 
     The class column is ``column``, else the first of :data:`CLASS_COLUMNS` the file has; it is returned as
     strings in column ``class``. Refused with one clear line: a file that cannot be read, a missing class
-    column, features without a class, geometries that are not polygons, and empty or degenerate (zero-area)
-    polygons, naming the first rows at fault.
+    column, a file without features (unless ``allow_empty``), features without a class, geometries that are
+    not polygons, and empty or degenerate (zero-area) polygons, naming the first rows at fault.
     """
     path = Path(path)
     if not path.is_file():
@@ -273,7 +275,7 @@ def read_polygons(path: str | Path, column: str | None, crs: Any = None, what: s
     if name is None or name not in gdf.columns:
         wanted = f"column {column!r}" if column else f"class column ({' or '.join(CLASS_COLUMNS)})"
         raise InputError(f"{path} has no {wanted}; name it with `label_column` (columns: {', '.join(gdf.columns)})")
-    if not len(gdf):
+    if not len(gdf) and not allow_empty:
         raise InputError(f"{path} holds no polygons")
     geoms = gdf.geometry.values
     bad = [

@@ -35,6 +35,9 @@ from lemevit_geo.settings import DenseOutputs, Engine, Hardware, Recipe
 PREVIEW = 1024  # longest side of the PNG previews
 #: The demo's detector: a narrow FPN and head, enough for its objects, quick to train on a CPU.
 DEMO_DETECTOR = {"fpn_channels": 64, "num_convs": 2}
+#: ``detect`` runs the demo's detector (trained on the demo's tile size) on 256 px tiles: it is fully
+#: convolutional, and fewer, larger tiles mean less overlap to compute twice.
+DETECT_TILE = 256
 
 
 def _held_out(path: Path, bounds: list[float]) -> Window:
@@ -222,7 +225,7 @@ def _detect(run: DemoRun) -> dict[str, Any]:
         image=scene.before,
         output=vector,
         model=bundle,
-        tile_size=2 * run.tile_size,
+        tile_size=DETECT_TILE,
         engine=run.engine,
         overwrite=run.overwrite,
     )

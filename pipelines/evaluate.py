@@ -180,10 +180,10 @@ def evaluate_detections(
     """
     if not 0 < iou < 1:
         raise InputError(f"`iou` must lie between 0 and 1, got {iou}")
-    dets = read_polygons(prediction, "class_name", what="prediction")
+    dets = read_polygons(prediction, "class_name", what="prediction", allow_empty=True)
     if "score" not in dets.columns:
         raise InputError(f"{prediction} has no `score` column: is it a detection output?")
-    refs = _inside(read_polygons(reference, label_column, crs=dets.crs, what="reference"), bounds)
+    refs = _inside(read_polygons(reference, label_column, crs=dets.crs, what="reference", allow_empty=True), bounds)
     dets = _inside(dets, bounds)
     difficult = refs["difficult"].astype(bool).to_numpy() if "difficult" in refs.columns else np.zeros(len(refs), bool)
     records = [

@@ -36,7 +36,9 @@ def test_demo_writes_every_output(tmp_path: Path) -> None:
     for name in ("landcover.gpkg", "change.gpkg", "scenes.gpkg", "objects.gpkg"):
         gdf = gpd.read_file(out / "results" / name)
         assert gdf.crs.to_epsg() == 32633
-        assert all(footprint.buffer(1e-6).contains(g) for g in gdf.geometry)
+        # detected boxes are whole rectangles: an object on the scene's edge may reach past it, its centre not
+        shapes = gdf.geometry.centroid if name == "objects.gpkg" else gdf.geometry
+        assert all(footprint.buffer(1e-6).contains(g) for g in shapes)
     assert len(gpd.read_file(out / "results" / "landcover.gpkg")) > 0
     objects = gpd.read_file(out / "results" / "objects.gpkg")
     assert {"class_id", "class_name", "score", "angle", "length", "width", "area"} <= set(objects.columns)

@@ -157,6 +157,10 @@ def test_evaluate_command_and_bad_inputs(tmp_path: Path) -> None:
     assert out["mAP"] == pytest.approx(1.0)
     table = cli("evaluate", tmp_path / "d.gpkg", tmp_path / "r.gpkg").output
     assert "car" in table and "1.0000" in table
+    empty = gpd.GeoDataFrame({"class_name": [], "score": []}, geometry=gpd.GeoSeries([], crs=CRS), crs=CRS)
+    empty.to_file(tmp_path / "none.gpkg")  # a detector that found nothing scores 0, it is no error
+    out = json.loads(cli("evaluate", tmp_path / "none.gpkg", tmp_path / "r.gpkg", "--json").output)
+    assert out["mAP"] == 0.0 and out["num_detections"] == {"car": 0}
     gpd.GeoDataFrame({"other": ["car"]}, geometry=[rect(x0, y0, 4, 2)], crs=CRS).to_file(tmp_path / "nocls.gpkg")
     gpd.GeoDataFrame({"class": ["car", "car"]}, geometry=[rect(x0, y0, 4, 2), shapely.Polygon()], crs=CRS).to_file(
         tmp_path / "empty.gpkg"

@@ -475,3 +475,35 @@ def test_demo_trains_on_the_device_it_was_given() -> None:
     assert lightning_devices("cpu") == {"accelerator": "cpu", "devices": 1}
     assert lightning_devices("cuda:1") == {"accelerator": "gpu", "devices": [1]}
     assert lightning_devices("auto") == {}
+
+
+@pytest.mark.slow
+def test_detection_learns_the_scene_objects(tmp_path: Path) -> None:
+    """A tiny detector trained for a few CPU minutes finds the held-out objects of a generated scene.
+
+    Chance is about 0: boxes at random places, sizes and angles almost never overlap an object by IoU 0.5.
+    """
+    from lemevit_geo.pipelines.demo import DEMO_DETECTOR, DETECT_TILE
+    from lemevit_geo.pipelines.detect import detect
+    from lemevit_geo.pipelines.evaluate import evaluate
+    from lemevit_geo.pipelines.train import train
+    from lemevit_geo.settings import Engine, Hardware, Recipe
+
+    scene = make_scene(tmp_path / "scene", size=1024, seed=4)
+    summary = train(
+        dataset="custom",
+        task="detect",
+        images=str(scene.before),
+        labels=str(scene.objects),
+        out=tmp_path / "det.safetensors",
+        tile_size=128,
+        recipe=Recipe(epochs=3, steps_per_epoch=40, batch_size=8),
+        hardware=Hardware(accelerator="cpu", devices=1),
+        head=DEMO_DETECTOR,
+        progress=False,
+    )
+    out = tmp_path / "objects.gpkg"
+    detect(image=scene.before, output=out, model=tmp_path / "det.safetensors", tile_size=DETECT_TILE, engine=Engine())
+    result = evaluate(prediction=out, reference=scene.objects, bounds=summary["split"]["val_bounds"])
+    print({k: result[k] for k in ("mAP", "mAP_07", "AP", "num_reference")}, "val_mAP", summary["best"])
+    assert result["mAP"] > 0.4
