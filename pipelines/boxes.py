@@ -249,6 +249,7 @@ class BoxMerger:
         self.ys = Axis.of(grid.ys, grid.tile, grid.height)
         self.row = -1
         self.serial = 0
+        self.seen = 0  # tiles added or skipped
         self.done: list[Boxes] = []  # final boxes of the current tile row (exclusive parts)
         self.pending = Boxes.empty()  # pooled, undecided
         self.recent = Boxes.empty()  # written at the last row end: they still drop cut boxes reaching up
@@ -257,6 +258,7 @@ class BoxMerger:
     def add(self, item: TileData, output: np.ndarray) -> None:
         """Take one tile's detections."""
         self._advance(item.tile)
+        self.seen += 1
         boxes = self._tile_boxes(item, np.asarray(output, dtype=np.float64).reshape(-1, 7))
         self.counts["found"] += len(boxes)
         lo, hi = boxes.bounds[:, :2], boxes.bounds[:, 2:]
@@ -268,10 +270,12 @@ class BoxMerger:
     def skip(self, item: TileData) -> None:
         """A tile without valid pixels has no boxes, but it may finish a tile row."""
         self._advance(item.tile)
+        self.seen += 1
 
     def close(self) -> None:
-        """Decide and write everything left."""
-        self._finish_row(np.inf)
+        """Decide and write everything left; after a run that stopped early (an error), write nothing more."""
+        if self.seen == len(self.grid):
+            self._finish_row(np.inf)
 
     def _advance(self, tile: Tile) -> None:
         if tile.row != self.row:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+import torch
 from affine import Affine
 
 from lemevit_geo.choices import Precision
@@ -294,3 +295,16 @@ def test_detect_command_and_bad_inputs(tmp_path: Path, seg_bundle: Path) -> None
     assert "is a segment model; this command needs a detect model" in r.stderr
     assert existing.read_bytes() == b"keep" and not (tmp_path / "x.gpkg").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_failing_run_leaves_nothing_behind(tmp_path: Path) -> None:
+    class Failing(BlobDetector):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.calls == 2:
+                raise RuntimeError("device lost")
+            return super().forward(x)
+
+    src = write_raster(tmp_path / "scene.tif", paint(200, 200, seam_scene(200, 200, 64, 16)))
+    with pytest.raises(RuntimeError, match="device lost"):
+        detect(image=src, output=tmp_path / "o.gpkg", model=(Failing(), blob_config(64, 16)), engine=ENGINE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
