@@ -173,8 +173,11 @@ def detect_throughput(args: argparse.Namespace, tmp: Path) -> dict:
     grid = TileGrid(info.height, info.width, args.tile, args.overlap)
     spec = SourceSpec(info, np.array(config.mean, np.float32), np.array(config.std, np.float32))
     tiles = [t.data for t in TileReader([spec], grid)]
-    model_s = _model_seconds(model, tiles, args.batch_size, device, dtype)
-    summary = detect(image=scene, output=tmp / "objects.gpkg", model=bundle, engine=_engine(args), overwrite=True)
+    model_s = e2e_s = float("inf")
+    for _ in range(args.repeat):  # interleaved, best of each: a shared machine's load comes and goes
+        model_s = min(model_s, _model_seconds(model, tiles, args.batch_size, device, dtype))
+        summary = detect(image=scene, output=tmp / "objects.gpkg", model=bundle, engine=_engine(args), overwrite=True)
+        e2e_s = min(e2e_s, summary["seconds"])
     return {
         "scene": f"{args.size}x{args.size}",
         "tiles": len(tiles),
@@ -184,9 +187,10 @@ def detect_throughput(args: argparse.Namespace, tmp: Path) -> dict:
         "precision": precision_name(dtype),
         "boxes_found": summary["boxes_found"],
         "objects_written": summary["objects"],
+        "repeats": args.repeat,
         "model_tiles_per_s": round(len(tiles) / model_s, 3),
-        "detect_tiles_per_s": round(len(tiles) / summary["seconds"], 3),
-        "ratio": round(model_s / summary["seconds"], 3),
+        "detect_tiles_per_s": round(len(tiles) / e2e_s, 3),
+        "ratio": round(model_s / e2e_s, 3),
     }
 
 
@@ -404,6 +408,7 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--only-detect", action="store_true", help="only the detect figures")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of the detect throughput (best)")
     parser.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--detect-memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()

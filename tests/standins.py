@@ -25,13 +25,16 @@ CLASSES = ["car", "truck", "container"]
 def paint(height: int, width: int, objects: list[tuple[float, ...]]) -> np.ndarray:
     """A 3-band uint8 scene with ``objects`` ``(cx, cy, w, h, angle, class)`` painted (pixel centres inside)."""
     img = np.zeros((3, height, width), dtype=np.uint8)
-    yy, xx = np.mgrid[:height, :width] + 0.5
     for cx, cy, w, h, a, c in objects:
+        r = math.hypot(w, h) / 2 + 1
+        x0, y0 = max(0, int(cx - r)), max(0, int(cy - r))
+        x1, y1 = min(width, int(math.ceil(cx + r))), min(height, int(math.ceil(cy + r)))
+        yy, xx = np.mgrid[y0:y1, x0:x1] + 0.5
         ox = (xx - cx) * math.cos(a) + (yy - cy) * math.sin(a)
         oy = -(xx - cx) * math.sin(a) + (yy - cy) * math.cos(a)
         inside = (np.abs(ox) < w / 2) & (np.abs(oy) < h / 2)
-        img[0][inside] = 200
-        img[1][inside] = 60 * (int(c) + 1)
+        img[0, y0:y1, x0:x1][inside] = 200
+        img[1, y0:y1, x0:x1][inside] = 60 * (int(c) + 1)
     return img
 
 
