@@ -2,9 +2,10 @@
 
 The engine reads tiles ahead and runs the detector on them in batches (score threshold, then rotated NMS
 per class, within each tile); :class:`~lemevit_geo.pipelines.boxes.BoxMerger` merges the boxes across
-tiles (ownership of the centre, cut boxes giving way, exact rotated IoU near seams) and hands every
-finished tile row to a :class:`~lemevit_geo.vector.VectorStream`: memory stays bounded whatever the
-scene size and the number of objects.
+tiles (ownership of the centre, cut boxes giving way, exact rotated IoU near seams) in a background
+thread and hands every finished tile row to a :class:`~lemevit_geo.vector.VectorStream`: the device does
+not wait for merging and writing, and memory stays bounded whatever the scene size and the number of
+objects.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from lemevit_geo.errors import InputError
 from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.boxes import BoxMerger, box_features
 from lemevit_geo.pipelines.dense import make_grid, run_summary, source_for
-from lemevit_geo.pipelines.engine import Progress, Runtime, TileReader, run_tiles
+from lemevit_geo.pipelines.engine import BackgroundSink, Progress, Runtime, TileReader, run_tiles
 from lemevit_geo.raster import gdal_env, inspect_source
 from lemevit_geo.settings import Detection, Engine, Tiling
 from lemevit_geo.vector import VectorStream, check_vector_path
@@ -105,7 +106,7 @@ def detect(
         merger = BoxMerger(grid, write, settings["iou_threshold"], settings["keep"], settings["score_threshold"])
         reader = TileReader([source_for(info, config)], grid, threads=runtime.threads, prefetch=4 * runtime.batch_size)
         with gdal_env():
-            stats = run_tiles(iter(reader), runtime.prepare(net), merger, runtime, progress)
+            stats = run_tiles(iter(reader), runtime.prepare(net), BackgroundSink(merger), runtime, progress)
         written = {"vector": str(stream.finish())}
     summary = run_summary(stats, runtime, grid, info, time.perf_counter() - start, written)
     summary["mask"] = [info.mask.describe()]
