@@ -98,6 +98,13 @@ TileSize = Annotated[int | None, typer.Option("--tile-size", help="Tile side in 
 Overlap = Annotated[
     int | None, typer.Option("--overlap", help="Overlap of neighbouring tiles in pixels (default: tile/8).")
 ]
+DetectOverlap = Annotated[
+    int | None,
+    typer.Option(
+        "--overlap",
+        help="Overlap of neighbouring tiles in pixels (default: the bundle's, at least its largest object).",
+    ),
+]
 StitchOpt = Annotated[Stitch, typer.Option("--stitch", help="Seams: centre crops, or smooth blending of logits.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Tiles per model call.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
@@ -115,6 +122,20 @@ Vector = Annotated[Path | None, typer.Option("--vector", help="Also write polygo
 MinArea = Annotated[float, typer.Option("--min-area", help="Drop polygons smaller than this (CRS units squared).")]
 Simplify = Annotated[
     float, typer.Option("--simplify", help="Simplify polygons by this tolerance (CRS units), keeping shared edges.")
+]
+ScoreThreshold = Annotated[
+    float | None, typer.Option("--score-threshold", help="Minimum box score (default: the bundle's).")
+]
+IouThreshold = Annotated[
+    float | None,
+    typer.Option("--iou-threshold", help="Rotated IoU above which overlapping boxes merge (default: the bundle's)."),
+]
+MaxDetections = Annotated[
+    int | None, typer.Option("--max-detections", help="Boxes kept per tile (default: the bundle's).")
+]
+KeepClasses = Annotated[
+    Names | None,
+    typer.Option("--classes", parser=parse_names, metavar="NAME,...", help="Keep only these classes (default: all)."),
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Epochs = Annotated[int, typer.Option("--epochs", help="Training epochs.")]
@@ -145,6 +166,10 @@ FIELD_OPTIONS: dict[str, Any] = {
     "min_area": MinArea,
     "simplify": Simplify,
     "cog": Cog,
+    "score_threshold": ScoreThreshold,
+    "iou_threshold": IouThreshold,
+    "max_detections": MaxDetections,
+    "classes": KeepClasses,
     "quiet": Quiet,
     "json": Json,
     "epochs": Epochs,

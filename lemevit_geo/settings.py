@@ -62,10 +62,12 @@ class Tiling:
         if self.overlap is not None and self.overlap < 0:
             raise InputError(f"`overlap` must be at least 0, got {self.overlap}")
 
-    def resolve(self, bundle_tile: int) -> tuple[int, int]:
-        """Tile size and overlap, with the bundle's tile size and an eighth of it as the defaults."""
+    def resolve(self, bundle_tile: int, bundle_overlap: int | None = None) -> tuple[int, int]:
+        """Tile size and overlap, with the bundle's tile size and overlap (else an eighth of the tile) as
+        the defaults."""
         tile = bundle_tile if self.tile_size is None else self.tile_size
-        overlap = tile // 8 if self.overlap is None else self.overlap
+        default = tile // 8 if bundle_overlap is None else bundle_overlap
+        overlap = default if self.overlap is None else self.overlap
         if overlap >= tile:
             raise InputError(f"`overlap` {overlap} must be less than the tile size {tile}")
         return tile, overlap
@@ -107,6 +109,36 @@ class DenseOutputs:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
+
+
+@dataclass(frozen=True)
+class Detection:
+    """How ``detect`` filters boxes; ``None`` takes the bundle's setting.
+
+    Attributes:
+        score_threshold: Minimum score of a box.
+        iou_threshold: Rotated IoU above which the lower-scored of two boxes of a class is dropped (within a
+            tile and across tile seams).
+        max_detections: Boxes kept per tile (the best-scored).
+        classes: Keep only boxes of these classes (names from the bundle).
+    """
+
+    score_threshold: float | None = None
+    iou_threshold: float | None = None
+    max_detections: int | None = None
+    classes: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.score_threshold is not None and not 0 <= self.score_threshold < 1:
+            raise InputError(f"`score_threshold` must be at least 0 and below 1, got {self.score_threshold}")
+        if self.iou_threshold is not None and not 0 <= self.iou_threshold <= 1:
+            raise InputError(f"`iou_threshold` must lie between 0 and 1, got {self.iou_threshold}")
+        if self.max_detections is not None and self.max_detections < 1:
+            raise InputError(f"`max_detections` must be at least 1, got {self.max_detections}")
+        if self.classes is not None:
+            if not self.classes:
+                raise InputError("`classes` names no class")
+            object.__setattr__(self, "classes", tuple(self.classes))
 
 
 @dataclass(frozen=True)

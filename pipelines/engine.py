@@ -9,6 +9,7 @@ Memory is bounded by the tiles in flight, not by the scene size.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -266,3 +267,50 @@ def run_tiles(
     finally:
         sink.close()  # also on errors: background writers must stop before their files are removed
     return stats
+
+
+class BackgroundSink:
+    """Run another sink in a background thread, in grid order, so the device does not wait for it (box
+    merging and vector writing). Tiles are handed over without their image data; an error in the thread
+    is raised in the main thread at the next tile or at :meth:`close`.
+
+    Args:
+        sink: The sink to run.
+        depth: Tiles that may wait for the thread.
+    """
+
+    def __init__(self, sink: Sink, depth: int = 8) -> None:
+        self.sink = sink
+        self.queue: queue.Queue[tuple[str, TileData, np.ndarray | None] | None] = queue.Queue(depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="lemevit-sink", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (job := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain: the main thread will raise
+            kind, item, output = job
+            try:
+                self.sink.add(item, output) if kind == "add" else self.sink.skip(item)
+            except BaseException as exc:  # handed to the main thread
+                self.error = exc
+
+    def _put(self, job: tuple[str, TileData, np.ndarray | None]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(job)
+
+    def add(self, item: TileData, output: np.ndarray) -> None:
+        self._put(("add", TileData(item.tile, None, item.valid), output))
+
+    def skip(self, item: TileData) -> None:
+        self._put(("skip", item, None))
+
+    def close(self) -> None:
+        """Let the thread finish its tiles, then close the sink (it writes nothing more after an error)."""
+        self.queue.put(None)
+        self.thread.join()
+        self.sink.close()
+        if self.error is not None:
+            raise self.error

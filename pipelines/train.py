@@ -25,7 +25,7 @@ from lemevit_geo.errors import InputError
 from lemevit_geo.models.factory import head_options
 from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.callbacks import EpochCSV
-from lemevit_geo.pipelines.data import DATASETS, TrainData, custom_data, torchgeo_data
+from lemevit_geo.pipelines.data import DATASETS, TrainData, custom_data, detection_data, torchgeo_data
 from lemevit_geo.pipelines.tasks import TASK_MODULES, LeMeViTTask
 from lemevit_geo.settings import Hardware, Recipe, check_tile_size
 
@@ -62,6 +62,21 @@ def load_data(
         return torchgeo_data(name, Path(root), recipe.batch_size, tile, hardware.num_workers), tile
     wanted = Task(task) if task else Task.change if own.get("before") is not None else Task.segment
     tile = tile_size or DEFAULT_TILE[wanted]
+    if wanted == Task.detect:
+        if own.get("before") is not None or own.get("after") is not None:
+            raise InputError("detection training takes `images` and `labels` (polygons), not `before`/`after`")
+        data = detection_data(
+            images=own.get("images"),
+            labels=own.get("labels"),
+            label_column=own.get("label_column"),
+            classes=own.get("classes"),
+            tile_size=tile,
+            batch_size=recipe.batch_size,
+            num_workers=hardware.num_workers,
+            val_fraction=val_fraction,
+            length=recipe.steps_per_epoch * recipe.batch_size,
+        )
+        return data, tile
     data = custom_data(
         **own,
         tile_size=tile,
@@ -77,8 +92,22 @@ def load_data(
     return data, tile
 
 
+def head_for(data: TrainData, head: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Head options of the model: the task's defaults, what the data calls for, then ``head``."""
+    options = {**head_options(data.task.value), **data.head, **(head or {})}
+    unknown = sorted(set(options) - set(head_options(data.task.value)))
+    if unknown:
+        raise InputError(f"`head` options {', '.join(unknown)} do not apply to {data.task.value} models")
+    return options
+
+
 def make_module(
-    data: TrainData, arch: Arch, backbone_weights: str | Path | None, freeze_backbone: bool, recipe: Recipe
+    data: TrainData,
+    arch: Arch,
+    backbone_weights: str | Path | None,
+    freeze_backbone: bool,
+    recipe: Recipe,
+    head: dict[str, Any] | None = None,
 ) -> LeMeViTTask:
     """The Lightning module of the data's task."""
     kwargs: dict[str, Any] = dict(
@@ -86,12 +115,14 @@ def make_module(
         in_channels=data.bands,
         num_classes=len(data.classes),
         backbone_weights=str(backbone_weights) if backbone_weights else None,
-        head=head_options(data.task.value),
+        head=head_for(data, head),
         class_weights=data.class_weights,
         ignore_index=data.ignore_index,
         lr=recipe.lr,
         freeze_backbone=freeze_backbone,
     )
+    if data.task == Task.detect:
+        kwargs["class_names"] = list(data.classes)
     return TASK_MODULES[data.task.value](**kwargs)
 
 
@@ -155,10 +186,13 @@ def train(
     fast_dev_run: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    head: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a model on ``dataset`` (a torchgeo dataset name, or ``custom`` for own rasters) into the bundle
     ``out``; returns a summary. Own data: ``images`` + ``labels`` (+ ``label_column`` for vector labels),
-    or ``before`` + ``after`` + ``labels`` for change; ``task="classify"`` trains scene labels."""
+    or ``before`` + ``after`` + ``labels`` for change; ``task="classify"`` trains scene labels,
+    ``task="detect"`` an oriented detector from polygons. ``head`` overrides head options (e.g. a small
+    detector for a quick run: ``{"fpn_channels": 64, "num_convs": 2}``)."""
     start = time.perf_counter()
     out, name, arch = Path(out), dataset.lower(), Arch(arch)
     check_tile_size(tile_size)
@@ -187,6 +221,7 @@ def train(
             fast_dev_run=fast_dev_run,
             progress=progress,
             start=start,
+            head=head,
         )
 
 
@@ -224,6 +259,7 @@ def _train(
     fast_dev_run: bool,
     progress: bool,
     start: float,
+    head: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The four steps of :func:`train` in its run folder: data, module, trainer, bundle."""
     L.seed_everything(recipe.seed, workers=True, verbose=False)
@@ -238,7 +274,7 @@ def _train(
         hardware=hardware,
         work_dir=run_dir,
     )
-    module = make_module(data, arch, backbone_weights, freeze_backbone, recipe)
+    module = make_module(data, arch, backbone_weights, freeze_backbone, recipe, head)
     trainer, checkpoint, metrics_csv = make_trainer(
         run_dir, type(module).monitor_metric, recipe, hardware, fast_dev_run, progress
     )
@@ -278,7 +314,8 @@ def export_bundle(
         colors=data.colors,
         tile_size=tile,
         gsd=data.gsd,
-        head=head_options(data.task.value),
+        head=dict(module.hparams["head"]),
+        overlap=data.overlap,
     )
     if trainer.is_global_zero:
         save_bundle(out, module.model.cpu(), config)
@@ -297,4 +334,5 @@ def export_bundle(
         "best_checkpoint": best_path or None,
         "split": data.split,
         "class_weights": data.class_weights,
+        "overlap": data.overlap,
     }

@@ -1,4 +1,4 @@
-"""Inference commands: ``segment``, ``change`` and ``classify``: parse, call the pipeline, print."""
+"""Inference commands: ``segment``, ``change``, ``classify`` and ``detect``: parse, call the pipeline, print."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from lemevit_geo import options as o
 from lemevit_geo.cli.app import app
 from lemevit_geo.cli.display import report, tile_progress
 from lemevit_geo.options import Display, grouped
-from lemevit_geo.settings import CLASSIFY_ENGINE, DenseOutputs, Engine, Tiling
+from lemevit_geo.settings import CLASSIFY_ENGINE, DenseOutputs, Detection, Engine, Tiling
 
 Before = Annotated[Path, typer.Argument(help="Earlier image.", show_default=False)]
 After = Annotated[Path, typer.Argument(help="Later image (warped onto the earlier one's grid if needed).")]
@@ -20,6 +20,9 @@ GridRaster = Annotated[
     Path | None, typer.Option("--raster", help="Also write a coarse class raster, one pixel per tile.")
 ]
 TopK = Annotated[int, typer.Option("--top-k", help="Classes listed per tile.")]
+Objects = Annotated[
+    Path, typer.Option("--output", "-o", help="Polygons to write (.gpkg, .parquet, .geojson).", show_default=False)
+]
 
 
 def run_with_progress(pipeline: Callable[..., dict[str, Any]], display: Display, **kwargs: Any) -> None:
@@ -129,4 +132,39 @@ def classify(
         overwrite=overwrite,
         allow_pixel_grid=allow_pixel_grid,
         engine=engine,
+    )
+
+
+@app.command()
+@grouped(engine=Engine(), detection=Detection(), display=Display())
+def detect(
+    image: o.Image,
+    output: Objects,
+    model: o.Model,
+    bands: o.Bands = None,
+    tile_size: o.TileSize = None,
+    overlap: o.DetectOverlap = None,
+    overwrite: o.Overwrite = False,
+    allow_pixel_grid: o.AllowPixelGrid = False,
+    *,
+    engine: Engine,
+    detection: Detection,
+    display: Display,
+) -> None:
+    """Oriented object detection: one rotated rectangle per object, in the scene's CRS, merged across tiles."""
+    from lemevit_geo.pipelines.detect import detect as run
+
+    run_with_progress(
+        run,
+        display,
+        image=image,
+        output=output,
+        model=model,
+        bands=bands,
+        tile_size=tile_size,
+        overlap=overlap,
+        overwrite=overwrite,
+        allow_pixel_grid=allow_pixel_grid,
+        engine=engine,
+        detection=detection,
     )
