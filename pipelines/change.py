@@ -239,7 +239,7 @@ def change_job(
     """Plan ``change`` of ``before`` and ``after`` as ``parts`` strips (see :mod:`lemevit_geo.pipelines.scale`)."""
     config = read_bundle(model, Task.change)
     sources, grid, report = change_sources(before, after, config, bands, allow_pixel_grid)
-    check_dense_outputs(Path(output), outputs, overwrite, [before, after, model])
+    check_dense_outputs(Path(output), outputs, True, [before, after, model])  # existing: see scale.run_scenes
     return dense_job(
         task=Task.change,
         inputs=(str(before), str(after)),

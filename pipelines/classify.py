@@ -193,7 +193,7 @@ def classify_job(
     info = inspect_source(image, bands, config.bands, allow_pixel_grid)
     check_tile_size(tile_size)
     raster = Path(raster) if raster else None
-    check_classify_outputs(Path(output), raster, overwrite, [image, model])
+    check_classify_outputs(Path(output), raster, True, [image, model])  # existing: see scale.run_scenes
     grid = make_grid(info, tile_size or config.tile_size, 0, fit=False)
     job = Job(
         task=Task.classify,

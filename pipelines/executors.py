@@ -19,6 +19,7 @@ bundle by path, so every machine needs the package and the same file system.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -99,6 +100,7 @@ class DaskExecutor(cf.Executor):
             from distributed import Client, LocalCluster
         except ImportError:
             raise _missing("dask") from None
+        logging.getLogger("distributed").setLevel(logging.ERROR)  # no notes on worker start-up and shut-down
         self._cluster = None
         if address is None:
             n = workers or os.cpu_count() or 1

@@ -11,10 +11,11 @@ written to ``job.json`` for ``lemevit-geo merge``. Two hashes decide what a reru
 - ``job_hash`` adds what only the merge uses: output paths, polygon options, COG.
 
 The parts directory of an output ``mask.tif`` is ``mask.tif.parts/``: ``job.json``, then per part a part
-file (``part-00001-of-00004.tif``, or ``.parquet`` for ``classify``) and its sidecar (``.json``, written
-last: a part is finished when its sidecar names the job's ``parts_hash`` and the part file has the size the
-sidecar records). After a merge the part files give way to ``done.json``; the whole directory is removed
-when the command succeeds for every scene.
+file (``part-00000-of-00004.tif``, numbered from 0 like ``part`` ``i/N``; ``.parquet`` for ``classify``)
+and its sidecar (``.json``, written last: a part is finished when its sidecar names the job's
+``parts_hash`` and the part file has the size the sidecar records). After a merge the part files give way
+to ``done.json`` and ``summary.json``; the whole directory is removed when the command succeeds for every
+scene.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class Job:
 
     def part_file(self, index: int) -> Path:
         suffix = ".parquet" if self.task == Task.classify else ".tif"
-        return self.parts_dir / f"part-{index + 1:05d}-of-{self.count:05d}{suffix}"
+        return self.parts_dir / f"part-{index:05d}-of-{self.count:05d}{suffix}"
 
     def sidecar(self, index: int) -> Path:
         return self.part_file(index).with_suffix(".json")

@@ -35,6 +35,7 @@ from typing import Any
 from lemevit_geo.errors import InputError, LemevitError, OutputError
 from lemevit_geo.pipelines.change import change_job
 from lemevit_geo.pipelines.classify import classify_job
+from lemevit_geo.pipelines.dense import check_outputs
 from lemevit_geo.pipelines.engine import Progress
 from lemevit_geo.pipelines.executors import RayExecutor, failure, is_inline, open_executor
 from lemevit_geo.pipelines.jobs import (
@@ -135,8 +136,24 @@ def _part_tiles(job: Job, index: int) -> int:
     return (strip.stop - strip.halo) * len(grid.xs)
 
 
+def _check_new(scene: Scene, single: bool) -> bool:
+    """Refuse outputs that exist (without ``overwrite``) for a scene not merged earlier: fatal for a single
+    scene, a failed scene among several."""
+    job = scene.job
+    assert job is not None
+    try:
+        check_outputs(job.outputs_written(), job.overwrite, [*job.inputs, job.model])
+    except LemevitError as exc:
+        if single:
+            raise
+        scene.fail(str(exc))
+        return False
+    return True
+
+
 def _prepare(scenes: list[Scene], scale_out: ScaleOut) -> list[tuple[Scene, int]]:
-    """Skip scenes merged earlier, write each job's ``job.json``, collect finished parts; the parts to run."""
+    """Skip scenes merged earlier, check the others' outputs, write their ``job.json``, collect finished parts;
+    return the parts to run."""
     todo = []
     for scene in scenes:
         job = scene.job
@@ -145,6 +162,8 @@ def _prepare(scenes: list[Scene], scale_out: ScaleOut) -> list[tuple[Scene, int]
         earlier = None if scale_out.restart else done_summary(job)
         if earlier is not None:
             scene.state, scene.summary = "done earlier", earlier
+            continue
+        if not _check_new(scene, len(scenes) == 1):
             continue
         job.parts_dir.mkdir(exist_ok=True)
         write_json(job.parts_dir / "job.json", job.to_dict())
@@ -184,30 +203,41 @@ def _merge(scene: Scene, keep_parts: bool) -> None:
     mark_done(job, scene.summary, keep_parts)
 
 
+def _collect(
+    future: cf.Future[dict[str, Any]], scene: Scene, i: int, scale_out: ScaleOut, progress: Progress | None
+) -> None:
+    """Take the sidecar (or the failure) of part ``i`` of ``scene``; merge the scene once its parts are all in."""
+    job = scene.job
+    assert job is not None
+    try:
+        scene.sidecars[i] = future.result()
+    except Exception as exc:
+        scene.fail(f"part {i}/{job.count}: {failure(exc)}")
+        return
+    scene.ran.append(i)
+    if progress:
+        progress.advance(_part_tiles(job, i))
+    if scale_out.part is None and scene.state == "planned" and len(scene.sidecars) == job.count:
+        _merge(scene, scale_out.keep_parts)
+
+
 def _run_parts(
     executor: cf.Executor, todo: list[tuple[Scene, int]], scale_out: ScaleOut, progress: Progress | None
 ) -> None:
-    """Run the parts, collect their sidecars (or failures), and merge each scene once its parts are all in."""
+    """Run the parts and collect them as they finish (inline: each as it is submitted, so a scene is merged
+    before the next one runs)."""
     inline = is_inline(executor)
-    futures: dict[cf.Future[dict[str, Any]], tuple[Scene, int]] = {}
+    pending: dict[cf.Future[dict[str, Any]], tuple[Scene, int]] = {}
     for scene, i in todo:
         assert scene.job is not None
         job = _placed(scene.job, executor)
-        futures[executor.submit(run_part, job, i, progress if inline else None)] = (scene, i)
-    for future in cf.as_completed(futures):
-        scene, i = futures[future]
-        job = scene.job
-        assert job is not None
-        try:
-            scene.sidecars[i] = future.result()
-        except Exception as exc:
-            scene.fail(f"part {i + 1} of {job.count}: {failure(exc)}")
-            continue
-        scene.ran.append(i)
-        if progress and not inline:
-            progress.advance(_part_tiles(job, i))
-        if scale_out.part is None and scene.state == "planned" and len(scene.sidecars) == job.count:
-            _merge(scene, scale_out.keep_parts)
+        future = executor.submit(run_part, job, i, progress if inline else None)
+        if inline:  # already done; its tiles were counted as they ran
+            _collect(future, scene, i, scale_out, None)
+        else:
+            pending[future] = (scene, i)
+    for future in cf.as_completed(pending):
+        _collect(future, *pending[future], scale_out, progress)
 
 
 def run_scenes(scenes: list[Scene], scale_out: ScaleOut, progress: Progress | None = None) -> dict[str, Any]:
@@ -260,13 +290,11 @@ def merge_parts(
         for i in range(job.count):
             side = finished_part(job, i)
             if side is None:
-                missing.append(str(i))
+                missing.append(f"{i}/{job.count}")
             else:
                 scene.sidecars[i] = side
         if missing:
-            scene.fail(
-                f"parts {', '.join(missing)} of 0..{job.count - 1} are not finished: run them (`part` i/{job.count})"
-            )
+            scene.fail(f"parts {', '.join(missing)} are not finished: run them with `part` i/{job.count}")
         scenes.append(scene)
     if not scenes:
         raise InputError(f"{output} holds no parts directories (*.parts)")

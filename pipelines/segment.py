@@ -75,7 +75,7 @@ def segment_job(
     """Plan ``segment`` of ``image`` as ``parts`` strips (see :mod:`lemevit_geo.pipelines.scale`)."""
     config = read_bundle(model, Task.segment)
     info = inspect_source(image, bands, config.bands, allow_pixel_grid)
-    check_dense_outputs(Path(output), outputs, overwrite, [image, model])
+    check_dense_outputs(Path(output), outputs, True, [image, model])  # existing: see scale.run_scenes
     return dense_job(
         task=Task.segment,
         inputs=(str(image),),
