@@ -54,6 +54,9 @@ from lemevit_geo.pipelines.segment import segment_job
 from lemevit_geo.pipelines.tiling import TileGrid
 from lemevit_geo.settings import DenseOutputs, ScaleOut
 
+#: Names that say "file": with several inputs such an output is refused rather than made a directory.
+FILE_SUFFIXES = (".tif", ".tiff", ".gpkg", ".parquet", ".geojson", ".json", ".vrt")
+
 
 @dataclass
 class Scene:
@@ -94,6 +97,8 @@ def expand_inputs(patterns: Sequence[str | Path]) -> list[str]:
 def outputs_in(folder: Path, inputs: Sequence[str], suffix: str) -> list[Path]:
     """One output per input in the directory ``folder`` (made if missing), named after the input
     (``a.tif`` -> ``folder/a<suffix>``)."""
+    if not folder.exists() and folder.suffix.lower() in FILE_SUFFIXES:
+        raise OutputError(f"{folder}: with several inputs, outputs name directories (one file per input)")
     try:
         folder.mkdir(exist_ok=True)
     except OSError as exc:
@@ -374,8 +379,9 @@ def check_failures(summary: dict[str, Any]) -> None:
     failed: dict[str, str] = summary.get("failed") or {}
     if not failed:
         return
-    if "scenes" not in summary:
-        raise LemevitError(f"{next(iter(failed))}: {next(iter(failed.values()))}")
+    if "scenes" not in summary:  # one scene: its message (which names the file where it can)
+        name, error = next(iter(failed.items()))
+        raise LemevitError(error if name in error else f"{name}: {error}")
     names = "; ".join(f"{name}: {error}" for name, error in failed.items())
     raise LemevitError(f"{len(failed)} of {len(summary['scenes'])} scenes failed: {names}")
 

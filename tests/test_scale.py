@@ -408,3 +408,13 @@ def test_scale_out_usage_errors(tmp_path: Path, bundle: Path, extra: list[str], 
 def test_merge_without_parts_is_one_line(tmp_path: Path) -> None:
     r = cli_main("merge", tmp_path / "mask.tif")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "holds no job.json" in r.stderr
+
+
+def test_several_inputs_need_an_output_directory(tmp_path: Path, bundle: Path) -> None:
+    a = write_raster(tmp_path / "a.tif", textured_scene(64, 64))
+    b = write_raster(tmp_path / "b.tif", textured_scene(64, 64, seed=1))
+    r = cli_main("segment", a, b, "-o", tmp_path / "mask.tif", "-m", bundle)
+    assert r.returncode == 1 and "with several inputs, outputs name directories" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif"]
+    r = cli_main("segment", tmp_path / "*.tiff", "-o", tmp_path / "out", "-m", bundle)
+    assert r.returncode == 1 and "matches no file" in r.stderr, r.stderr
