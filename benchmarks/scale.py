@@ -98,11 +98,33 @@ def merge_seconds(summary: dict[str, Any]) -> float:
     return sum(s.get("merge_seconds", 0.0) for s in scenes)
 
 
+def import_parts() -> int:
+    """What every part does first in a fresh worker: import the engine (torch, rasterio, the model code)."""
+    import lemevit_geo.pipelines.parts  # noqa: F401
+
+    return os.getpid()
+
+
+def fixed_cost(args: argparse.Namespace, tmp: Path, workers: int) -> float:
+    """Seconds to start the executor, import the engine in every worker, and shut it down: no parts."""
+    from lemevit_geo.pipelines.executors import open_executor
+
+    start = time.perf_counter()
+    with executor_for(args, workers, tmp) as spec:
+        executor = open_executor(spec, args.device)
+        try:
+            pids = {f.result() for f in [executor.submit(import_parts) for _ in range(4 * workers)]}
+        finally:
+            executor.shutdown()
+    assert len(pids) >= 1
+    return time.perf_counter() - start
+
+
 def workers_table(args: argparse.Namespace, tmp: Path, images: list[Path], parts: int | None, title: str) -> None:
-    """Wall time of the same parts on each number of workers."""
+    """Wall time of the same parts on each number of workers, and the executor's fixed cost in it."""
     print(f"\n### {title}\n")
-    print("| workers | wall s | speed-up vs 1 worker | merge s | part s (sum) |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+    print("| workers | wall s | speed-up vs 1 worker | executor start + stop s | merge s | part s (sum) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     first = None
     for w in args.workers:
         with executor_for(args, w, tmp) as executor:
@@ -111,7 +133,8 @@ def workers_table(args: argparse.Namespace, tmp: Path, images: list[Path], parts
         scenes = summary.get("scenes") or [summary]
         first = first or wall
         part_s = sum(s["part_seconds"] for s in scenes)
-        print(f"| {w} | {wall:.1f} | {first / wall:.2f} | {merge_seconds(summary):.2f} | {part_s:.1f} |")
+        fixed = fixed_cost(args, tmp, w)
+        print(f"| {w} | {wall:.1f} | {first / wall:.2f} | {fixed:.1f} | {merge_seconds(summary):.2f} | {part_s:.1f} |")
 
 
 def baseline(args: argparse.Namespace, tmp: Path, scene: Path) -> None:

@@ -268,6 +268,13 @@ def local_ray() -> Iterator[None]:
 def test_ray_gives_the_same_bytes(local_ray: None, tmp_path: Path, scene: Path, bundle: Path, reference: dict) -> None:
     summary = run_on("ray", tmp_path, scene, bundle, reference)
     assert {p["device"] for p in summary["parts"]} == {"cpu"}
+    # a task that fails with one of our errors comes back wrapped by Ray: its own one line is reported
+    from lemevit_geo.pipelines.executors import RayExecutor, failure
+
+    future = RayExecutor(None, gpus=False).submit(inspect_source, str(tmp_path / "gone.tif"), None, 3)
+    with pytest.raises(Exception) as info:
+        future.result(timeout=120)
+    assert failure(info.value) == f"{tmp_path / 'gone.tif'} does not exist"
 
 
 # -- resume --------------------------------------------------------------------------------------------
