@@ -289,6 +289,7 @@ def main() -> None:
     parser.add_argument("--sparse-size", type=int, default=200_000, help="side of the mostly-nodata VRT (0: skip)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--memory", action="store_true", help="memory only (same as --skip-throughput)")
     parser.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -297,7 +298,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        if not args.skip_throughput:
+        if not (args.skip_throughput or args.memory):
             print(json.dumps({"throughput": throughput(args, tmp)}, indent=2), flush=True)
             print(json.dumps({"change_throughput": change_throughput(args, tmp)}, indent=2), flush=True)
         if not args.skip_memory:

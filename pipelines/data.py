@@ -27,6 +27,7 @@ import torch
 from lemevit_geo.bundle import CHANGE_CLASSES
 from lemevit_geo.choices import Task
 from lemevit_geo.errors import InputError
+from lemevit_geo.pipelines.compat import random_sampler
 from lemevit_geo.pipelines.datamodules import IGNORE, MillionAIDDataModule, OwnDataModule, wrap_change_augmentations
 
 
@@ -174,7 +175,7 @@ def _datamodule(name: str, root: Path, batch_size: int, tile_size: int, num_work
     cls = getattr(tdm, info.datamodule)
     if "patch_size" in inspect.signature(cls.__init__).parameters:  # datamodules that crop patches
         kwargs["patch_size"] = tile_size
-    return cls(**kwargs)
+    return cls(checksum=False, **kwargs)  # torchgeo >= 0.10 hashes archives by default (0.8 did not)
 
 
 def torchgeo_data(name: str, root: Path, batch_size: int, tile_size: int, num_workers: int) -> TrainData:
@@ -338,16 +339,24 @@ def vector_labels(path: str, column: str | None, res: float, work_dir: Path, giv
     return Labels(dataset=dataset, classes=names, offset=1, ignore=IGNORE)
 
 
-def spatial_split(bounds: tuple[float, float, float, float], val_fraction: float) -> dict[str, Any]:
-    """Split a rectangle by area into disjoint training and validation strips along its longer side."""
+def spatial_split(
+    bounds: tuple[float, float, float, float], val_fraction: float, res: tuple[float, float] | None = None
+) -> dict[str, Any]:
+    """Split a rectangle by area into disjoint training and validation strips along its longer side.
+
+    With ``res`` the cut lies on the pixel grid that starts at the rectangle's corner (torchgeo >= 0.10 snaps
+    the validation grid to it; a cut between pixels would let validation tiles reach into the training strip).
+    """
     if not 0 < val_fraction < 1:
         raise InputError(f"`val_fraction` must be between 0 and 1, got {val_fraction}")
     minx, miny, maxx, maxy = bounds
     if maxx - minx >= maxy - miny:
         cut = maxx - (maxx - minx) * val_fraction
+        cut = minx + round((cut - minx) / res[0]) * res[0] if res else cut
         train, val = shapely.box(minx, miny, cut, maxy), shapely.box(cut, miny, maxx, maxy)
     else:
         cut = miny + (maxy - miny) * val_fraction
+        cut = miny + round((cut - miny) / res[1]) * res[1] if res else cut
         train, val = shapely.box(minx, cut, maxx, maxy), shapely.box(minx, miny, maxx, cut)
     return {
         "train": train,
@@ -365,9 +374,7 @@ def spatial_split(bounds: tuple[float, float, float, float], val_fraction: float
 
 def band_stats(dm: OwnDataModule, samples: int = 32) -> tuple[list[float], list[float]]:
     """Per-band mean and standard deviation of raw values over random training tiles."""
-    from torchgeo.samplers import RandomGeoSampler
-
-    sampler = RandomGeoSampler(dm.dataset, dm.tile_size, samples, roi=dm.train_roi)
+    sampler = random_sampler(dm.dataset, dm.tile_size, samples, dm.train_roi)
     total = sq = None
     n = 0
     for query in sampler:
@@ -450,7 +457,7 @@ def custom_data(
         lab = raster_labels(label_files, classes if not change else (classes or CHANGE_CLASSES))
     dataset, aligned = _intersect(imgs, lab.dataset)
     xs, ys, _ = dataset.bounds
-    split = spatial_split((xs.start, ys.start, xs.stop, ys.stop), val_fraction)
+    split = spatial_split((xs.start, ys.start, xs.stop, ys.stop), val_fraction, dataset.res)
     dm = OwnDataModule(
         dataset,
         split["train"],

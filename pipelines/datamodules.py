@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lemevit_geo.errors import InputError
+from lemevit_geo.pipelines.compat import grid_sampler, random_sampler
 
 #: Label value ignored by losses and metrics of own data.
 IGNORE = 255
@@ -84,8 +85,9 @@ class MillionAIDDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         from torchgeo.datasets import MillionAID
 
-        self.train_dataset = MillionAID(self.root, task=self.task, split="train", transforms=self._transform)
-        self.val_dataset = MillionAID(self.root, task=self.task, split="test", transforms=self._transform)
+        kwargs: dict[str, Any] = dict(task=self.task, transforms=self._transform, checksum=False)
+        self.train_dataset = MillionAID(self.root, split="train", **kwargs)
+        self.val_dataset = MillionAID(self.root, split="test", **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_dataset, self.batch_size, shuffle=True, num_workers=self.num_workers)
@@ -150,21 +152,17 @@ class OwnDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        from torchgeo.samplers import RandomGeoSampler
-
-        return self._loader(RandomGeoSampler(self.dataset, self.tile_size, self.length, roi=self.train_roi))
+        return self._loader(random_sampler(self.dataset, self.tile_size, self.length, self.train_roi))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_sampler())
 
     def val_sampler(self) -> Any:
         """A tile grid that covers the validation region and stays inside it (neighbours overlap as needed)."""
-        from torchgeo.samplers import GridGeoSampler, Units
-
         res = self.dataset.res
         size = (self.tile_size * res[1], self.tile_size * res[0])
-        probe = GridGeoSampler(self.dataset, size, size, roi=self.val_roi, units=Units.CRS)
-        minx, miny, maxx, maxy = probe.index.total_bounds
+        region = shapely.intersection(shapely.union_all(self.dataset.index.geometry.values), self.val_roi)
+        minx, miny, maxx, maxy = region.bounds
         if maxx - minx < size[1] or maxy - miny < size[0]:
             raise InputError(
                 "the validation region is smaller than one tile: raise `val_fraction` or lower `tile_size`"
@@ -175,7 +173,7 @@ class OwnDataModule(L.LightningDataModule):
             return (extent - s) / steps if steps > 0 else s
 
         stride = (fit(maxy - miny, size[0]), fit(maxx - minx, size[1]))
-        return GridGeoSampler(self.dataset, size, stride, roi=self.val_roi, units=Units.CRS)
+        return grid_sampler(self.dataset, size, stride, self.val_roi)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         image = batch["image"].float()

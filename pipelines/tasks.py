@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torchgeo.trainers import ChangeDetectionTask, ClassificationTask, SemanticSegmentationTask
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from lemevit_geo.models.factory import backbone_of, build_task_model
+from lemevit_geo.pipelines.compat import ChangeDetectionTask, ClassificationTask, SemanticSegmentationTask
 from lemevit_geo.weights import load_backbone_weights
 
 

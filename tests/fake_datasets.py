@@ -508,6 +508,60 @@ def make_millionaid(root: Path, *, size: int = 64) -> Path:
     return out
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# object-detection datasets
+# ----------------------------------------------------------------------------------------------------------------------
+
+# (class, difficult, x1 y1 x2 y2 x3 y3 x4 y4) per object, in pixels, clockwise from the top-left corner like DOTA.
+DOTA_OBJECTS: dict[str, list[tuple[str, int, tuple[float, ...]]]] = {
+    "P0000": [("plane", 0, (10, 12, 30, 8, 34, 26, 14, 30)), ("small-vehicle", 1, (40, 40, 48, 40, 48, 44, 40, 44))],
+    "P0001": [("storage-tank", 0, (5.5, 5.5, 20.5, 5.5, 20.5, 20.5, 5.5, 20.5))],
+    "P0002": [],  # an image without objects
+}
+
+
+def make_dota(root: Path, *, size: int = 64, versions: Sequence[str] = ("1.0", "1.5", "2.0")) -> Path:
+    """Write a fake DOTA dataset (``torchgeo.datasets.DOTA``, torchgeo 0.7 to 0.10 read the same layout).
+
+    Layout (extracted ``dotav<v>_images_<split>.tar.gz`` and ``dotav<v>_annotations_<split>.tar.gz``)::
+
+        dota/samples.csv                                         image_path,annotation_path,split,version
+        dota/{train,val}/images/P<NNNN>.png                       RGB (P0001: grayscale) uint8 PNG
+        dota/{train,val}/annotations/version<v>/P<NNNN>.txt       "x1 y1 ... x4 y4 class difficult" per line
+
+    Annotation files start with DOTA's two header lines (``imagesource:...``, ``gsd:...``) except P0001's, which
+    has none; P0002 has no objects. Images are shared by all versions, annotations are per version.
+
+    Args:
+        root: Directory to create the dataset in.
+        size: Image height and width in pixels.
+        versions: DOTA versions to write annotations for.
+
+    Returns:
+        The dataset root (``root / "dota"``).
+    """
+    out = Path(root) / "dota"
+    rng = _rng("dota")
+    rows = ["image_path,annotation_path,split,version"]
+    for split in ("train", "val"):
+        for name, objects in DOTA_OBJECTS.items():
+            image = _render(rng, _label_map(rng, size, size, 3, block=8), _palette(rng, 3, 3))
+            if name == "P0001":
+                image = image[..., 0]  # a grayscale image (DOTA has some; torchgeo converts them to RGB)
+            _write_pil(out / split / "images" / f"{name}.png", image)
+            for version in versions:
+                ann = out / split / "annotations" / f"version{version}" / f"{name}.txt"
+                ann.parent.mkdir(parents=True, exist_ok=True)
+                header = "" if name == "P0001" else "imagesource:GoogleEarth\ngsd:0.146343590398\n"
+                lines = "".join(f"{' '.join(f'{c:g}' for c in xy)} {cls} {diff}\n" for cls, diff, xy in objects)
+                ann.write_text(header + lines)
+                rows.append(
+                    f"{split}/images/{name}.png,{split}/annotations/version{version}/{name}.txt,{split},{version}"
+                )
+    (out / "samples.csv").write_text("\n".join(rows) + "\n")
+    return out
+
+
 FAKE_DATASETS: dict[str, Callable[[Path], Path]] = {
     "potsdam": make_potsdam,
     "vaihingen": make_vaihingen,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import rasterio.windows
+import torch
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from lemevit_geo.bundle import read_config
@@ -272,6 +273,13 @@ def test_resume_continues_to_the_same_epoch_count(tmp_path: Path) -> None:
     assert full["global_steps"] == resumed["global_steps"] == 4
     rows = list(csv.DictReader(open(resumed["metrics_csv"])))
     assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert all(r["train_loss"] and r["train_mIoU"] and r["val_mIoU"] for r in rows)  # complete across the resume
+    # each row holds its own epoch's metrics (torchgeo >= 0.9 logs them in the module's epoch-end hooks, which
+    # Lightning runs after the callbacks' hooks of the same name): the best checkpoint's row has the best score
+    full_rows = list(csv.DictReader(open(full["metrics_csv"])))
+    best_epoch = torch.load(full["best_checkpoint"], map_location="cpu", weights_only=False)["epoch"]
+    assert float(full_rows[best_epoch]["val_mIoU"]) == pytest.approx(full["best"], abs=1e-4)
+    assert max(float(r["val_mIoU"]) for r in full_rows) == pytest.approx(full["best"], abs=1e-4)
 
 
 def test_training_errors_are_clear(tmp_path: Path) -> None:
