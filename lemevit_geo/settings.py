@@ -7,6 +7,7 @@ rasterio) so ``--help`` stays fast.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,3 +192,50 @@ class Hardware:
         object.__setattr__(self, "precision", Precision(self.precision))
         if self.num_nodes < 1 or self.num_workers < 0:
             raise InputError("`num_nodes` must be at least 1 and `num_workers` at least 0")
+
+
+#: ``--executor`` values: ``inline``, ``ray``, ``ray://HOST:PORT``, ``dask:local``, ``dask:local:N``, ``dask://HOST:PORT``.
+EXECUTOR = re.compile(r"^(inline|ray|ray://\S+|dask:local(:[1-9][0-9]*)?|dask://\S+)$")
+
+
+@dataclass(frozen=True)
+class ScaleOut:
+    """How a job is split into parts and where the parts run (see ``pipelines/scale.py``).
+
+    Attributes:
+        executor: Where parts run: ``inline`` (this process, one after the other), ``ray`` (the Ray cluster
+            this machine belongs to, or a new local one), ``ray://HOST:PORT`` (Ray Client), ``dask:local`` or
+            ``dask:local:N`` (a local Dask cluster of N single-threaded worker processes), ``dask://HOST:PORT``
+            (a running Dask scheduler).
+        parts: Strips of tile rows each scene is split into (``None``: one part per scene, or N with ``part``
+            ``i/N`` and a single scene).
+        part: Run only part ``i`` of ``N`` (0-based) of all the parts of all the scenes, and merge nothing
+            (array jobs; ``lemevit-geo merge`` joins the parts).
+        restart: Run every part again, ignoring finished ones.
+        keep_parts: Keep the part files after a successful merge.
+    """
+
+    executor: str = "inline"
+    parts: int | None = None
+    part: tuple[int, int] | None = None
+    restart: bool = False
+    keep_parts: bool = False
+
+    def __post_init__(self) -> None:
+        if not EXECUTOR.match(self.executor):
+            raise InputError(
+                f"`executor` must be inline, ray, ray://HOST:PORT, dask:local[:N] or dask://HOST:PORT, "
+                f"got {self.executor!r}"
+            )
+        if self.parts is not None and self.parts < 1:
+            raise InputError(f"`parts` must be at least 1, got {self.parts}")
+        if self.part is not None:
+            i, n = self.part
+            if not 0 <= i < n:
+                raise InputError(f"`part` {i}/{n}: the part index runs from 0 to {n - 1}")
+            object.__setattr__(self, "part", (int(i), int(n)))
+
+    @property
+    def used(self) -> bool:
+        """Whether any scale-out option differs from the single-process default."""
+        return self != ScaleOut()

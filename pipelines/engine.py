@@ -105,12 +105,21 @@ class TileReader:
 
     With several sources (the dates of a change pair) their bands are concatenated and a pixel is
     valid only where it is valid in every source. Read errors (a corrupt block, a missing VRT source)
-    become one :class:`~lemevit_geo.errors.InputError` naming the file and the window.
+    become one :class:`~lemevit_geo.errors.InputError` naming the file and the window. ``rows`` limits
+    the reads to tile rows ``[rows[0], rows[1])`` (a strip of a scale-out part).
     """
 
-    def __init__(self, sources: Sequence[SourceSpec], grid: TileGrid, threads: int = 2, prefetch: int = 16) -> None:
+    def __init__(
+        self,
+        sources: Sequence[SourceSpec],
+        grid: TileGrid,
+        threads: int = 2,
+        prefetch: int = 16,
+        rows: tuple[int, int] | None = None,
+    ) -> None:
         self.sources = list(sources)
         self.grid = grid
+        self.rows = rows
         self.threads = max(1, threads)
         self.prefetch = max(prefetch, self.threads)
         self._local = threading.local()
@@ -162,7 +171,7 @@ class TileReader:
         return TileData(tile, data, valid)
 
     def __iter__(self) -> Iterator[TileData]:
-        tiles = self.grid.tiles()
+        tiles = self.grid.tiles(self.rows)
         pending: deque[Future[TileData]] = deque()
         try:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="lemevit-read") as pool:
