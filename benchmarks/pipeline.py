@@ -4,11 +4,16 @@
    pipeline (read, normalise, batch, run, stitch, write) on the same scene, tiles and settings; their
    ratio shows how much of reading, stitching and writing is hidden behind the model. The same for
    the ``change`` pipeline and the change model on the same tile pairs.
+   And the ``detect`` pipeline (read, run the detector with its score threshold and rotated NMS, merge
+   boxes across tiles, write polygons) against the detector alone on the same tiles.
 2. Memory: peak RSS of ``segment``-style runs on a 4k x 4k and a 16k x 16k scene, each in its own
-   process, with a cheap stand-in model (a 1x1 convolution), for both seam modes.
+   process, with a cheap stand-in model (a 1x1 convolution), for both seam modes; and of ``detect`` runs
+   on scenes of the same sizes crowded with objects (one per 40 x 40 px), with an exact stand-in detector
+   (bright blobs to boxes, ``tests/standins.py``), so the box merging and writing are what is measured.
 
     python benchmarks/pipeline.py                  # everything
     python benchmarks/pipeline.py --skip-memory    # throughput only
+    python benchmarks/pipeline.py --only-detect    # the detect figures only
 """
 
 from __future__ import annotations
@@ -32,13 +37,19 @@ from rasterio.windows import Window
 from lemevit_geo.bundle import BundleConfig, build_model, load_bundle, save_bundle
 from lemevit_geo.choices import Stitch
 from lemevit_geo.device import precision_name, resolve_device, resolve_precision
+from lemevit_geo.models.factory import head_options
 from lemevit_geo.pipelines.change import change
 from lemevit_geo.pipelines.dense import dense_predict
+from lemevit_geo.pipelines.detect import detect
 from lemevit_geo.pipelines.engine import Runtime, SourceSpec, TileReader, run_model
 from lemevit_geo.pipelines.segment import segment
 from lemevit_geo.pipelines.tiling import TileGrid
 from lemevit_geo.raster import inspect_source
 from lemevit_geo.settings import Engine, Tiling
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the stand-in detector lives with the tests
+from tests.standins import CLASSES as OBJECT_CLASSES  # noqa: E402
+from tests.standins import BlobDetector, blob_config  # noqa: E402
 
 CLASSES = ["water", "vegetation", "built-up", "bare", "road", "other"]
 
@@ -140,6 +151,93 @@ def throughput(args: argparse.Namespace, tmp: Path) -> dict:
         "segment_megapixels_per_s": summary["megapixels_per_s"],
         "ratio": round(model_s / e2e_s, 3),
     }
+
+
+def detect_throughput(args: argparse.Namespace, tmp: Path) -> dict:
+    """The detect pipeline against the detector alone (with its post-processing) on the same tiles."""
+    scene = make_scene(tmp / "detect_scene.tif", args.size, seed=2)
+    config = BundleConfig(
+        task="detect",
+        arch="tiny",
+        classes=OBJECT_CLASSES,
+        bands=3,
+        mean=[127.0] * 3,
+        std=[50.0] * 3,
+        tile_size=args.tile,
+        overlap=args.overlap,
+        head=head_options("detect"),
+    )
+    bundle = tmp / "detect.safetensors"
+    model, device, dtype = _bundle_model(args, bundle, config)
+    info = inspect_source(scene, None, 3)
+    grid = TileGrid(info.height, info.width, args.tile, args.overlap)
+    spec = SourceSpec(info, np.array(config.mean, np.float32), np.array(config.std, np.float32))
+    tiles = [t.data for t in TileReader([spec], grid)]
+    model_s = e2e_s = float("inf")
+    for _ in range(args.repeat):  # interleaved, best of each: a shared machine's load comes and goes
+        model_s = min(model_s, _model_seconds(model, tiles, args.batch_size, device, dtype))
+        summary = detect(image=scene, output=tmp / "objects.gpkg", model=bundle, engine=_engine(args), overwrite=True)
+        e2e_s = min(e2e_s, summary["seconds"])
+    return {
+        "scene": f"{args.size}x{args.size}",
+        "tiles": len(tiles),
+        "tile": args.tile,
+        "overlap": args.overlap,
+        "device": str(device),
+        "precision": precision_name(dtype),
+        "boxes_found": summary["boxes_found"],
+        "objects_written": summary["objects"],
+        "repeats": args.repeat,
+        "model_tiles_per_s": round(len(tiles) / model_s, 3),
+        "detect_tiles_per_s": round(len(tiles) / e2e_s, 3),
+        "ratio": round(model_s / e2e_s, 3),
+    }
+
+
+def make_object_scene(path: Path, size: int, seed: int = 0) -> Path:
+    """A 3-band uint8 scene crowded with rotated rectangles (one per 40 x 40 px), written in strips."""
+    from tests.standins import paint
+
+    rng = np.random.default_rng(seed)
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        crs="EPSG:32633",
+        transform=from_origin(400000, 5500000, 1, 1),
+        BIGTIFF="IF_SAFER",
+    )
+    with rasterio.open(path, "w", **profile) as dst:
+        for row in range(0, size, 512):
+            h = min(512, size - row)
+            objects = []
+            for cy in range(20, h - 20, 40):
+                for cx in range(20, size - 20, 40):
+                    w, b, a = rng.uniform(8, 24), rng.uniform(4, 10), rng.uniform(-1.5, 1.5)
+                    jitter = rng.uniform(-6, 6, 2)
+                    objects.append((cx + jitter[0], cy + jitter[1], w, b, a, int(rng.integers(3))))
+            dst.write(paint(h, size, objects), window=Window(0, row, size, h))
+    return path
+
+
+def detect_memory_child(scene: str, tile: int, overlap: int, out: str) -> None:
+    """One detect memory run (in its own process) with the blob stand-in detector; then print peak RSS."""
+    start = time.perf_counter()
+    summary = detect(
+        image=scene,
+        output=out,
+        model=(BlobDetector(max_detections=1024), blob_config(tile, overlap)),
+        engine=Engine(device="cpu", precision="fp32", batch_size=8, threads=2),
+        overwrite=True,
+    )
+    result = {"peak_rss_mb": round(peak_rss_mb(), 1), "tiles": summary["tiles"], "objects": summary["objects"]}
+    print(json.dumps({**result, "seconds": round(time.perf_counter() - start, 1)}))
 
 
 def peak_rss_mb() -> float:
@@ -275,6 +373,26 @@ def memory(args: argparse.Namespace, tmp: Path) -> list[dict]:
     return rows
 
 
+def detect_memory(args: argparse.Namespace, tmp: Path) -> list[dict]:
+    rows = []
+    for size in args.memory_sizes:
+        scene = make_object_scene(tmp / f"objects{size}.tif", size)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--detect-memory-child",
+            str(scene),
+            str(args.tile),
+            str(args.overlap),
+            str(tmp / f"objects{size}.gpkg"),
+        ]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        rows.append({"scene": f"{size}x{size}", **json.loads(out)})
+        print(rows[-1], flush=True)
+        scene.unlink()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=2048, help="side of the throughput scene")
@@ -290,22 +408,36 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--memory", action="store_true", help="memory only (same as --skip-throughput)")
+    parser.add_argument("--only-detect", action="store_true", help="only the detect figures")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of the detect throughput (best)")
     parser.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--detect-memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         scene, stitch, tile, overlap, out = args.memory_child
         memory_child(scene, stitch, int(tile), int(overlap), out)
         return
+    if args.detect_memory_child:
+        scene, tile, overlap, out = args.detect_memory_child
+        detect_memory_child(scene, int(tile), int(overlap), out)
+        return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if not (args.skip_throughput or args.memory):
-            print(json.dumps({"throughput": throughput(args, tmp)}, indent=2), flush=True)
-            print(json.dumps({"change_throughput": change_throughput(args, tmp)}, indent=2), flush=True)
+            if not args.only_detect:
+                print(json.dumps({"throughput": throughput(args, tmp)}, indent=2), flush=True)
+                print(json.dumps({"change_throughput": change_throughput(args, tmp)}, indent=2), flush=True)
+            print(json.dumps({"detect_throughput": detect_throughput(args, tmp)}, indent=2), flush=True)
         if not args.skip_memory:
-            rows = memory(args, tmp)
-            print("\n| scene | stitch | tiles | peak RSS (MB) | seconds |\n| --- | --- | ---: | ---: | ---: |")
+            if not args.only_detect:
+                rows = memory(args, tmp)
+                print("\n| scene | stitch | tiles | peak RSS (MB) | seconds |\n| --- | --- | ---: | ---: | ---: |")
+                for r in rows:
+                    print(f"| {r['scene']} | {r['stitch']} | {r['tiles']} | {r['peak_rss_mb']} | {r['seconds']} |")
+            rows = detect_memory(args, tmp)
+            print("\n| scene | tiles | objects | peak RSS (MB) | seconds |\n| --- | ---: | ---: | ---: | ---: |")
             for r in rows:
-                print(f"| {r['scene']} | {r['stitch']} | {r['tiles']} | {r['peak_rss_mb']} | {r['seconds']} |")
+                print(f"| {r['scene']} | {r['tiles']} | {r['objects']} | {r['peak_rss_mb']} | {r['seconds']} |")
 
 
 if __name__ == "__main__":

@@ -2,4 +2,5 @@
 
 from lemevit_geo.cli import main
 
-main()
+if __name__ == "__main__":  # worker processes spawned by Dask import this module again: they must not run the CLI
+    main()

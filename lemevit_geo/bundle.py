@@ -57,6 +57,8 @@ class BundleConfig:
         gsd: Ground sample distance of the training data in metres, if known.
         head: Head options (e.g. ``decoder_channels``).
         version: lemevit-geo version that wrote the bundle.
+        overlap: Default overlap of neighbouring tiles in pixels (detection: at least the largest object
+            trained on, so one tile sees each object whole); ``None``: an eighth of the tile.
     """
 
     task: Task
@@ -70,6 +72,7 @@ class BundleConfig:
     gsd: float | None = None
     head: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
+    overlap: int | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -85,6 +88,8 @@ class BundleConfig:
             raise BundleError(f"ground sample distance {self.gsd} is not a positive number")
         if not isinstance(self.head, dict) or not all(isinstance(k, str) for k in self.head):
             raise BundleError(f"head options must be a mapping of names to values, got {self.head!r}")
+        if self.overlap is not None and not (isinstance(self.overlap, int) and 0 <= self.overlap < self.tile_size):
+            raise BundleError(f"overlap {self.overlap!r} must be a whole number from 0 to below the tile size")
 
     def _check_classes(self) -> None:
         if not isinstance(self.classes, list) or not all(isinstance(c, str) and c for c in self.classes):
@@ -125,6 +130,8 @@ class BundleConfig:
         """The config as plain JSON-ready values."""
         d = asdict(self)
         d["task"], d["arch"] = self.task.value, self.arch.value
+        if self.overlap is None:  # bundles without it stay readable by versions that predate the field
+            del d["overlap"]
         return d
 
     def to_json(self) -> str:

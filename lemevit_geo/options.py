@@ -34,6 +34,21 @@ class Floats(list):
     """Comma-separated numbers (``--mean 120,110,100``)."""
 
 
+class PartIndex(tuple):
+    """One part of several, 0-based (``--part 3/8``)."""
+
+
+def parse_part(spec: str) -> PartIndex:
+    """Parse ``3/8`` into ``(3, 8)``."""
+    try:
+        i, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"a part index and count such as 0/8, got {spec!r}") from None
+    if not 0 <= i < n:
+        raise typer.BadParameter(f"the part index runs from 0 to the count less one, got {spec!r}")
+    return PartIndex((i, n))
+
+
 def parse_bands(spec: str) -> BandIndexes:
     """Parse ``4,3,2`` into 1-based band indexes."""
     try:
@@ -76,6 +91,15 @@ def parse_devices(spec: str) -> str | int | list[int]:
 Image = Annotated[
     Path, typer.Argument(help="Input raster (GeoTIFF, COG, VRT: anything GDAL reads).", show_default=False)
 ]
+Images = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Input rasters (GeoTIFF, COG, VRT: anything GDAL reads) or quoted glob patterns ('tiles/*.tif'); "
+        "with several, -o names an output directory.",
+        metavar="IMAGE...",
+        show_default=False,
+    ),
+]
 BundleArg = Annotated[Path, typer.Argument(help="Model bundle (.safetensors).", show_default=False)]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Output file.", show_default=False)]
 Model = Annotated[Path, typer.Option("--model", "-m", help="Model bundle (.safetensors).", show_default=False)]
@@ -98,6 +122,13 @@ TileSize = Annotated[int | None, typer.Option("--tile-size", help="Tile side in 
 Overlap = Annotated[
     int | None, typer.Option("--overlap", help="Overlap of neighbouring tiles in pixels (default: tile/8).")
 ]
+DetectOverlap = Annotated[
+    int | None,
+    typer.Option(
+        "--overlap",
+        help="Overlap of neighbouring tiles in pixels (default: the bundle's, at least its largest object).",
+    ),
+]
 StitchOpt = Annotated[Stitch, typer.Option("--stitch", help="Seams: centre crops, or smooth blending of logits.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Tiles per model call.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
@@ -115,6 +146,20 @@ Vector = Annotated[Path | None, typer.Option("--vector", help="Also write polygo
 MinArea = Annotated[float, typer.Option("--min-area", help="Drop polygons smaller than this (CRS units squared).")]
 Simplify = Annotated[
     float, typer.Option("--simplify", help="Simplify polygons by this tolerance (CRS units), keeping shared edges.")
+]
+ScoreThreshold = Annotated[
+    float | None, typer.Option("--score-threshold", help="Minimum box score (default: the bundle's).")
+]
+IouThreshold = Annotated[
+    float | None,
+    typer.Option("--iou-threshold", help="Rotated IoU above which overlapping boxes merge (default: the bundle's)."),
+]
+MaxDetections = Annotated[
+    int | None, typer.Option("--max-detections", help="Boxes kept per tile (default: the bundle's).")
+]
+KeepClasses = Annotated[
+    Names | None,
+    typer.Option("--classes", parser=parse_names, metavar="NAME,...", help="Keep only these classes (default: all)."),
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Epochs = Annotated[int, typer.Option("--epochs", help="Training epochs.")]
@@ -156,6 +201,27 @@ Accelerator = Annotated[str, typer.Option("--accelerator", help="Lightning accel
 NumNodes = Annotated[int, typer.Option("--num-nodes", help="Machines (DDP via torchrun or SLURM).")]
 Strategy = Annotated[str, typer.Option("--strategy", help="Lightning strategy: auto, ddp, ...")]
 NumWorkers = Annotated[int, typer.Option("--num-workers", help="Data loader processes.")]
+Executor = Annotated[
+    str,
+    typer.Option(
+        "--executor", help="Where parts run: inline, ray, ray://HOST:PORT, dask:local[:N] or dask://HOST:PORT."
+    ),
+]
+Parts = Annotated[
+    int | None,
+    typer.Option("--parts", help="Strips of tile rows per scene (default: 1 per scene, or N with --part I/N)."),
+]
+Part = Annotated[
+    PartIndex | None,
+    typer.Option(
+        "--part",
+        parser=parse_part,
+        metavar="I/N",
+        help="Run only part I of N (0-based) and merge nothing: array jobs; then `lemevit-geo merge`.",
+    ),
+]
+Restart = Annotated[bool, typer.Option("--restart", help="Run every part again, ignoring finished parts.")]
+KeepParts = Annotated[bool, typer.Option("--keep-parts", help="Keep the part files after the merge.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary table.")]
 Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (and no progress).")]
 
@@ -173,6 +239,15 @@ FIELD_OPTIONS: dict[str, Any] = {
     "min_area": MinArea,
     "simplify": Simplify,
     "cog": Cog,
+    "score_threshold": ScoreThreshold,
+    "iou_threshold": IouThreshold,
+    "max_detections": MaxDetections,
+    "classes": KeepClasses,
+    "executor": Executor,
+    "parts": Parts,
+    "part": Part,
+    "restart": Restart,
+    "keep_parts": KeepParts,
     "quiet": Quiet,
     "json": Json,
     "epochs": Epochs,

@@ -7,6 +7,7 @@ rasterio) so ``--help`` stays fast.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +63,12 @@ class Tiling:
         if self.overlap is not None and self.overlap < 0:
             raise InputError(f"`overlap` must be at least 0, got {self.overlap}")
 
-    def resolve(self, bundle_tile: int) -> tuple[int, int]:
-        """Tile size and overlap, with the bundle's tile size and an eighth of it as the defaults."""
+    def resolve(self, bundle_tile: int, bundle_overlap: int | None = None) -> tuple[int, int]:
+        """Tile size and overlap, with the bundle's tile size and overlap (else an eighth of the tile) as
+        the defaults."""
         tile = bundle_tile if self.tile_size is None else self.tile_size
-        overlap = tile // 8 if self.overlap is None else self.overlap
+        default = tile // 8 if bundle_overlap is None else bundle_overlap
+        overlap = default if self.overlap is None else self.overlap
         if overlap >= tile:
             raise InputError(f"`overlap` {overlap} must be less than the tile size {tile}")
         return tile, overlap
@@ -107,6 +110,36 @@ class DenseOutputs:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
+
+
+@dataclass(frozen=True)
+class Detection:
+    """How ``detect`` filters boxes; ``None`` takes the bundle's setting.
+
+    Attributes:
+        score_threshold: Minimum score of a box.
+        iou_threshold: Rotated IoU above which the lower-scored of two boxes of a class is dropped (within a
+            tile and across tile seams).
+        max_detections: Boxes kept per tile (the best-scored).
+        classes: Keep only boxes of these classes (names from the bundle).
+    """
+
+    score_threshold: float | None = None
+    iou_threshold: float | None = None
+    max_detections: int | None = None
+    classes: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.score_threshold is not None and not 0 <= self.score_threshold < 1:
+            raise InputError(f"`score_threshold` must be at least 0 and below 1, got {self.score_threshold}")
+        if self.iou_threshold is not None and not 0 <= self.iou_threshold <= 1:
+            raise InputError(f"`iou_threshold` must lie between 0 and 1, got {self.iou_threshold}")
+        if self.max_detections is not None and self.max_detections < 1:
+            raise InputError(f"`max_detections` must be at least 1, got {self.max_detections}")
+        if self.classes is not None:
+            if not self.classes:
+                raise InputError("`classes` names no class")
+            object.__setattr__(self, "classes", tuple(self.classes))
 
 
 @dataclass(frozen=True)
@@ -233,3 +266,50 @@ class Hardware:
         object.__setattr__(self, "precision", Precision(self.precision))
         if self.num_nodes < 1 or self.num_workers < 0:
             raise InputError("`num_nodes` must be at least 1 and `num_workers` at least 0")
+
+
+#: ``--executor`` values: ``inline``, ``ray``, ``ray://HOST:PORT``, ``dask:local``, ``dask:local:N``, ``dask://HOST:PORT``.
+EXECUTOR = re.compile(r"^(inline|ray|ray://\S+|dask:local(:[1-9][0-9]*)?|dask://\S+)$")
+
+
+@dataclass(frozen=True)
+class ScaleOut:
+    """How a job is split into parts and where the parts run (see ``pipelines/scale.py``).
+
+    Attributes:
+        executor: Where parts run: ``inline`` (this process, one after the other), ``ray`` (the Ray cluster
+            this machine belongs to, or a new local one), ``ray://HOST:PORT`` (Ray Client), ``dask:local`` or
+            ``dask:local:N`` (a local Dask cluster of N single-threaded worker processes), ``dask://HOST:PORT``
+            (a running Dask scheduler).
+        parts: Strips of tile rows each scene is split into (``None``: one part per scene, or N with ``part``
+            ``i/N`` and a single scene).
+        part: Run only part ``i`` of ``N`` (0-based) of all the parts of all the scenes, and merge nothing
+            (array jobs; ``lemevit-geo merge`` joins the parts).
+        restart: Run every part again, ignoring finished ones.
+        keep_parts: Keep the part files after a successful merge.
+    """
+
+    executor: str = "inline"
+    parts: int | None = None
+    part: tuple[int, int] | None = None
+    restart: bool = False
+    keep_parts: bool = False
+
+    def __post_init__(self) -> None:
+        if not EXECUTOR.match(self.executor):
+            raise InputError(
+                f"`executor` must be inline, ray, ray://HOST:PORT, dask:local[:N] or dask://HOST:PORT, "
+                f"got {self.executor!r}"
+            )
+        if self.parts is not None and self.parts < 1:
+            raise InputError(f"`parts` must be at least 1, got {self.parts}")
+        if self.part is not None:
+            i, n = self.part
+            if not 0 <= i < n:
+                raise InputError(f"`part` {i}/{n}: the part index runs from 0 to {n - 1}")
+            object.__setattr__(self, "part", (int(i), int(n)))
+
+    @property
+    def used(self) -> bool:
+        """Whether any scale-out option differs from the single-process default."""
+        return self != ScaleOut()

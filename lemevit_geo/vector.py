@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -14,8 +19,8 @@ from rasterio.features import rasterize, shapes
 from rasterio.windows import Window
 from shapely.geometry import shape
 
-from lemevit_geo.errors import OutputError
-from lemevit_geo.outputs import atomic_path
+from lemevit_geo.errors import InputError, OutputError
+from lemevit_geo.outputs import atomic_path, check_output, temporary_sibling
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".parquet": "parquet"}
 
@@ -141,3 +146,155 @@ def write_vector(gdf: gpd.GeoDataFrame, path: Path, overwrite: bool) -> Path:
         else:
             gdf.to_file(tmp, driver=driver, layer=path.stem, engine="pyogrio")
     return path
+
+
+class VectorStream:
+    """A vector file written in parts, in bounded memory (GeoPackage, GeoParquet or GeoJSON by extension).
+
+    Parts are appended to a hidden GeoPackage beside the target as they come; :meth:`finish` streams the
+    layer in batches into the target's format under a temporary name and renames it into place. On an
+    error (or without :meth:`finish`) nothing is left behind. Use as a context manager.
+
+    Args:
+        path: The target file.
+        overwrite: Replace an existing target.
+        template: An empty frame with the columns, their types and the CRS (written when no part comes).
+        geometry_type: The layer's geometry type.
+        inputs: Files the target must not be (the run's inputs).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        overwrite: bool,
+        template: gpd.GeoDataFrame,
+        geometry_type: str = "Polygon",
+        inputs: Sequence[str | Path] = (),
+    ) -> None:
+        self.path, self.overwrite, self.inputs = Path(path), overwrite, list(inputs)
+        check_vector_path(self.path)
+        check_output(self.path, overwrite, self.inputs)
+        self.template, self.geometry_type = template, geometry_type
+        self.stage = temporary_sibling(self.path.with_suffix(".gpkg"))
+        self.count = 0
+
+    def __enter__(self) -> VectorStream:
+        return self
+
+    def append(self, part: gpd.GeoDataFrame) -> None:
+        """Add features (with the template's columns)."""
+        if len(part):
+            self._write(part)
+
+    def _write(self, frame: gpd.GeoDataFrame) -> None:
+        import pyogrio
+
+        append = self.stage.exists()
+        pyogrio.write_dataframe(
+            frame, self.stage, layer=self.path.stem, driver="GPKG", append=append, geometry_type=self.geometry_type
+        )
+        self.count += len(frame)
+
+    def finish(self) -> Path:
+        """Publish the file under its name."""
+        if not self.stage.exists():
+            self._write(self.template)
+        driver = DRIVERS[self.path.suffix.lower()]
+        with atomic_path(self.path, self.overwrite, self.inputs) as tmp:
+            if driver == "GPKG":
+                os.replace(self.stage, tmp)
+            elif driver == "parquet":
+                _gpkg_to_parquet(self.stage, tmp)
+            else:
+                _gpkg_to(self.stage, tmp, driver, self.geometry_type)
+        return self.path
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.stage.unlink()
+
+
+def _gpkg_to(stage: Path, target: Path, driver: str, geometry_type: str) -> None:
+    """Stream a GeoPackage layer into another OGR format."""
+    import pyogrio
+
+    with pyogrio.open_arrow(stage, use_pyarrow=True, batch_size=16384) as (meta, reader):
+        pyogrio.write_arrow(
+            reader,
+            target,
+            driver=driver,
+            layer=target.stem,
+            geometry_name=meta["geometry_name"],
+            geometry_type=geometry_type,
+            crs=meta["crs"],
+        )
+
+
+def _gpkg_to_parquet(stage: Path, target: Path) -> None:
+    """Stream a GeoPackage layer into GeoParquet 1.0 (WKB geometry column ``geometry``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pyogrio
+    from pyproj import CRS
+
+    with pyogrio.open_arrow(stage, use_pyarrow=True, batch_size=16384) as (meta, reader):
+        geom = meta["geometry_name"]
+        crs = CRS(meta["crs"]).to_json_dict() if meta["crs"] else None
+        column: dict[str, Any] = {"encoding": "WKB", "geometry_types": [meta["geometry_type"]], "crs": crs}
+        geo = {"version": "1.0.0", "primary_column": "geometry", "columns": {"geometry": column}}
+        fields = [pa.field("geometry", pa.binary()) if f.name == geom else f for f in reader.schema]
+        schema = pa.schema(fields, metadata={b"geo": json.dumps(geo).encode()})
+        with pq.ParquetWriter(target, schema) as writer:
+            for batch in reader:
+                arrays = [c.cast(f.type) if c.type != f.type else c for c, f in zip(batch.columns, fields, strict=True)]
+                writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+
+
+#: Class columns tried, in order, when none is named.
+CLASS_COLUMNS = ("class_name", "class")
+
+
+def read_polygons(
+    path: str | Path, column: str | None, crs: Any = None, what: str = "labels", allow_empty: bool = False
+) -> gpd.GeoDataFrame:
+    """Labelled polygons of a vector file, checked, in ``crs`` (reprojected when the file has another CRS).
+
+    The class column is ``column``, else the first of :data:`CLASS_COLUMNS` the file has; it is returned as
+    strings in column ``class``. Refused with one clear line: a file that cannot be read, a missing class
+    column, a file without features (unless ``allow_empty``), features without a class, geometries that are
+    not polygons, and empty or degenerate (zero-area) polygons, naming the first rows at fault.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist")
+    try:
+        gdf = gpd.read_parquet(path) if path.suffix.lower() == ".parquet" else gpd.read_file(path)
+    except Exception as exc:  # GDAL/pyarrow raise many types for unreadable files
+        raise InputError(f"{path} cannot be read as a vector file: {str(exc).splitlines()[0]}") from exc
+    name = column or next((c for c in CLASS_COLUMNS if c in gdf.columns), None)
+    if name is None or name not in gdf.columns:
+        wanted = f"column {column!r}" if column else f"class column ({' or '.join(CLASS_COLUMNS)})"
+        raise InputError(f"{path} has no {wanted}; name it with `label_column` (columns: {', '.join(gdf.columns)})")
+    if not len(gdf) and not allow_empty:
+        raise InputError(f"{path} holds no polygons")
+    geoms = gdf.geometry.values
+    bad = [
+        ("has no class", gdf[name].isna().to_numpy()),
+        ("is not a polygon", ~np.isin(shapely.get_type_id(geoms), [3, 6]) & ~shapely.is_missing(geoms)),
+        ("is empty", shapely.is_missing(geoms) | shapely.is_empty(geoms)),
+        ("is degenerate (zero area)", ~(shapely.area(geoms) > 0)),
+    ]
+    for problem, rows in bad:
+        if rows.any():
+            first = ", ".join(str(i) for i in np.flatnonzero(rows)[:5])
+            message = f"{int(rows.sum())} feature(s) whose geometry {problem} (rows {first})"
+            if problem == "has no class":
+                message = f"{int(rows.sum())} feature(s) without a class in {name!r} (rows {first})"
+            raise InputError(f"{path}: {message}; fix or remove them")
+    if crs is not None and gdf.crs is not None and gdf.crs != crs:
+        gdf = gdf.to_crs(crs)
+    out = gpd.GeoDataFrame({"class": gdf[name].astype(str).to_numpy()}, geometry=gdf.geometry.values, crs=gdf.crs)
+    for extra in ("difficult", "score"):
+        if extra in gdf.columns and extra != name:
+            out[extra] = gdf[extra].to_numpy()
+    return out

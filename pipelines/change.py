@@ -21,8 +21,9 @@ from shapely.geometry import mapping, shape
 from lemevit_geo.bundle import BundleConfig, open_model
 from lemevit_geo.choices import Task
 from lemevit_geo.errors import InputError, LemevitWarning
-from lemevit_geo.pipelines.dense import run_dense, source_for
-from lemevit_geo.pipelines.engine import Progress
+from lemevit_geo.pipelines.dense import check_dense_outputs, run_dense, source_for
+from lemevit_geo.pipelines.engine import Progress, SourceSpec
+from lemevit_geo.pipelines.jobs import Job, dense_job, read_bundle
 from lemevit_geo.raster import READ_ERRORS, MaskPlan, SourceInfo, inspect_source, plan_mask
 from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 
@@ -145,26 +146,11 @@ def _check_band_counts(before: str | Path, after: str | Path) -> None:
         raise InputError(f"the dates differ in bands: {before} has {counts[0]}, {after} has {counts[1]}")
 
 
-def change(
-    *,
-    before: str | Path,
-    after: str | Path,
-    output: str | Path,
-    model: str | Path | tuple[torch.nn.Module, BundleConfig],
-    bands: Sequence[int] | None = None,
-    overwrite: bool = False,
-    allow_pixel_grid: bool = False,
-    engine: Engine = Engine(),
-    tiling: Tiling = Tiling(),
-    outputs: DenseOutputs = DenseOutputs(),
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Change map of ``before`` and ``after`` on the ``before`` grid, cropped to their overlap.
-
-    ``model`` is a change bundle (a path, or a loaded ``(model, config)`` pair) whose model maps both
-    dates stacked on the channel axis to per-pixel change logits; the options are those of ``segment``.
-    """
-    net, config = open_model(model, Task.change)
+def change_sources(
+    before: str | Path, after: str | Path, config: BundleConfig, bands: Sequence[int] | None, allow_pixel_grid: bool
+) -> tuple[list[SourceSpec], SourceInfo, dict[str, Any]]:
+    """The two dates as sources on the output grid (the ``before`` grid cropped to the overlap), and the
+    alignment report."""
     for path in (before, after):
         if not Path(path).exists():
             raise InputError(f"{path} does not exist")
@@ -188,10 +174,34 @@ def change(
         src_a.opener = lambda: WarpedSource(info_a.path, grid.crs, grid.transform, grid.width, grid.height)
         with rasterio.open(info_a.path) as src:
             src_a.mask = WarpedSource.mask_plan(info_a, src.count)
+    return [src_b, src_a], grid, alignment.report
+
+
+def change(
+    *,
+    before: str | Path,
+    after: str | Path,
+    output: str | Path,
+    model: str | Path | tuple[torch.nn.Module, BundleConfig],
+    bands: Sequence[int] | None = None,
+    overwrite: bool = False,
+    allow_pixel_grid: bool = False,
+    engine: Engine = Engine(),
+    tiling: Tiling = Tiling(),
+    outputs: DenseOutputs = DenseOutputs(),
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Change map of ``before`` and ``after`` on the ``before`` grid, cropped to their overlap.
+
+    ``model`` is a change bundle (a path, or a loaded ``(model, config)`` pair) whose model maps both
+    dates stacked on the channel axis to per-pixel change logits; the options are those of ``segment``.
+    """
+    net, config = open_model(model, Task.change)
+    sources, grid, report = change_sources(before, after, config, bands, allow_pixel_grid)
     summary = run_dense(
         net=net,
         config=config,
-        sources=[src_b, src_a],
+        sources=sources,
         grid_info=grid,
         output=output,
         engine=engine,
@@ -202,5 +212,48 @@ def change(
         progress=progress,
         inputs=[] if isinstance(model, tuple) else [model],
     )
-    summary["alignment"] = alignment.report
+    summary["alignment"] = report
     return summary
+
+
+def change_job_sources(job: Job, config: BundleConfig) -> tuple[list[SourceSpec], SourceInfo]:
+    """The sources and output grid of a ``change`` job (in the worker that runs one of its parts)."""
+    sources, grid, _ = change_sources(job.inputs[0], job.inputs[1], config, job.bands, job.allow_pixel_grid)
+    return sources, grid
+
+
+def change_job(
+    *,
+    before: str | Path,
+    after: str | Path,
+    output: str | Path,
+    model: str | Path,
+    parts: int,
+    bands: Sequence[int] | None = None,
+    overwrite: bool = False,
+    allow_pixel_grid: bool = False,
+    engine: Engine = Engine(),
+    tiling: Tiling = Tiling(),
+    outputs: DenseOutputs = DenseOutputs(),
+) -> Job:
+    """Plan ``change`` of ``before`` and ``after`` as ``parts`` strips (see :mod:`lemevit_geo.pipelines.scale`)."""
+    config = read_bundle(model, Task.change)
+    sources, grid, report = change_sources(before, after, config, bands, allow_pixel_grid)
+    check_dense_outputs(Path(output), outputs, True, [before, after, model])  # existing: see scale.run_scenes
+    return dense_job(
+        task=Task.change,
+        inputs=(str(before), str(after)),
+        grid_info=grid,
+        model=model,
+        config=config,
+        output=output,
+        parts=parts,
+        bands=tuple(bands) if bands else None,
+        overwrite=overwrite,
+        allow_pixel_grid=allow_pixel_grid,
+        engine=engine,
+        tiling=tiling,
+        outputs=outputs,
+        vector_skip=(0,),
+        report={"alignment": report, "mask": [s.mask_plan.describe() for s in sources]},
+    )

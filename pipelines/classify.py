@@ -15,12 +15,13 @@ import torch
 from affine import Affine
 
 from lemevit_geo.bundle import BundleConfig, open_model
-from lemevit_geo.choices import Task
+from lemevit_geo.choices import Stitch, Task
 from lemevit_geo.outputs import atomic_path
 from lemevit_geo.pipelines.dense import check_outputs, make_grid, run_summary, source_for
-from lemevit_geo.pipelines.engine import Progress, Runtime, TileData, TileReader, run_tiles
+from lemevit_geo.pipelines.engine import Progress, RunStats, Runtime, TileData, TileReader, run_tiles
+from lemevit_geo.pipelines.jobs import GridSpec, Job, bundle_sha, read_bundle, seal
 from lemevit_geo.pipelines.stitch import softmax
-from lemevit_geo.pipelines.tiling import Tile
+from lemevit_geo.pipelines.tiling import Tile, TileGrid, strips
 from lemevit_geo.raster import (
     SourceInfo,
     check_raster_path,
@@ -85,14 +86,15 @@ def tile_table(sink: TileLabels, config: BundleConfig, info: SourceInfo, top_k: 
 def write_grid_raster(
     path: Path,
     table: gpd.GeoDataFrame,
-    config: BundleConfig,
+    classes: Sequence[str],
+    colors: Sequence[tuple[int, int, int]],
     info: SourceInfo,
     shape: tuple[int, int],
     tile: int,
     overwrite: bool,
 ) -> None:
     """The tile classes as a coarse raster, one pixel per tile, aligned to the scene."""
-    dtype, nodata = class_dtype(config.num_classes)
+    dtype, nodata = class_dtype(len(classes))
     rows, cols = shape
     grid = SourceInfo(str(path), cols, rows, info.crs, info.transform @ Affine.scale(tile), (1,), dtype)
     arr = np.full(shape, nodata, dtype=dtype)
@@ -100,8 +102,36 @@ def write_grid_raster(
     with atomic_path(path, overwrite) as tmp:
         with rasterio.open(tmp, "w", **output_profile(grid, 1, dtype, nodata)) as dst:
             dst.write(arr, 1)
-            write_class_metadata(dst, config.classes, config.colors)
-        write_category_names(tmp, config.classes)
+            write_class_metadata(dst, classes, colors)
+        write_category_names(tmp, classes)
+
+
+def check_classify_outputs(output: Path, raster: Path | None, overwrite: bool, inputs: Sequence[str | Path]) -> None:
+    """Check the outputs of ``classify`` before any work."""
+    check_outputs([output, raster], overwrite, inputs=inputs)
+    check_vector_path(output)
+    if raster is not None:
+        check_raster_path(raster)
+
+
+def classify_tiles(
+    info: SourceInfo,
+    grid: TileGrid,
+    net: torch.nn.Module,
+    config: BundleConfig,
+    runtime: Runtime,
+    top_k: int,
+    progress: Progress | None = None,
+    rows: tuple[int, int] | None = None,
+) -> tuple[gpd.GeoDataFrame, RunStats]:
+    """Run the model (on ``runtime``'s device) over the tiles of ``grid`` (tile rows ``rows`` if given): the
+    tile table and the run's counts."""
+    sink = TileLabels()
+    source = source_for(info, config)
+    reader = TileReader([source], grid, threads=runtime.threads, prefetch=2 * runtime.batch_size, rows=rows)
+    with gdal_env():
+        stats = run_tiles(iter(reader), net, sink, runtime, progress)
+    return tile_table(sink, config, info, top_k), stats
 
 
 def classify(
@@ -127,24 +157,63 @@ def classify(
     check_tile_size(tile_size)
     runtime = Runtime.create(engine)
     output, raster = Path(output), Path(raster) if raster else None
-    check_outputs([output, raster], overwrite, inputs=[info.path, *([] if isinstance(model, tuple) else [model])])
-    check_vector_path(output)
-    if raster is not None:
-        check_raster_path(raster)
+    check_classify_outputs(output, raster, overwrite, [info.path, *([] if isinstance(model, tuple) else [model])])
     grid = make_grid(info, tile_size or config.tile_size, 0, fit=False)
     if progress:
         progress.start(len(grid))
     start = time.perf_counter()
-    sink = TileLabels()
-    reader = TileReader([source_for(info, config)], grid, threads=runtime.threads, prefetch=2 * runtime.batch_size)
-    with gdal_env():
-        stats = run_tiles(iter(reader), runtime.prepare(net), sink, runtime, progress)
-    table = tile_table(sink, config, info, top_k)
+    table, stats = classify_tiles(info, grid, runtime.prepare(net), config, runtime, top_k, progress)
     written: dict[str, Any] = {"vector": str(write_vector(table, output, overwrite))}
     if raster is not None:
-        write_grid_raster(raster, table, config, info, (len(grid.ys), len(grid.xs)), grid.tile, overwrite)
+        shape = (len(grid.ys), len(grid.xs))
+        write_grid_raster(raster, table, config.classes, config.colors, info, shape, grid.tile, overwrite)
         written["raster"] = str(raster)
     summary = run_summary(stats, runtime, grid, info, time.perf_counter() - start, written)
     summary["class_tiles"] = {c: int((table["class_name"] == c).sum()) for c in config.classes}
     summary["mask"] = [info.mask.describe()]
     return summary
+
+
+def classify_job(
+    *,
+    image: str | Path,
+    output: str | Path,
+    model: str | Path,
+    parts: int,
+    bands: Sequence[int] | None = None,
+    tile_size: int | None = None,
+    raster: str | Path | None = None,
+    top_k: int = 3,
+    overwrite: bool = False,
+    allow_pixel_grid: bool = False,
+    engine: Engine = CLASSIFY_ENGINE,
+) -> Job:
+    """Plan ``classify`` of ``image`` as ``parts`` strips of tile rows (see :mod:`lemevit_geo.pipelines.scale`)."""
+    config = read_bundle(model, Task.classify)
+    info = inspect_source(image, bands, config.bands, allow_pixel_grid)
+    check_tile_size(tile_size)
+    raster = Path(raster) if raster else None
+    check_classify_outputs(Path(output), raster, True, [image, model])  # existing: see scale.run_scenes
+    grid = make_grid(info, tile_size or config.tile_size, 0, fit=False)
+    job = Job(
+        task=Task.classify,
+        inputs=(str(image),),
+        model=str(model),
+        bundle_sha=bundle_sha(model),
+        output=Path(output),
+        grid=GridSpec.of(info),
+        classes=tuple(config.classes),
+        colors=tuple(config.colors),
+        tile=grid.tile,
+        overlap=0,
+        stitch=Stitch.crop,
+        strips=tuple(strips(grid, parts, Stitch.crop)),
+        engine=engine,
+        bands=tuple(bands) if bands else None,
+        allow_pixel_grid=allow_pixel_grid,
+        raster=raster,
+        top_k=top_k,
+        overwrite=overwrite,
+        report={"mask": [info.mask.describe()]},
+    )
+    return seal(job)

@@ -1,12 +1,13 @@
 """What moved between torchgeo generations, in one place.
 
 pip resolves torchgeo 0.8 on Python 3.11 (0.9 and later need Python 3.12) and 0.10 on Python 3.12+. The
-Lightning tasks are ``torchgeo.trainers.{SemanticSegmentation,ChangeDetection,Classification}Task`` up to 0.9 and
-``torchgeo.tasks.{SemanticSegmentation,ChangeDetection,Classification}`` from 0.10 (the self-supervised
-``SimCLRTask``/``MoCoTask`` likewise became ``SimCLR``/``MoCo``); the geospatial samplers are
-``RandomGeoSampler``/``GridGeoSampler`` up to 0.9 and ``RandomPatchSampler``/``GriddedPatchSampler`` from 0.10
-(keyword-only, with a NumPy ``generator``). 0.10 keeps the old names as aliases that raise a DeprecationWarning
-on every subclass and instance, so this module imports whichever names are current.
+Lightning tasks are ``torchgeo.trainers.{SemanticSegmentation,ChangeDetection,Classification}Task`` and
+``BaseTask`` up to 0.9 and ``torchgeo.tasks.{SemanticSegmentation,ChangeDetection,Classification}`` and
+``BaseTask`` from 0.10 (the self-supervised ``SimCLRTask``/``MoCoTask`` likewise became ``SimCLR``/``MoCo``); the
+geospatial samplers are ``RandomGeoSampler``/``GridGeoSampler`` up to 0.9 and
+``RandomPatchSampler``/``GriddedPatchSampler`` from 0.10 (keyword-only, with a NumPy ``generator``). 0.10 keeps
+the old names as aliases that raise a DeprecationWarning on every subclass and instance,
+so this module imports whichever names are current.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shapely
 import torch
 
 try:  # torchgeo >= 0.10
+    from torchgeo.tasks import BaseTask
     from torchgeo.tasks import ChangeDetection as ChangeDetectionTask
     from torchgeo.tasks import Classification as ClassificationTask
     from torchgeo.tasks import MoCo as MoCoTask
@@ -24,6 +26,7 @@ try:  # torchgeo >= 0.10
     from torchgeo.tasks import SimCLR as SimCLRTask
 except ImportError:  # torchgeo 0.8, 0.9
     from torchgeo.trainers import (
+        BaseTask,
         ChangeDetectionTask,
         ClassificationTask,
         MoCoTask,
@@ -32,6 +35,7 @@ except ImportError:  # torchgeo 0.8, 0.9
     )
 
 __all__ = [
+    "BaseTask",
     "ChangeDetectionTask",
     "ClassificationTask",
     "MoCoTask",

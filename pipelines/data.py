@@ -2,8 +2,9 @@
 
 :func:`torchgeo_data` sets up a torchgeo datamodule on a dataset folder; :func:`custom_data` builds an
 :class:`~lemevit_geo.pipelines.datamodules.OwnDataModule` from the user's images and label rasters (or
-a vector file) with a spatial train/validation split and band statistics from the training region.
-Both return a :class:`TrainData`: the datamodule plus what the bundle must record about the data.
+a vector file) with a spatial train/validation split and band statistics from the training region;
+:func:`detection_data` does the same for oriented detection from the user's images and polygons.
+All return a :class:`TrainData`: the datamodule plus what the bundle must record about the data.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import glob
 import inspect
 import io
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,11 +29,14 @@ import torch
 from lemevit_geo.bundle import CHANGE_CLASSES
 from lemevit_geo.choices import Task
 from lemevit_geo.errors import InputError
+from lemevit_geo.pipelines.boxes import overlap_for
 from lemevit_geo.pipelines.compat import random_sampler
 from lemevit_geo.pipelines.datamodules import (
     IGNORE,
+    DOTADataModule,
     MillionAIDDataModule,
     OwnDataModule,
+    RasterSource,
     TileAugmentation,
     wrap_change_augmentations,
 )
@@ -128,6 +133,15 @@ DATASETS: dict[str, DatasetInfo] = {
         url="https://captain-whu.github.io/DiRS/",
         kwargs={"task": "multi-class"},
     ),
+    "dota": DatasetInfo(
+        task=Task.detect,
+        datamodule="",
+        dataset="DOTA",
+        expects="samples.csv and {train,val}/images/*.png with {train,val}/annotations/version1.0/*.txt "
+        "(or dotav1.0_images_{train,val}.tar.gz and dotav1.0_annotations_{train,val}.tar.gz)",
+        url="https://captain-whu.github.io/DOTA/ (torchgeo's copy: https://hf.co/datasets/isaaccorley/dota)",
+        kwargs={"version": "1.0"},
+    ),
 }
 
 
@@ -149,6 +163,8 @@ class TrainData:
         class_weights: Loss weights per class, if the data calls for them.
         class_counts: Labelled pixels per class in random training tiles (own data).
         tile_size: Tile side the datamodule cuts (own data: the given one, or the default capped to fit).
+        head: Head options the data calls for (e.g. DOTA's angle-free classes).
+        overlap: Default tile overlap of the bundle (detection: from the largest object), if any.
     """
 
     datamodule: L.LightningDataModule
@@ -164,6 +180,8 @@ class TrainData:
     class_weights: list[float] | None = None
     class_counts: list[int] | None = None
     tile_size: int | None = None
+    head: dict[str, Any] = field(default_factory=dict)
+    overlap: int | None = None
 
 
 # -- torchgeo datasets -----------------------------------------------------------------------------
@@ -182,6 +200,8 @@ def _datamodule(name: str, root: Path, batch_size: int, tile_size: int, num_work
     kwargs: dict[str, Any] = dict(batch_size=batch_size, num_workers=num_workers, root=str(root), **info.kwargs)
     if name == "millionaid":
         return MillionAIDDataModule(tile_size=tile_size, **kwargs)
+    if name == "dota":
+        return DOTADataModule(tile_size=tile_size, **kwargs)
     cls = getattr(tdm, info.datamodule)
     if "patch_size" in inspect.signature(cls.__init__).parameters:  # datamodules that crop patches
         kwargs["patch_size"] = tile_size
@@ -208,6 +228,17 @@ def torchgeo_data(name: str, root: Path, batch_size: int, tile_size: int, num_wo
         ) from exc
     if info.task == Task.change:
         wrap_change_augmentations(dm)
+    if info.task == Task.detect:
+        return TrainData(
+            datamodule=dm,
+            task=Task.detect,
+            classes=dm.classes,
+            bands=3,
+            mean=_values(dm.mean, 3),
+            std=_values(dm.std, 3),
+            head=dm.head,
+            overlap=overlap_for(dm.extent, tile_size),
+        )
     dataset = getattr(dm, "train_dataset", None) or getattr(dm, "dataset", None)
     inner = getattr(dataset, "dataset", dataset)
     if info.task == Task.change:
@@ -525,4 +556,171 @@ def custom_data(
         class_weights=_change_weights(lab) if change else None,
         class_counts=counts,
         tile_size=tile,
+    )
+
+
+# -- the user's own rasters with polygons: oriented detection ----------------------------------------------
+
+
+def _detection_images(files: list[str]) -> list[dict[str, Any]]:
+    """Grid, size and band count of each image; all must share one CRS and band count."""
+    infos = []
+    for f in files:
+        with rasterio.open(f) as src:
+            if src.crs is None:
+                raise InputError(f"{f} has no CRS: detection training places the label polygons by it")
+            infos.append(
+                {
+                    "path": f,
+                    "crs": src.crs,
+                    "transform": src.transform,
+                    "width": src.width,
+                    "height": src.height,
+                    "count": src.count,
+                }
+            )
+    for info in infos[1:]:
+        if info["crs"] != infos[0]["crs"] or info["count"] != infos[0]["count"]:
+            raise InputError(
+                f"detection training images must share one CRS and band count: "
+                f"{infos[0]['path']} and {info['path']} differ"
+            )
+    return infos
+
+
+def _to_pixels(geoms: np.ndarray, transform: rasterio.Affine) -> np.ndarray:
+    """Geometries in map coordinates to the pixel frame of ``transform``."""
+    inv = ~transform
+    return shapely.transform(
+        geoms,
+        lambda xy: np.column_stack(
+            [inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c, inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f]
+        ),
+    )
+
+
+def pixel_boxes(geoms: np.ndarray, transform: rasterio.Affine) -> np.ndarray:
+    """Each polygon's smallest rotated rectangle in the pixel frame of ``transform``, as boxes ``(N, 5)``."""
+    from lemevit_geo.pipelines.boxes import rectangle_boxes
+
+    rects = shapely.oriented_envelope(_to_pixels(geoms, transform))
+    corners = (
+        np.stack([np.asarray(shapely.get_coordinates(r))[:4] for r in rects]) if len(rects) else np.zeros((0, 4, 2))
+    )
+    return rectangle_boxes(corners)
+
+
+def _pixel_region(info: dict[str, Any], roi: shapely.Polygon, tile: int) -> tuple[int, int, int, int] | None:
+    """The whole-pixel rectangle of an image inside ``roi`` (map coordinates), if at least a tile wide."""
+    part = _to_pixels(np.array([roi]), info["transform"])[0]
+    x0, y0, x1, y1 = part.bounds
+    x0, y0 = max(0, math.ceil(x0 - 1e-6)), max(0, math.ceil(y0 - 1e-6))
+    x1, y1 = min(info["width"], math.floor(x1 + 1e-6)), min(info["height"], math.floor(y1 + 1e-6))
+    return (x0, y0, x1, y1) if x1 - x0 >= tile and y1 - y0 >= tile else None
+
+
+def _split_sources(
+    infos: list[dict[str, Any]], objects: list[tuple[np.ndarray, np.ndarray]], split: dict[str, Any], tile: int
+) -> dict[str, list[RasterSource]]:
+    """Training and validation sources: each image's share of each region (when at least a tile wide)."""
+    out: dict[str, list[RasterSource]] = {"train": [], "val": []}
+    for part in ("train", "val"):
+        for info, (boxes, labels) in zip(infos, objects, strict=True):
+            region = _pixel_region(info, split[part], tile)
+            if region is not None:
+                out[part].append(RasterSource(info["path"], info["height"], info["width"], region, boxes, labels))
+        if not out[part]:
+            raise InputError(
+                f"the {'training' if part == 'train' else 'validation'} region is smaller than one tile: "
+                f"lower `tile_size` or change `val_fraction`"
+            )
+    return out
+
+
+def _crop_stats(sources: list[RasterSource], tile: int, samples: int = 32) -> tuple[list[float], list[float]]:
+    """Per-band mean and standard deviation of raw values over random training crops (nodata left out)."""
+    rng = np.random.default_rng(0)
+    total = sq = n = 0.0
+    for _ in range(samples):
+        s = sources[int(rng.integers(len(sources)))]
+        x0, y0, x1, y1 = s.region
+        arr = s.read(int(rng.integers(x0, x1 - tile + 1)), int(rng.integers(y0, y1 - tile + 1)), tile).astype(
+            np.float64
+        )
+        total, sq, n = total + np.nansum(arr, (1, 2)), sq + np.nansum(arr**2, (1, 2)), n + np.isfinite(arr).sum((1, 2))
+    mean = total / np.maximum(n, 1)
+    std = np.sqrt(np.maximum(sq / np.maximum(n, 1) - mean**2, 1e-6))
+    return mean.tolist(), std.tolist()
+
+
+def _objects(polys: Any, infos: list[dict[str, Any]], names: list[str]) -> tuple[list, list, np.ndarray]:
+    """Per image: the boxes and labels of the polygons that meet it, and its footprint; which polygons met one."""
+    objects, footprints, found = [], [], np.zeros(len(polys), dtype=bool)
+    for info in infos:
+        t, w, h = info["transform"], info["width"], info["height"]
+        footprint = shapely.Polygon([t * c for c in ((0, 0), (w, 0), (w, h), (0, h))])
+        inside = polys.intersects(footprint).to_numpy()
+        labels = np.array([names.index(c) for c in polys["class"][inside]], dtype=np.int64)
+        objects.append((pixel_boxes(polys.geometry.values[inside], t), labels))
+        footprints.append(footprint)
+        found |= inside
+    return objects, footprints, found
+
+
+def largest_extent(boxes: Sequence[np.ndarray]) -> float:
+    """The largest extent along x or y (px) of any of the boxes ``(N, 5)``."""
+    from lemevit_geo.pipelines.metrics import box_polygons
+
+    return max((float(np.ptp(box_polygons(b), axis=1).max()) for b in boxes if len(b)), default=0.0)
+
+
+def detection_data(
+    *,
+    images: Any,
+    labels: Any,
+    label_column: str | None,
+    classes: Sequence[str] | None,
+    tile_size: int,
+    batch_size: int,
+    num_workers: int,
+    val_fraction: float,
+    length: int,
+    augment: bool = True,
+) -> TrainData:
+    """Oriented-detection training data from the user's images and labelled polygons (any CRS: reprojected).
+
+    Each polygon becomes its smallest rotated rectangle in the pixels of the image it lies in. Training crops
+    are drawn at random from the training region (flipped and turned by quarter turns, boxes with them, with
+    ``augment``), validation crops cover the validation region (the same spatial split as for segmentation); a
+    box that lies less than 70 % in a crop is ignored there.
+    """
+    from lemevit_geo.pipelines.datamodules import DetectionCrops, DetectionDataModule
+    from lemevit_geo.vector import read_polygons
+
+    infos = _detection_images(expand_paths(images, "image"))
+    label_file = expand_paths(labels, "label")[0]
+    polys = read_polygons(label_file, label_column, crs=infos[0]["crs"])
+    names = list(classes) if classes else sorted(set(polys["class"]))
+    unknown = sorted(set(polys["class"]) - set(names))
+    if unknown:
+        raise InputError(f"{label_file} has classes not in `classes`: {', '.join(unknown)}")
+    objects, footprints, found = _objects(polys, infos, names)
+    if not found.any():
+        raise InputError(f"{label_file}: none of its {len(polys)} polygons lie in the images ({infos[0]['crs']})")
+    split = spatial_split(shapely.union_all(footprints).bounds, val_fraction)
+    sources = _split_sources(infos, objects, split, tile_size)
+    mean, std = _crop_stats(sources["train"], tile_size)
+    train = DetectionCrops(sources["train"], tile_size, mean, std, length=length, augment=augment)
+    val = DetectionCrops(sources["val"], tile_size, mean, std, grid=True)
+    report = {"crs": infos[0]["crs"].to_string(), "objects": int(found.sum()), "val_crops": len(val)}
+    return TrainData(
+        datamodule=DetectionDataModule(batch_size, num_workers, train, val),
+        task=Task.detect,
+        classes=names,
+        bands=infos[0]["count"],
+        mean=mean,
+        std=std,
+        gsd=abs(infos[0]["transform"].a) if infos[0]["crs"].is_projected else None,
+        split={**split["report"], **report},
+        overlap=overlap_for(largest_extent([b for b, _ in objects]), tile_size),
     )

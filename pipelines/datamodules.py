@@ -1,4 +1,5 @@
-"""Lightning datamodules torchgeo does not have: the user's own rasters, and MillionAID.
+"""Lightning datamodules torchgeo does not have: the user's own rasters, MillionAID, and oriented-box
+detection crops (own rasters with polygons, and DOTA read through torchgeo's dataset).
 
 Also :class:`TileAugmentation` (kornia) for own data, and :class:`FrameMask`, which lets torchgeo's change
 datamodules run their kornia augmentations on two-date images with a one-frame mask.
@@ -7,16 +8,19 @@ datamodules run their kornia augmentations on two-date images with a one-frame m
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import lightning as L
+import numpy as np
 import shapely
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from lemevit_geo.errors import InputError
+from lemevit_geo.pipelines.boxes import rectangle_boxes
 from lemevit_geo.pipelines.compat import grid_sampler, random_sampler
+from lemevit_geo.pipelines.metrics import box_polygons
 
 #: Label value ignored by losses and metrics of own data.
 IGNORE = 255
@@ -316,3 +320,316 @@ def scene_label(mask: torch.Tensor) -> torch.Tensor:
     counts[:, IGNORE] = 0
     label = counts.argmax(1)
     return torch.where(counts.sum(1) > 0, label, IGNORE)
+
+
+# -- oriented object detection -------------------------------------------------------------------------
+
+#: A box is a training target when at least this share of it lies in the crop (as DOTA's image splitting
+#: keeps objects); a box reaching into the crop less is ignored: no loss either way for a partly seen object.
+KEEP_INSIDE = 0.7
+
+
+def crop_targets(
+    boxes: np.ndarray, labels: np.ndarray, difficult: np.ndarray, x0: int, y0: int, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The targets of the crop ``size`` px wide at ``(x0, y0)``: boxes ``(N, 5)`` moved into its frame, their
+    labels and ignore flags (difficult, or less than :data:`KEEP_INSIDE` of the box in the crop)."""
+    corners = box_polygons(boxes) - np.array([x0, y0], dtype=np.float64)
+    lo, hi = corners.min(1), corners.max(1)
+    near = (hi[:, 0] > 0) & (hi[:, 1] > 0) & (lo[:, 0] < size) & (lo[:, 1] < size)
+    corners, moved = corners[near], boxes[near].astype(np.float64)
+    moved[:, :2] -= (x0, y0)
+    polys = shapely.polygons(corners)
+    area = np.maximum(shapely.area(polys), 1e-12)
+    inside = shapely.area(shapely.intersection(polys, shapely.box(0, 0, size, size))) / area
+    keep = inside > 0
+    ignore = difficult[near][keep].astype(bool) | (inside[keep] < KEEP_INSIDE)
+    return moved[keep], labels[near][keep].astype(np.int64), ignore
+
+
+def flip_rotate(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random one of the eight flips and quarter turns of a square crop ``(C, S, S)`` and its boxes."""
+    size = image.shape[-1]
+    corners = box_polygons(boxes)
+    turns = int(rng.integers(4))
+    for _ in range(turns):  # np.rot90 over (rows, cols): the point (x, y) goes to (y, size - x)
+        corners = np.stack([corners[..., 1], size - corners[..., 0]], axis=-1)
+    image = np.rot90(image, turns, axes=(1, 2))
+    if rng.random() < 0.5:
+        image = image[:, :, ::-1]
+        corners[..., 0] = size - corners[..., 0]
+    return np.ascontiguousarray(image), rectangle_boxes(corners)
+
+
+class CropSource(Protocol):
+    """An image with oriented objects that detection crops are cut from.
+
+    ``region`` is the pixel rectangle ``(x0, y0, x1, y1)`` crops may cover (the image, or its share of a
+    spatial split); :meth:`read` returns raw values ``(C, size, size)`` as float32, NaN where there is no
+    data (outside the image or nodata); :meth:`objects` the boxes ``(N, 5)`` in image pixels, labels and
+    difficult flags.
+    """
+
+    height: int
+    width: int
+    region: tuple[int, int, int, int]
+
+    def read(self, x0: int, y0: int, size: int) -> np.ndarray: ...
+
+    def objects(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+def _spread(start: int, stop: int, size: int) -> list[int]:
+    """Offsets of crops of ``size`` that cover ``[start, stop)`` evenly, overlapping as needed."""
+    if stop - start <= size:
+        return [start]
+    steps = math.ceil((stop - start - size) / size - 1e-9)
+    return [int(round(v)) for v in np.linspace(start, stop - size, steps + 1)]
+
+
+class DetectionCrops(Dataset):
+    """Square crops with their oriented-box targets, normalised: random ones for training, a fixed grid for
+    validation.
+
+    Args:
+        sources: The images (see :class:`CropSource`).
+        size: Crop side in pixels.
+        mean, std: Per-band normalisation of the raw values.
+        length: Training crops per epoch (random positions); ``None`` with ``grid`` for validation.
+        grid: Validation: crops cover each source's region in a grid.
+        augment: Random flips and quarter turns (training).
+        one_per_source: Training crop ``i`` comes from source ``i % len(sources)`` (an epoch visits each
+            image once), instead of from a random source weighed by its region's area.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[CropSource],
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        length: int | None = None,
+        grid: bool = False,
+        augment: bool = False,
+        one_per_source: bool = False,
+    ) -> None:
+        self.sources, self.size, self.augment, self.one_per_source = list(sources), size, augment, one_per_source
+        self.mean = np.asarray(mean, dtype=np.float32)[:, None, None]
+        self.std = np.asarray(std, dtype=np.float32)[:, None, None]
+        self.crops: list[tuple[int, int, int]] = []
+        if grid:
+            for k, s in enumerate(self.sources):
+                x0, y0, x1, y1 = s.region
+                self.crops += [(k, x, y) for y in _spread(y0, y1, size) for x in _spread(x0, x1, size)]
+        self.length = len(self.crops) if grid else (length or len(self.sources))
+        areas = np.array([(s.region[2] - s.region[0]) * (s.region[3] - s.region[1]) for s in self.sources], float)
+        self.weights = areas / areas.sum()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _random_crop(self, index: int, rng: np.random.Generator) -> tuple[int, int, int]:
+        k = index % len(self.sources) if self.one_per_source else int(rng.choice(len(self.sources), p=self.weights))
+        x0, y0, x1, y1 = self.sources[k].region
+        x = int(rng.integers(x0, max(x0, x1 - self.size) + 1))
+        y = int(rng.integers(y0, max(y0, y1 - self.size) + 1))
+        return k, x, y
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,))))  # seeded by Lightning per worker
+        k, x, y = self.crops[index] if self.crops else self._random_crop(index, rng)
+        source = self.sources[k]
+        image = source.read(x, y, self.size)
+        boxes, labels, ignore = crop_targets(*source.objects(), x, y, self.size)
+        if self.augment:
+            image, boxes = flip_rotate(image, boxes, rng)
+        image = np.nan_to_num((image - self.mean) / self.std, nan=0.0)
+        return {
+            "image": torch.from_numpy(image.astype(np.float32)),
+            "boxes": torch.from_numpy(boxes.astype(np.float32)).reshape(-1, 5),
+            "labels": torch.from_numpy(labels),
+            "ignore": torch.from_numpy(ignore),
+        }
+
+
+def collate_detection(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Stack the images; keep boxes, labels and ignore flags as one tensor per image."""
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        **{key: [s[key] for s in samples] for key in ("boxes", "labels", "ignore")},
+    }
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """Training and validation :class:`DetectionCrops` with our collate (torchgeo's detection collate
+    handles axis-aligned boxes only, and replaces labels it does not find under ``label`` with ones)."""
+
+    def __init__(
+        self, batch_size: int, num_workers: int, train: Dataset | None = None, val: Dataset | None = None
+    ) -> None:
+        super().__init__()
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.train_dataset, self.val_dataset = train, val
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset, self.batch_size, shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate_detection
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, shuffle=False)
+
+
+class RasterSource:
+    """A GeoTIFF (or any raster GDAL reads) as a :class:`CropSource`, read window by window; the dataset is
+    opened lazily in each loader process."""
+
+    def __init__(
+        self,
+        path: str,
+        height: int,
+        width: int,
+        region: tuple[int, int, int, int],
+        boxes: np.ndarray,
+        labels: np.ndarray,
+    ) -> None:
+        self.path, self.height, self.width, self.region = path, height, width, region
+        self._objects = (boxes, labels, np.zeros(len(labels), dtype=bool))
+        self._src: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_src": None}  # open handles do not cross process boundaries
+
+    def read(self, x0: int, y0: int, size: int) -> np.ndarray:
+        import rasterio
+        from rasterio.windows import Window
+
+        if self._src is None:
+            self._src = rasterio.open(self.path)
+        arr = self._src.read(window=Window(x0, y0, size, size), boundless=True, masked=True)
+        return np.ma.filled(arr.astype(np.float32), np.nan)
+
+    def objects(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._objects
+
+
+def read_dota_annotation(path: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Corners ``(N, 8)``, class names and difficult flags of a DOTA annotation file, line by line as
+    torchgeo reads it (two ``imagesource``/``gsd`` header lines are skipped)."""
+    with open(path) as fh:
+        lines = fh.readlines()
+    if lines and lines[0].startswith("imagesource"):
+        lines = lines[2:]
+    corners, names, difficult = [], [], []
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 9:
+            continue
+        corners.append([float(v) for v in parts[:8]])
+        names.append(parts[8])
+        difficult.append(len(parts) > 9 and parts[9] == "1")
+    return np.asarray(corners, dtype=np.float64).reshape(-1, 8), names, np.asarray(difficult, dtype=bool)
+
+
+class LastSample:
+    """The most recently loaded full image, shared by the sources of one dataset (crops of one image come
+    one after another; DOTA scenes are large, so only one is held). Empty again after pickling."""
+
+    def __init__(self) -> None:
+        self.key: Any = None
+        self.value: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.key, self.value = None, None
+
+
+class DOTASource:
+    """One image of torchgeo's DOTA dataset as a :class:`CropSource`: image and boxes come from the dataset
+    (quadrilaterals turned into their smallest rotated rectangles); the difficult flags, which torchgeo drops,
+    from the annotation file."""
+
+    def __init__(
+        self, dataset: Any, index: int, height: int, width: int, difficult: np.ndarray, cache: LastSample
+    ) -> None:
+        self.dataset, self.index, self.height, self.width = dataset, index, height, width
+        self.region = (0, 0, width, height)
+        self.difficult, self.cache = difficult, cache
+
+    def _load(self) -> dict[str, Any]:
+        if self.cache.key != self.index:
+            from lemevit_geo.models.rotated import polygon_to_box
+
+            self.cache.key, self.cache.value = None, None  # free the previous image first
+            sample = self.dataset[self.index]
+            corners = sample["bbox"].reshape(-1, 4, 2).double()
+            labels = sample["labels"].numpy().astype(np.int64)
+            if len(labels) != len(self.difficult):
+                raise InputError(
+                    f"DOTA image {self.index}: torchgeo read {len(labels)} objects, the file has {len(self.difficult)}"
+                )
+            boxes = polygon_to_box(corners).numpy().astype(np.float64)
+            self.cache.value = {"image": sample["image"].numpy(), "boxes": boxes, "labels": labels}
+            self.cache.key = self.index
+        return self.cache.value
+
+    def read(self, x0: int, y0: int, size: int) -> np.ndarray:
+        image = self._load()["image"]
+        out = np.full((image.shape[0], size, size), np.nan, dtype=np.float32)
+        h, w = min(size, self.height - y0), min(size, self.width - x0)
+        out[:, :h, :w] = image[:, y0 : y0 + h, x0 : x0 + w]
+        return out
+
+    def objects(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sample = self._load()
+        return sample["boxes"], sample["labels"], self.difficult
+
+
+#: DOTA's classes per version (torchgeo's order), and those without a defined angle (mmrotate's
+#: ``rect_classes``: storage-tank and roundabout).
+DOTA_VERSIONS = {"1.0": 15, "1.5": 16, "2.0": 18}
+DOTA_ANGLE_FREE = ("storage-tank", "roundabout")
+#: ImageNet statistics of 8-bit RGB, the normalisation DOTA detectors use.
+DOTA_MEAN, DOTA_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+
+
+class DOTADataModule(DetectionDataModule):
+    """DOTA through torchgeo's dataset: a random crop of ``tile_size`` from each training image per epoch
+    (flips and quarter turns), a grid of crops over each validation image, difficult objects ignored."""
+
+    def __init__(self, root: str, batch_size: int, num_workers: int, tile_size: int, version: str = "1.0") -> None:
+        super().__init__(batch_size, num_workers)
+        self.root, self.tile_size, self.version = root, tile_size, version
+        self.mean, self.std = torch.tensor(DOTA_MEAN), torch.tensor(DOTA_STD)
+
+    def _sources(self, split: str) -> list[DOTASource]:
+        from PIL import Image
+        from torchgeo.datasets import DOTA
+
+        dataset = DOTA(self.root, split=split, version=self.version, bbox_orientation="oriented", checksum=False)
+        cache = LastSample()
+        sources = []
+        for i in range(len(dataset)):
+            row = dataset.sample_df.iloc[i]
+            corners, names, difficult = read_dota_annotation(f"{self.root}/{row['annotation_path']}")
+            with Image.open(f"{self.root}/{row['image_path']}") as im:
+                width, height = im.size
+            sources.append(DOTASource(dataset, i, height, width, difficult, cache))
+            self.extent = max([self.extent, *(np.ptp(corners.reshape(-1, 4, 2), axis=1).max(1).tolist())])
+        return sources
+
+    def setup(self, stage: str) -> None:
+        from torchgeo.datasets import DOTA
+
+        self.classes = [str(c) for c in DOTA.classes[: DOTA_VERSIONS[self.version]]]
+        self.extent = 0.0  # the largest object's extent along x or y, in pixels
+        mean, std = DOTA_MEAN, DOTA_STD
+        size = self.tile_size
+        self.train_dataset = DetectionCrops(self._sources("train"), size, mean, std, augment=True, one_per_source=True)
+        self.val_dataset = DetectionCrops(self._sources("val"), size, mean, std, grid=True)
+        self.head = {"angle_free_classes": [self.classes.index(c) for c in DOTA_ANGLE_FREE]}

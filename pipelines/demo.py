@@ -1,9 +1,10 @@
 """``lemevit-geo demo``: the whole tool offline on a generated georeferenced scene.
 
-Generates a two-date scene with land-cover labels and known changes, trains a tiny segmentation model,
-a change model and a scene classifier on the training part of the scene, runs ``segment``, ``change``
-and ``classify`` on the full scene through the same functions as the commands, evaluates on the
-held-out part, and writes PNG previews.
+Generates a two-date scene with land-cover labels, known changes and parked objects, trains a tiny
+segmentation model, a change model, a scene classifier and an oriented object detector on the training
+part of the scene, runs ``segment``, ``change``, ``classify`` and ``detect`` on the full scene through the
+same functions as the commands, scores the held-out part with the functions of ``evaluate``, and writes
+PNG previews.
 """
 
 from __future__ import annotations
@@ -23,12 +24,20 @@ from lemevit_geo.errors import InputError
 from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.change import change
 from lemevit_geo.pipelines.classify import classify
-from lemevit_geo.pipelines.scene import CLASSES, COLORS, Scene, make_scene
+from lemevit_geo.pipelines.detect import detect
+from lemevit_geo.pipelines.evaluate import evaluate_change, evaluate_classes, evaluate_detections
+from lemevit_geo.pipelines.metrics import confusion_matrix, segmentation_scores
+from lemevit_geo.pipelines.scene import CLASSES, COLORS, OBJECT_CLASSES, OBJECT_COLORS, Scene, make_scene
 from lemevit_geo.pipelines.segment import segment
 from lemevit_geo.pipelines.train import train
 from lemevit_geo.settings import DenseOutputs, Engine, Hardware, Recipe
 
 PREVIEW = 1024  # longest side of the PNG previews
+#: The demo's detector: a narrow FPN and head, enough for its objects, quick to train on a CPU.
+DEMO_DETECTOR = {"fpn_channels": 64, "num_convs": 2}
+#: ``detect`` runs the demo's detector (trained on the demo's tile size) on 256 px tiles: it is fully
+#: convolutional, and fewer, larger tiles mean less overlap to compute twice.
+DETECT_TILE = 256
 
 
 def _held_out(path: Path, bounds: list[float]) -> Window:
@@ -42,56 +51,30 @@ def _read(path: Path, window: Window | None = None) -> tuple[np.ndarray, float |
         return src.read(1, window=window), src.nodata
 
 
-def confusion(pred: np.ndarray, truth: np.ndarray, k: int, valid: np.ndarray) -> np.ndarray:
-    """Confusion matrix (truth rows, prediction columns) over the valid pixels."""
-    idx = truth[valid].astype(np.int64) * k + pred[valid].astype(np.int64)
-    return np.bincount(idx, minlength=k * k).reshape(k, k)
-
-
-def scores(cm: np.ndarray) -> dict[str, Any]:
-    """Overall accuracy, per-class IoU and mean IoU (over classes present in truth or prediction)."""
-    tp = np.diag(cm).astype(float)
-    union = cm.sum(0) + cm.sum(1) - tp
-    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
-    return {"OA": float(tp.sum() / max(cm.sum(), 1)), "mIoU": float(np.nanmean(iou)), "IoU": iou.tolist()}
-
-
 def evaluate_segmentation(pred: Path, labels: Path, val_bounds: list[float], train_bounds: list[float]) -> dict:
     """Held-out OA/mIoU of ``pred``, next to predicting the training region's majority class everywhere."""
     k = len(CLASSES)
-    win = _held_out(labels, val_bounds)
-    truth, _ = _read(labels, win)
-    got, nodata = _read(pred, win)
+    model = evaluate_classes(pred, labels, bounds=tuple(val_bounds))
+    truth, _ = _read(labels, _held_out(labels, val_bounds))
+    got, nodata = _read(pred, _held_out(labels, val_bounds))
     valid = got != nodata if nodata is not None else np.ones_like(got, dtype=bool)
-    model = scores(confusion(got, truth, k, valid))
     train_truth, _ = _read(labels, _held_out(labels, train_bounds))
     majority = int(np.bincount(train_truth.ravel(), minlength=k).argmax())
-    base = scores(confusion(np.full_like(truth, majority), truth, k, valid))
+    base = segmentation_scores(confusion_matrix(np.full_like(truth, majority), truth, k, valid))
     return {
         "OA": round(model["OA"], 4),
         "mIoU": round(model["mIoU"], 4),
-        "IoU": {c: None if np.isnan(v) else round(v, 4) for c, v in zip(CLASSES, model["IoU"], strict=True)},
+        "IoU": {c: None if v is None else round(v, 4) for c, v in model["IoU"].items()},
         "baseline_class": CLASSES[majority],
         "baseline_OA": round(base["OA"], 4),
         "baseline_mIoU": round(base["mIoU"], 4),
     }
 
 
-def evaluate_change(pred: Path, labels: Path, val_bounds: list[float]) -> dict:
+def evaluate_held_out_change(pred: Path, labels: Path, val_bounds: list[float]) -> dict:
     """Held-out precision, recall and F1 of the change class."""
-    win = _held_out(labels, val_bounds)
-    truth, _ = _read(labels, win)
-    got, nodata = _read(pred, win)
-    valid = got != nodata if nodata is not None else np.ones_like(got, dtype=bool)
-    t, p = (truth == 1) & valid, (got == 1) & valid
-    tp, fp, fn = int((t & p).sum()), int((~t & p & valid).sum()), int((t & ~p).sum())
-    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
-    return {
-        "F1": round(2 * tp / max(2 * tp + fp + fn, 1), 4),
-        "precision": round(precision, 4),
-        "recall": round(recall, 4),
-        "changed_pixels": int(t.sum()),
-    }
+    m = evaluate_change(pred, labels, bounds=tuple(val_bounds))
+    return {**{k: round(m[k], 4) for k in ("F1", "precision", "recall")}, "changed_pixels": m["changed_pixels"]}
 
 
 def _decimated(path: Path, bands: list[int]) -> tuple[np.ndarray, Any]:
@@ -211,7 +194,7 @@ def _change(run: DemoRun) -> dict[str, Any]:
         outputs=DenseOutputs(vector=vector),
         overwrite=run.overwrite,
     )
-    m = evaluate_change(raster, scene.change, summary["split"]["val_bounds"])
+    m = evaluate_held_out_change(raster, scene.change, summary["split"]["val_bounds"])
     return _task(f"F1 {m['F1']:.3f}", m, train_s, time.perf_counter() - t0, [raster, vector])
 
 
@@ -230,6 +213,54 @@ def _classify(run: DemoRun) -> dict[str, Any]:
     return _task(metric, {"val_OA": summary["best"]}, train_s, time.perf_counter() - t0, [vector, raster])
 
 
+def _detect(run: DemoRun) -> dict[str, Any]:
+    scene = run.scene
+    summary, bundle, train_s = run.train(
+        "detect", task="detect", images=str(scene.before), labels=str(scene.objects), head=DEMO_DETECTOR
+    )
+    run.log("detecting objects")
+    vector = run.results / "objects.gpkg"
+    t0 = time.perf_counter()
+    found = detect(
+        image=scene.before,
+        output=vector,
+        model=bundle,
+        tile_size=DETECT_TILE,
+        engine=run.engine,
+        overwrite=run.overwrite,
+    )
+    predict_s = time.perf_counter() - t0
+    m = evaluate_detections(vector, scene.objects, bounds=tuple(summary["split"]["val_bounds"]))
+    held = {
+        "mAP": None if m["mAP"] is None else round(m["mAP"], 4),
+        "mAP_07": None if m["mAP_07"] is None else round(m["mAP_07"], 4),
+        "AP": {c: None if v is None else round(v, 4) for c, v in m["AP"].items()},
+        "objects": sum(m["num_reference"].values()),
+        "objects_found_in_scene": found["objects"],
+    }
+    metric = f"mAP@0.5 {held['mAP'] or 0:.3f} (VOC07 {held['mAP_07'] or 0:.3f}) over {held['objects']} objects"
+    return _task(metric, held, train_s, predict_s, [vector])
+
+
+def boxes_preview(image: Path, vector: Path, png: Path) -> Path:
+    """A PNG of the image (at most PREVIEW px) with the detected boxes outlined in their class colours."""
+    import geopandas as gpd
+    from PIL import Image, ImageDraw
+
+    arr, _ = _decimated(image, [1, 2, 3])
+    canvas = Image.fromarray(np.moveaxis(arr, 0, -1))
+    with rasterio.open(image) as src:
+        inverse, scale = ~src.transform, canvas.width / src.width
+    draw = ImageDraw.Draw(canvas)
+    objects = gpd.read_file(vector)
+    for name, geom in zip(objects["class_name"], objects.geometry, strict=True):
+        pixels = [inverse * xy for xy in np.asarray(geom.exterior.coords)]
+        colour = OBJECT_COLORS[OBJECT_CLASSES.index(name)] if name in OBJECT_CLASSES else (255, 255, 255)
+        draw.polygon([(x * scale, y * scale) for x, y in pixels], outline=colour)
+    canvas.save(png)
+    return png
+
+
 def _previews(scene: Scene, results: Path) -> dict[str, str]:
     pairs = {
         "image": (scene.before, "image_before.png"),
@@ -240,10 +271,13 @@ def _previews(scene: Scene, results: Path) -> dict[str, str]:
         "change": (results / "change.tif", "change.png"),
         "scenes": (results / "scenes.tif", "scenes.png"),
     }
-    return {name: str(preview(path, results / png)) for name, (path, png) in pairs.items()}
+    out = {name: str(preview(path, results / png)) for name, (path, png) in pairs.items()}
+    out["objects"] = str(boxes_preview(scene.before, results / "objects.gpkg", results / "objects.png"))
+    return out
 
 
-OUTPUTS = ("landcover.tif", "landcover.gpkg", "change.tif", "change.gpkg", "scenes.gpkg", "scenes.tif")
+OUTPUTS = ("landcover.tif", "landcover.gpkg", "change.tif", "change.gpkg", "scenes.gpkg", "scenes.tif", "objects.gpkg")
+TASKS = ("segment", "change", "classify", "detect")
 
 
 def run_demo(
@@ -267,10 +301,10 @@ def run_demo(
     models, results = out / "models", out / "results"
     for folder in (models, results):
         folder.mkdir(parents=True, exist_ok=True)
-    bundles = [models / f"{task}.safetensors" for task in ("segment", "change", "classify")]
+    bundles = [models / f"{task}.safetensors" for task in TASKS]
     for path in [*(results / name for name in OUTPUTS), *bundles]:
         check_output(path, overwrite)
-    log(f"generating a {size} x {size} px two-date scene (seed {seed})")
+    log(f"generating a {size} x {size} px two-date scene with objects (seed {seed})")
     t0 = time.perf_counter()
     scene = make_scene(out / "data", size, seed)
     gen_s = time.perf_counter() - t0
@@ -285,7 +319,7 @@ def run_demo(
         overwrite=overwrite,
         log=log,
     )
-    tasks = {"segment": _segment(run), "change": _change(run), "classify": _classify(run)}
+    tasks = {"segment": _segment(run), "change": _change(run), "classify": _classify(run), "detect": _detect(run)}
     log("writing previews")
     previews = _previews(scene, results)
     return {
@@ -296,6 +330,7 @@ def run_demo(
             "crs": "EPSG:32633",
             "classes": CLASSES,
             "colors": COLORS,
+            "object_classes": OBJECT_CLASSES,
             "files": [str(p) for p in vars(scene).values()],
             "seconds": round(gen_s, 1),
         },

@@ -23,8 +23,8 @@ from lemevit_geo.errors import InputError
 from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.engine import Progress, RunStats, Runtime, SourceSpec, TileReader, run_tiles
 from lemevit_geo.pipelines.stitch import BandWriter, DenseStitcher
-from lemevit_geo.pipelines.tiling import TileGrid
-from lemevit_geo.pipelines.writers import DenseRasterWriter
+from lemevit_geo.pipelines.tiling import Strip, TileGrid
+from lemevit_geo.pipelines.writers import DenseRasterWriter, RowFiles
 from lemevit_geo.raster import SourceInfo, check_raster_path, gdal_env
 from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 from lemevit_geo.vector import check_vector_path
@@ -82,6 +82,44 @@ def run_summary(
     }
 
 
+def check_dense_outputs(output: Path, outputs: DenseOutputs, overwrite: bool, inputs: Sequence[str | Path]) -> None:
+    """Check the outputs of a dense run before any work: writable, none of the inputs, known formats."""
+    check_outputs([output, outputs.probabilities, outputs.vector], overwrite, inputs)
+    for raster in (output, outputs.probabilities):
+        if raster is not None:
+            check_raster_path(raster)
+    if outputs.vector is not None:
+        check_vector_path(outputs.vector)
+
+
+def stitch_tiles(
+    *,
+    sources: Sequence[SourceSpec],
+    grid: TileGrid,
+    model: torch.nn.Module,
+    runtime: Runtime,
+    stitch: Stitch,
+    num_classes: int,
+    files: RowFiles,
+    progress: Progress | None = None,
+    strip: Strip | None = None,
+) -> tuple[RunStats, DenseStitcher]:
+    """Run the engine over ``grid`` into ``files``: reader threads, model, stitcher and writer thread.
+
+    With a ``strip`` only its tile rows run (halo first) and only the rows it finishes are written, at their
+    rows less the strip's first scene row (the part file holds the strip alone).
+    """
+    rows = None if strip is None else (strip.halo, strip.stop)
+    band_writer = BandWriter(files.write, files.nodata, num_classes, origin=strip.y0 if strip else 0)
+    keep = strip.first if strip else None
+    stitcher = DenseStitcher(
+        grid, num_classes, stitch, band_writer, files.nodata, files.with_probabilities, rows=rows, keep=keep
+    )
+    reader = TileReader(sources, grid, threads=runtime.threads, prefetch=4 * runtime.batch_size, rows=rows)
+    stats = run_tiles(iter(reader), model, stitcher, runtime, progress)
+    return stats, stitcher
+
+
 def dense_predict(
     *,
     sources: Sequence[SourceSpec],
@@ -103,23 +141,23 @@ def dense_predict(
     """Run a per-pixel model (already on ``runtime``'s device) over co-registered ``sources`` and write a
     class raster on ``grid_info``'s grid, plus the optional ``outputs``."""
     output = Path(output)
-    inputs = [*inputs, *(s.info.path for s in sources)]
-    check_outputs([output, outputs.probabilities, outputs.vector], overwrite, inputs)
-    for raster in (output, outputs.probabilities):
-        if raster is not None:
-            check_raster_path(raster)
-    if outputs.vector is not None:
-        check_vector_path(outputs.vector)
+    check_dense_outputs(output, outputs, overwrite, [*inputs, *(s.info.path for s in sources)])
     grid = make_grid(grid_info, tile_size, overlap)
     if progress:
         progress.start(len(grid))
     start = time.perf_counter()
     writer = DenseRasterWriter(grid_info, classes, colors, output, outputs, overwrite, vector_skip_classes)
     with gdal_env(), writer as files:
-        band_writer = BandWriter(files.write, files.nodata, len(classes))
-        stitcher = DenseStitcher(grid, len(classes), stitch, band_writer, files.nodata, files.with_probabilities)
-        reader = TileReader(sources, grid, threads=runtime.threads, prefetch=4 * runtime.batch_size)
-        stats = run_tiles(iter(reader), model, stitcher, runtime, progress)
+        stats, stitcher = stitch_tiles(
+            sources=sources,
+            grid=grid,
+            model=model,
+            runtime=runtime,
+            stitch=stitch,
+            num_classes=len(classes),
+            files=files,
+            progress=progress,
+        )
         written = files.finish()
     summary = run_summary(stats, runtime, grid, grid_info, time.perf_counter() - start, written)
     summary["class_pixels"] = dict(zip(classes, stitcher.counts.tolist(), strict=True))

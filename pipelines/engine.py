@@ -9,6 +9,7 @@ Memory is bounded by the tiles in flight, not by the scene size.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -104,12 +105,21 @@ class TileReader:
 
     With several sources (the dates of a change pair) their bands are concatenated and a pixel is
     valid only where it is valid in every source. Read errors (a corrupt block, a missing VRT source)
-    become one :class:`~lemevit_geo.errors.InputError` naming the file and the window.
+    become one :class:`~lemevit_geo.errors.InputError` naming the file and the window. ``rows`` limits
+    the reads to tile rows ``[rows[0], rows[1])`` (a strip of a scale-out part).
     """
 
-    def __init__(self, sources: Sequence[SourceSpec], grid: TileGrid, threads: int = 2, prefetch: int = 16) -> None:
+    def __init__(
+        self,
+        sources: Sequence[SourceSpec],
+        grid: TileGrid,
+        threads: int = 2,
+        prefetch: int = 16,
+        rows: tuple[int, int] | None = None,
+    ) -> None:
         self.sources = list(sources)
         self.grid = grid
+        self.rows = rows
         self.threads = max(1, threads)
         self.prefetch = max(prefetch, self.threads)
         self._local = threading.local()
@@ -161,7 +171,7 @@ class TileReader:
         return TileData(tile, data, valid)
 
     def __iter__(self) -> Iterator[TileData]:
-        tiles = self.grid.tiles()
+        tiles = self.grid.tiles(self.rows)
         pending: deque[Future[TileData]] = deque()
         try:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="lemevit-read") as pool:
@@ -266,3 +276,50 @@ def run_tiles(
     finally:
         sink.close()  # also on errors: background writers must stop before their files are removed
     return stats
+
+
+class BackgroundSink:
+    """Run another sink in a background thread, in grid order, so the device does not wait for it (box
+    merging and vector writing). Tiles are handed over without their image data; an error in the thread
+    is raised in the main thread at the next tile or at :meth:`close`.
+
+    Args:
+        sink: The sink to run.
+        depth: Tiles that may wait for the thread.
+    """
+
+    def __init__(self, sink: Sink, depth: int = 8) -> None:
+        self.sink = sink
+        self.queue: queue.Queue[tuple[str, TileData, np.ndarray | None] | None] = queue.Queue(depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="lemevit-sink", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (job := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain: the main thread will raise
+            kind, item, output = job
+            try:
+                self.sink.add(item, output) if kind == "add" else self.sink.skip(item)
+            except BaseException as exc:  # handed to the main thread
+                self.error = exc
+
+    def _put(self, job: tuple[str, TileData, np.ndarray | None]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(job)
+
+    def add(self, item: TileData, output: np.ndarray) -> None:
+        self._put(("add", TileData(item.tile, None, item.valid), output))
+
+    def skip(self, item: TileData) -> None:
+        self._put(("skip", item, None))
+
+    def close(self) -> None:
+        """Let the thread finish its tiles, then close the sink (it writes nothing more after an error)."""
+        self.queue.put(None)
+        self.thread.join()
+        self.sink.close()
+        if self.error is not None:
+            raise self.error

@@ -26,6 +26,8 @@ from shapely.geometry import Polygon
 
 __all__ = [
     "average_precision",
+    "best_matches",
+    "binary_scores",
     "box_polygons",
     "change_scores",
     "confusion_matrix",
@@ -79,6 +81,28 @@ def polygon_iou(a: Sequence[Polygon], b: Sequence[Polygon]) -> np.ndarray:
         union = shapely.area(a[i]) + shapely.area(b[j]) - inter
         out[i, j] = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
     return out
+
+
+def best_matches(a: Sequence[Polygon], b: Sequence[Polygon]) -> tuple[np.ndarray, np.ndarray]:
+    """For each polygon of ``a``, the index of the polygon of ``b`` it overlaps most (by IoU; -1 for none)
+    and that IoU. Only pairs that intersect are measured (a spatial index finds them), so a whole scene of
+    objects takes memory in proportion to the pairs that meet, not to ``len(a) * len(b)``."""
+    a, b = np.asarray(a, dtype=object), np.asarray(b, dtype=object)
+    best, best_iou = np.full(len(a), -1), np.zeros(len(a))
+    if not len(a) or not len(b):
+        return best, best_iou
+    i, j = shapely.STRtree(b).query(a, predicate="intersects")
+    if not len(i):
+        return best, best_iou
+    inter = shapely.area(shapely.intersection(a[i], b[j]))
+    union = shapely.area(a[i]) + shapely.area(b[j]) - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    order = np.lexsort((j, -iou, i))  # per detection: highest IoU first, then the lowest index (as argmax)
+    i, j, iou = i[order], j[order], iou[order]
+    first = np.r_[True, i[1:] != i[:-1]]
+    hit = first & (iou > 0)
+    best[i[hit]], best_iou[i[hit]] = j[hit], iou[hit]
+    return best, best_iou
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray, use_07: bool = False) -> float:
@@ -137,7 +161,7 @@ def detection_ap(
         npos = int(sum((~f).sum() for f in difficult.values()))
         ranked = sorted(dets.get(c, []), key=lambda d: -float(d["score"]))
         num_gt[c], num_det[c] = npos, len(ranked)
-        # IoU of each detection with the ground truths of its image, one matrix per image
+        # the best-overlapping ground truth of its image for each detection
         rows: dict[Hashable, list[int]] = defaultdict(list)
         for k, d in enumerate(ranked):
             rows[d["image"]].append(k)
@@ -145,8 +169,7 @@ def detection_ap(
         best_iou = np.zeros(len(ranked))
         for im, ks in rows.items():
             if polys.get(im):
-                m = polygon_iou([_geometry(ranked[k]) for k in ks], polys[im])
-                best[ks], best_iou[ks] = m.argmax(1), m.max(1)
+                best[ks], best_iou[ks] = best_matches([_geometry(ranked[k]) for k in ks], polys[im])
         tp, fp = [], []
         matched = {im: np.zeros(len(p), dtype=bool) for im, p in polys.items()}
         for k, d in enumerate(ranked):
@@ -233,7 +256,12 @@ def change_scores(
     pred, truth = np.asarray(pred), np.asarray(truth)
     keep = np.ones(pred.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
     t, p = (truth == positive) & keep, (pred == positive) & keep
-    tp, fp, fn = int((t & p).sum()), int((~t & p).sum()), int((t & ~p).sum())
+    return binary_scores(int((t & p).sum()), int((~t & p).sum()), int((t & ~p).sum()))
+
+
+def binary_scores(tp: int, fp: int, fn: int) -> dict[str, float]:
+    """Precision, recall, F1 and IoU from true positive, false positive and false negative counts (0 where
+    a ratio has nothing to count)."""
     return {
         "precision": tp / max(tp + fp, 1),
         "recall": tp / max(tp + fn, 1),

@@ -1,14 +1,18 @@
-"""A generated, georeferenced two-date scene with land-cover labels and known changes (for the demo
-and for tests that need a model to learn something real).
+"""A generated, georeferenced two-date scene with land-cover labels, known changes and objects (for the
+demo and for tests that need a model to learn something real).
 
 Classes are made of shapes and textures a small model can tell apart: water (smooth, dark, low
 near-infrared), vegetation (green, grainy, bright near-infrared), built-up (grey roofs in blocks),
 bare soil (brown, mottled) and roads (straight grey lines). The second date adds new buildings on
-bare soil and vegetation and clears patches of vegetation.
+bare soil and vegetation and clears patches of vegetation. Parked objects at random angles stand on
+the land in both dates (so they are no change): cars (small, in a few paints, a dark windscreen),
+trucks (long, white with a dark cab) and containers (orange or blue, ribbed); their outlines are the
+labels of the detection task (``objects.gpkg``, column ``class_name``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +31,17 @@ GSD = 0.5
 _BASE = np.array([[30, 60, 110, 15], [50, 120, 45, 200], [150, 140, 140, 90], [160, 120, 80, 110], [95, 95, 95, 60]])
 _GRAIN = np.array([3, 22, 10, 16, 4])
 
+OBJECT_CLASSES = ["car", "truck", "container"]
+OBJECT_COLORS = [(255, 230, 0), (0, 230, 255), (255, 0, 200)]
+#: Object size ranges in pixels at 0.5 m (length, width) and paints (R, G, B, NIR) per class.
+_OBJECT_SIZES = {0: ((10, 13), (5, 6.5)), 1: ((24, 30), (7, 8.5)), 2: ((17, 21), (7, 8.5))}
+_PAINTS = {
+    0: [(200, 30, 30, 60), (235, 235, 235, 200), (30, 50, 170, 40), (25, 25, 25, 20)],
+    1: [(245, 245, 240, 210), (210, 210, 215, 180)],
+    2: [(230, 110, 20, 90), (20, 80, 170, 40)],
+}
+_OBJECT_SPACING = 80  # one object per this many pixels squared of the scene, on average
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -37,6 +52,7 @@ class Scene:
     labels: Path
     labels_after: Path
     change: Path
+    objects: Path
 
 
 def _smooth(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
@@ -105,6 +121,65 @@ def _changes(rng: np.random.Generator, lab: np.ndarray) -> np.ndarray:
     return after
 
 
+def _objects(rng: np.random.Generator, lab: np.ndarray) -> list[tuple[float, float, float, float, float, int]]:
+    """Rotated rectangles ``(cx, cy, length, width, angle, class)`` on land, a few pixels apart."""
+    h, w = lab.shape
+    free = lab != 0
+    placed = []
+    for _ in range(3 * h * w // _OBJECT_SPACING**2):
+        c = int(rng.choice(3, p=[0.5, 0.2, 0.3]))
+        (l0, l1), (w0, w1) = _OBJECT_SIZES[c]
+        length, width, angle = rng.uniform(l0, l1), rng.uniform(w0, w1), rng.uniform(-math.pi / 2, math.pi / 2)
+        r = int(math.ceil(math.hypot(length, width) / 2)) + 3
+        cx, cy = int(rng.integers(r, w - r)), int(rng.integers(r, h - r))
+        if not free[cy - r : cy + r, cx - r : cx + r].all():
+            continue
+        free[cy - r : cy + r, cx - r : cx + r] = False
+        placed.append((cx + 0.5, cy + 0.5, length, width, angle, c))
+        if len(placed) >= h * w // _OBJECT_SPACING**2:
+            break
+    return placed
+
+
+def _paint_objects(rng: np.random.Generator, images: list[np.ndarray], objects: list[tuple]) -> None:
+    """Paint the objects into every image (the same pixels and colours: parked in both dates)."""
+    for cx, cy, length, width, angle, c in objects:
+        r = int(math.ceil(math.hypot(length, width) / 2)) + 1
+        x0, y0 = int(cx) - r, int(cy) - r
+        yy, xx = np.mgrid[y0 : y0 + 2 * r, x0 : x0 + 2 * r] + 0.5
+        u = (xx - cx) * math.cos(angle) + (yy - cy) * math.sin(angle)
+        v = -(xx - cx) * math.sin(angle) + (yy - cy) * math.cos(angle)
+        body = (np.abs(u) < length / 2) & (np.abs(v) < width / 2)
+        paint = np.array(_PAINTS[c][int(rng.integers(len(_PAINTS[c])))], dtype=np.float32)
+        colour = np.broadcast_to(paint[:, None, None], (4, *body.shape)).copy()
+        if c == 0:  # a dark windscreen across the car
+            colour[:, (u > length * 0.1) & (u < length * 0.3)] *= 0.35
+        elif c == 1:  # a dark cab at the front
+            colour[:, u > length * 0.32] *= 0.45
+        else:  # ribs across the container
+            colour[:, (np.floor(u) % 3) == 0] *= 0.75
+        for img in images:
+            window = img[:, y0 : y0 + 2 * r, x0 : x0 + 2 * r]
+            window[:, body] = np.clip(colour[:, body], 1, 255).astype(np.uint8)
+
+
+def _write_objects(path: Path, objects: list[tuple]) -> Path:
+    """The objects' outlines in map coordinates, with their class."""
+    import geopandas as gpd
+    import shapely
+
+    from lemevit_geo.pipelines.metrics import box_polygons
+
+    transform = from_origin(*ORIGIN, GSD, GSD)
+    boxes = np.array([o[:5] for o in objects], dtype=np.float64).reshape(-1, 5)
+    corners = box_polygons(boxes)
+    x, y = transform * (corners[..., 0], corners[..., 1])
+    names = [OBJECT_CLASSES[o[5]] for o in objects]
+    gdf = gpd.GeoDataFrame({"class_name": names}, geometry=shapely.polygons(np.stack([x, y], -1)), crs=CRS)
+    gdf.to_file(path, driver="GPKG", layer="objects", engine="pyogrio")
+    return path
+
+
 def _write(path: Path, data: np.ndarray, **extra: object) -> Path:
     bands, h, w = data.shape
     profile = dict(
@@ -134,7 +209,7 @@ def _write(path: Path, data: np.ndarray, **extra: object) -> Path:
 
 
 def make_scene(out_dir: Path, size: int = 2048, seed: int = 0) -> Scene:
-    """Write the two dates (4-band uint8), their labels and the change mask into ``out_dir``.
+    """Write the two dates (4-band uint8), their labels, the change mask and the objects into ``out_dir``.
 
     The same ``size`` and ``seed`` give the same files.
     """
@@ -144,10 +219,14 @@ def make_scene(out_dir: Path, size: int = 2048, seed: int = 0) -> Scene:
     lab_after = _changes(rng, lab)
     img = _render(rng, lab)
     img_after = _render(rng, lab_after)
+    things = np.random.default_rng([seed, 7])  # its own stream: the land cover stays as it was
+    objects = _objects(things, lab_after)
+    _paint_objects(things, [img, img_after], objects)
     return Scene(
         before=_write(out_dir / "scene_before.tif", img),
         after=_write(out_dir / "scene_after.tif", img_after),
         labels=_write(out_dir / "labels.tif", lab[None]),
         labels_after=_write(out_dir / "labels_after.tif", lab_after[None]),
         change=_write(out_dir / "change_labels.tif", (lab != lab_after).astype(np.uint8)[None]),
+        objects=_write_objects(out_dir / "objects.gpkg", objects),
     )

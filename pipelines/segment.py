@@ -10,9 +10,10 @@ import torch
 
 from lemevit_geo.bundle import BundleConfig, open_model
 from lemevit_geo.choices import Task
-from lemevit_geo.pipelines.dense import run_dense, source_for
-from lemevit_geo.pipelines.engine import Progress
-from lemevit_geo.raster import inspect_source
+from lemevit_geo.pipelines.dense import check_dense_outputs, run_dense, source_for
+from lemevit_geo.pipelines.engine import Progress, SourceSpec
+from lemevit_geo.pipelines.jobs import Job, dense_job, read_bundle
+from lemevit_geo.raster import SourceInfo, inspect_source
 from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 
 
@@ -49,4 +50,45 @@ def segment(
         overwrite=overwrite,
         progress=progress,
         inputs=[] if isinstance(model, tuple) else [model],
+    )
+
+
+def segment_sources(job: Job, config: BundleConfig) -> tuple[list[SourceSpec], SourceInfo]:
+    """The sources and output grid of a ``segment`` job (in the worker that runs one of its parts)."""
+    info = inspect_source(job.inputs[0], job.bands, config.bands, job.allow_pixel_grid)
+    return [source_for(info, config)], info
+
+
+def segment_job(
+    *,
+    image: str | Path,
+    output: str | Path,
+    model: str | Path,
+    parts: int,
+    bands: Sequence[int] | None = None,
+    overwrite: bool = False,
+    allow_pixel_grid: bool = False,
+    engine: Engine = Engine(),
+    tiling: Tiling = Tiling(),
+    outputs: DenseOutputs = DenseOutputs(),
+) -> Job:
+    """Plan ``segment`` of ``image`` as ``parts`` strips (see :mod:`lemevit_geo.pipelines.scale`)."""
+    config = read_bundle(model, Task.segment)
+    info = inspect_source(image, bands, config.bands, allow_pixel_grid)
+    check_dense_outputs(Path(output), outputs, True, [image, model])  # existing: see scale.run_scenes
+    return dense_job(
+        task=Task.segment,
+        inputs=(str(image),),
+        grid_info=info,
+        model=model,
+        config=config,
+        output=output,
+        parts=parts,
+        bands=bands,
+        overwrite=overwrite,
+        allow_pixel_grid=allow_pixel_grid,
+        engine=engine,
+        tiling=tiling,
+        outputs=outputs,
+        report={"mask": [info.mask.describe()]},
     )

@@ -22,7 +22,7 @@ import numpy as np
 
 from lemevit_geo.choices import Stitch
 from lemevit_geo.pipelines.engine import TileData
-from lemevit_geo.pipelines.tiling import Tile, TileGrid, blend_window, ownership
+from lemevit_geo.pipelines.tiling import Tile, TileGrid, blend_window, finished_rows, ownership
 
 PROB_SCALE = 254  # probabilities are written as uint8 0..254; 255 is nodata
 FINISH_COLUMNS = 2048
@@ -177,12 +177,23 @@ class BlockRows:
 
 
 class BandWriter:
-    """Writes finished bands in a background thread (the device never waits on the disk)."""
+    """Writes finished bands in a background thread (the device never waits on the disk).
+
+    ``origin`` is the scene row of the written file's first row (a part file holds a strip of the scene):
+    bands are written at their rows less ``origin``, in whole block rows of that file.
+    """
 
     def __init__(
-        self, write: Callable[[int, Piece], None], nodata: int, num_classes: int, depth: int = 2, block: int = 256
+        self,
+        write: Callable[[int, Piece], None],
+        nodata: int,
+        num_classes: int,
+        depth: int = 2,
+        block: int = 256,
+        origin: int = 0,
     ) -> None:
         self._rows = BlockRows(write, block, nodata, num_classes)
+        self.origin = origin
         self._queue: queue.Queue[Band | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="lemevit-write", daemon=True)
@@ -199,7 +210,7 @@ class BandWriter:
     def put(self, band: Band) -> None:
         if self._error is not None:
             raise self._error
-        self._queue.put(band)
+        self._queue.put(Band(band.row - self.origin, band.height, band.pieces) if self.origin else band)
 
     def close(self) -> None:
         self._queue.put(None)
@@ -214,7 +225,7 @@ class CropMerge:
     """Seams by centre crops: every output pixel comes from the central part of the one tile that owns it."""
 
     def __init__(self, grid: TileGrid) -> None:
-        self.own_y = ownership(grid.ys, grid.tile, grid.height)
+        self.own_y = finished_rows(grid, Stitch.crop)
         self.own_x = ownership(grid.xs, grid.tile, grid.width)
 
     def rows(self, r: int) -> tuple[int, int]:
@@ -252,16 +263,18 @@ class BlendMerge:
         self.win = np.zeros((num_classes + 1, grid.tile, 2 * grid.tile), dtype=np.float32)
         self.carry: dict[int, np.ndarray] = {}  # built for the next tile row, by chunk
         self.prev_carry: dict[int, np.ndarray] = {}  # left by the previous tile row
+        self.finishes = finished_rows(grid, Stitch.blend)
 
     def rows(self, r: int) -> tuple[int, int]:
-        ys = self.grid.ys
-        return ys[r], ys[r + 1] if r + 1 < len(ys) else self.grid.height
+        """Scene rows that tile row ``r`` finishes."""
+        return self.finishes[r]
 
     def start(self, r: int) -> None:
+        """Begin tile row ``r`` with what the previous tile row carried (nothing for the first row run)."""
         y0, y1 = self.rows(r)
         self.height = min(self.grid.tile, self.grid.height - y0)
         self.finished = y1 - y0
-        self.prev_carry, self.carry = (self.carry if r > 0 else {}), {}
+        self.prev_carry, self.carry = self.carry, {}
         self.win[:] = 0.0
         self.wx = self.right = 0
         self._fill(0, self.win.shape[2])
@@ -347,7 +360,13 @@ class BlendMerge:
 
 
 class DenseStitcher:
-    """Sink for per-pixel logits ``(K, T, T)``: merges tile rows and hands finished bands to a writer."""
+    """Sink for per-pixel logits ``(K, T, T)``: merges tile rows and hands finished bands to a writer.
+
+    ``rows`` limits it to tile rows ``[rows[0], rows[1])`` (a strip of a scale-out part); bands of the tile
+    rows before ``keep`` (the strip's halo, run only to rebuild the blend carry) are not written or counted.
+    ``layout`` lists every band handed on: its first scene row, height and the column chunks it holds, so a
+    merge can hand on the same bands in the same order.
+    """
 
     def __init__(
         self,
@@ -357,14 +376,19 @@ class DenseStitcher:
         writer: BandWriter,
         nodata: int,
         with_probs: bool,
+        rows: tuple[int, int] | None = None,
+        keep: int | None = None,
     ) -> None:
         self.grid, self.k, self.writer = grid, num_classes, writer
         self.nodata, self.with_probs = nodata, with_probs
         self.merge = CropMerge(grid) if Stitch(mode) == Stitch.crop else BlendMerge(grid, num_classes)
         self.last_col = len(grid.xs) - 1
         self.counts = np.zeros(num_classes, dtype=np.int64)
-        self.row = 0
-        self.out = self._start(0)
+        self.row, self.stop = rows or (0, len(grid.ys))
+        self.keep = self.row if keep is None else keep
+        self.layout: list[tuple[int, int, list[int]]] = []
+        self.halo_tiles_run = 0
+        self.out = self._start(self.row)
 
     def _start(self, r: int) -> OutputRows:
         y0, y1 = self.merge.rows(r)
@@ -379,9 +403,12 @@ class DenseStitcher:
         if col != self.last_col:
             return
         self.merge.finish(self.out)
-        self.counts += self.out.class_counts()
-        self.writer.put(self.out.band())
-        if self.row + 1 < len(self.grid.ys):
+        if self.row >= self.keep:
+            band = self.out.band()
+            self.counts += self.out.class_counts()
+            self.layout.append((band.row, band.height, sorted(band.pieces)))
+            self.writer.put(band)
+        if self.row + 1 < self.stop:
             self.row += 1
             self.out = self._start(self.row)
 
@@ -390,6 +417,7 @@ class DenseStitcher:
         self._check(item)
         assert item.valid is not None
         self.merge.add(item.tile, output, item.valid, self.out)
+        self.halo_tiles_run += item.tile.row < self.keep
         self._after(item.tile.col)
 
     def skip(self, item: TileData) -> None:

@@ -1,10 +1,17 @@
-"""The tile grid: overlapping windows over a scene, and which output pixels each tile owns."""
+"""The tile grid: overlapping windows over a scene, which output pixels each tile owns, and strips of tile rows
+that separate processes can run on their own (scale-out parts)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from lemevit_geo.choices import Stitch
+
+#: Test hook: with False, strips run no halo rows, so blended rows next to a strip's top differ from a
+#: single-process run (the negative control of the scale-out identity test). Never False in use.
+HALO = True
 
 
 def tile_offsets(size: int, tile: int, stride: int, fit: bool) -> list[int]:
@@ -98,6 +105,57 @@ class TileGrid:
     def __len__(self) -> int:
         return len(self.ys) * len(self.xs)
 
-    def tiles(self) -> list[Tile]:
-        xs = self.xs
-        return [Tile(r * len(xs) + c, r, c, y, x, self.tile) for r, y in enumerate(self.ys) for c, x in enumerate(xs)]
+    def tiles(self, rows: tuple[int, int] | None = None) -> list[Tile]:
+        """The tiles in row-major order; only those of tile rows ``[rows[0], rows[1])`` if given."""
+        xs, ys = self.xs, self.ys
+        r0, r1 = rows or (0, len(ys))
+        return [Tile(r * len(xs) + c, r, c, ys[r], x, self.tile) for r in range(r0, r1) for c, x in enumerate(xs)]
+
+
+def finished_rows(grid: TileGrid, stitch: Stitch) -> list[tuple[int, int]]:
+    """For each tile row, the half-open range of scene rows it finishes.
+
+    ``crop``: the rows its tiles own. ``blend``: rows ``[ys[r], ys[r + 1])``, which no later tile row
+    touches; the rows below its top carry over to the next tile row.
+    """
+    ys = grid.ys
+    if Stitch(stitch) == Stitch.crop:
+        return ownership(ys, grid.tile, grid.height)
+    return [(y, ys[r + 1] if r + 1 < len(ys) else grid.height) for r, y in enumerate(ys)]
+
+
+def halo_start(grid: TileGrid, first: int, stitch: Stitch) -> int:
+    """The first tile row a strip that outputs from tile row ``first`` on must run.
+
+    ``blend``: every earlier tile row whose tiles reach past ``ys[first]`` adds to the rows ``first`` finishes
+    (with a fit-to-edge grid the last row can overlap more than one row back); running them rebuilds the carry
+    exactly. ``crop``: each pixel comes from one tile, so no halo.
+    """
+    if Stitch(stitch) == Stitch.crop or not HALO:
+        return first
+    ys = grid.ys
+    return next(q for q in range(first + 1) if ys[q] + grid.tile > ys[first])
+
+
+@dataclass(frozen=True)
+class Strip:
+    """A full-width strip of tile rows: the part runs tile rows ``[halo, stop)`` and writes the scene rows
+    ``[y0, y1)`` that tile rows ``[first, stop)`` finish."""
+
+    halo: int
+    first: int
+    stop: int
+    y0: int
+    y1: int
+
+
+def strips(grid: TileGrid, count: int, stitch: Stitch) -> list[Strip]:
+    """Split ``grid`` into ``count`` strips of as equal numbers of tile rows as can be (fewer if it has fewer
+    tile rows), each with the halo rows it needs."""
+    rows = finished_rows(grid, stitch)
+    n = max(1, min(count, len(rows)))
+    bounds = [k * len(rows) // n for k in range(n + 1)]
+    return [
+        Strip(halo_start(grid, r0, stitch), r0, r1, rows[r0][0], rows[r1 - 1][1])
+        for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True)
+    ]

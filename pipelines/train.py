@@ -27,7 +27,7 @@ from lemevit_geo.models.factory import head_options
 from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.baselines import pixel_baseline
 from lemevit_geo.pipelines.callbacks import EpochCSV, MajorityBaseline
-from lemevit_geo.pipelines.data import DATASETS, TrainData, custom_data, torchgeo_data
+from lemevit_geo.pipelines.data import DATASETS, TrainData, custom_data, detection_data, torchgeo_data
 from lemevit_geo.pipelines.datamodules import TileAugmentation
 from lemevit_geo.pipelines.tasks import TASK_MODULES, LeMeViTTask
 from lemevit_geo.settings import Hardware, Recipe, check_tile_size
@@ -65,6 +65,28 @@ def load_data(
         tile = tile_size or DEFAULT_TILE[DATASETS[name].task]
         return torchgeo_data(name, Path(root), recipe.batch_size, tile, hardware.num_workers), tile
     wanted = Task(task) if task else Task.change if own.get("before") is not None else Task.segment
+    if wanted == Task.detect:
+        if own.get("before") is not None or own.get("after") is not None:
+            raise InputError("detection training takes `images` and `labels` (polygons), not `before`/`after`")
+        if recipe.scale_jitter or recipe.band_jitter or recipe.class_balance:
+            raise InputError(
+                "`scale_jitter`, `band_jitter` and `class_balance` apply to segment, change and classify: detection "
+                "training flips and turns its crops with their boxes (`augment`)"
+            )
+        tile = tile_size or DEFAULT_TILE[wanted]
+        data = detection_data(
+            images=own.get("images"),
+            labels=own.get("labels"),
+            label_column=own.get("label_column"),
+            classes=own.get("classes"),
+            tile_size=tile,
+            batch_size=recipe.batch_size,
+            num_workers=hardware.num_workers,
+            val_fraction=val_fraction,
+            length=recipe.steps_per_epoch * recipe.batch_size,
+            augment=recipe.augment,
+        )
+        return data, tile
     augmentation = None
     if recipe.augment or recipe.scale_jitter or recipe.band_jitter:
         augmentation = TileAugmentation(recipe.augment, recipe.scale_jitter, recipe.band_jitter)
@@ -109,15 +131,30 @@ def balanced_weights(counts: Sequence[int], power: float) -> list[float]:
     return [round(float(w), 4) for w in np.clip(weights, 0.1, 10.0)]
 
 
-def head_of(task: Task, recipe: Recipe) -> dict[str, Any]:
-    """The head options a bundle of ``task`` trained with ``recipe`` stores."""
+def recipe_head(task: Task, recipe: Recipe) -> dict[str, Any]:
+    """The head options ``recipe`` sets for ``task`` (segmentation: the decoder's and the pixel branch's width)."""
     if task == Task.segment:
-        return head_options(task.value, decoder_channels=recipe.decoder_channels, pixel_channels=recipe.pixel_channels)
-    return head_options(task.value)
+        return {"decoder_channels": recipe.decoder_channels, "pixel_channels": recipe.pixel_channels}
+    return {}
+
+
+def head_for(data: TrainData, recipe: Recipe, head: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Head options of the model: the task's defaults, the recipe's, what the data calls for, then ``head``."""
+    from_recipe = recipe_head(data.task, recipe)
+    options = {**head_options(data.task.value), **from_recipe, **data.head, **(head or {})}
+    unknown = sorted(set(options) - set(head_options(data.task.value)) - set(from_recipe))
+    if unknown:
+        raise InputError(f"`head` options {', '.join(unknown)} do not apply to {data.task.value} models")
+    return options
 
 
 def make_module(
-    data: TrainData, arch: Arch, backbone_weights: str | Path | None, freeze_backbone: bool, recipe: Recipe
+    data: TrainData,
+    arch: Arch,
+    backbone_weights: str | Path | None,
+    freeze_backbone: bool,
+    recipe: Recipe,
+    head: dict[str, Any] | None = None,
 ) -> LeMeViTTask:
     """The Lightning module of the data's task."""
     weights = data.class_weights
@@ -130,7 +167,7 @@ def make_module(
         in_channels=data.bands,
         num_classes=len(data.classes),
         backbone_weights=str(backbone_weights) if backbone_weights else None,
-        head=head_of(data.task, recipe),
+        head=head_for(data, recipe, head),
         class_weights=weights,
         ignore_index=data.ignore_index,
         lr=recipe.lr,
@@ -140,6 +177,8 @@ def make_module(
         warmup=recipe.warmup,
         drop_path=recipe.drop_path,
     )
+    if data.task == Task.detect:
+        kwargs["class_names"] = list(data.classes)
     return TASK_MODULES[data.task.value](**kwargs)
 
 
@@ -211,15 +250,18 @@ def train(
     fast_dev_run: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    head: dict[str, Any] | None = None,
     baseline: bool = False,
 ) -> dict[str, Any]:
     """Train a model on ``dataset`` (a torchgeo dataset name, or ``custom`` for own rasters) into the bundle
     ``out``; returns a summary. Own data: ``images`` + ``labels`` (+ ``label_column`` for vector labels),
-    or ``before`` + ``after`` + ``labels`` for change; ``task="classify"`` trains scene labels.
+    or ``before`` + ``after`` + ``labels`` for change; ``task="classify"`` trains scene labels,
+    ``task="detect"`` an oriented detector from polygons. ``head`` overrides head options (e.g. a small
+    detector for a quick run: ``{"fpn_channels": 64, "num_convs": 2}``).
 
-    The summary reports the best validation metrics next to predicting the majority class, and with
-    ``baseline`` (own data, segment and change) next to a per-pixel gradient-boosting classifier on the same
-    split (:mod:`lemevit_geo.pipelines.baselines`)."""
+    The summary reports the best validation metrics next to predicting the majority class (segment, change,
+    classify), and with ``baseline`` (own data, segment and change) next to a per-pixel gradient-boosting
+    classifier on the same split (:mod:`lemevit_geo.pipelines.baselines`)."""
     start = time.perf_counter()
     out, name, arch = Path(out), dataset.lower(), Arch(arch)
     check_tile_size(tile_size)
@@ -249,6 +291,7 @@ def train(
             progress=progress,
             baseline=baseline,
             start=start,
+            head=head,
         )
 
 
@@ -287,6 +330,7 @@ def _train(
     progress: bool,
     baseline: bool,
     start: float,
+    head: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The four steps of :func:`train` in its run folder: data, module, trainer, bundle (and the baselines)."""
     L.seed_everything(recipe.seed, workers=True, verbose=False)
@@ -303,8 +347,12 @@ def _train(
     )
     if baseline and name != "custom":
         raise InputError("`baseline` applies to own data (`dataset` custom)")
-    module = make_module(data, arch, backbone_weights, freeze_backbone, recipe)
-    majority = MajorityBaseline(len(data.classes), data.ignore_index, dense=data.task != Task.classify)
+    module = make_module(data, arch, backbone_weights, freeze_backbone, recipe, head)
+    extra: list[L.Callback] = []
+    majority = None
+    if data.task != Task.detect:
+        majority = MajorityBaseline(len(data.classes), data.ignore_index, dense=data.task != Task.classify)
+        extra.append(majority)
     trainer, checkpoint, epochs = make_trainer(
         run_dir,
         type(module).monitor_metric,
@@ -313,7 +361,7 @@ def _train(
         early_stop=recipe.early_stop,
         fast_dev_run=fast_dev_run,
         progress=progress,
-        extra=[majority],
+        extra=extra,
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
@@ -321,7 +369,7 @@ def _train(
     trainer.fit(module, datamodule=data.datamodule, ckpt_path=str(last) if resume else None)
     summary = export_bundle(out, module, data, arch, tile, trainer, checkpoint)
     baselines: dict[str, Any] = {}
-    if majority.result:
+    if majority is not None and majority.result:
         baselines["majority"] = {**majority.result, "class": data.classes[majority.result["class"]]}
     if baseline and trainer.is_global_zero:
         baselines["pixel_classifier"] = pixel_baseline(data, seed=recipe.seed)
@@ -367,6 +415,7 @@ def export_bundle(
         tile_size=tile,
         gsd=data.gsd,
         head=dict(module.hparams["head"]),
+        overlap=data.overlap,
     )
     if trainer.is_global_zero:
         save_bundle(out, module.model.cpu(), config)
@@ -388,4 +437,5 @@ def export_bundle(
         "tile_size": tile,
         "head": dict(module.hparams["head"]),
         "class_weights": module.hparams["class_weights"],
+        "overlap": data.overlap,
     }

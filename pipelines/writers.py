@@ -1,4 +1,5 @@
-"""The files a dense run writes: open, write finished bands, finish (COG, category names, polygons).
+"""The files a dense run writes: open, write finished bands, finish (COG, category names, polygons); and the
+part file of one strip of a scale-out run.
 
 Everything is written under hidden temporary names beside the targets and published only when the run
 finishes; on any error (or interruption) nothing is left behind.
@@ -7,18 +8,22 @@ finishes; on any error (or interruption) nothing is left behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import rasterio
 import rasterio.shutil
-from rasterio.io import DatasetWriter
+from affine import Affine
+from rasterio.io import DatasetReader, DatasetWriter
 
 from lemevit_geo.errors import OutputError
 from lemevit_geo.outputs import atomic_path, temporary_sibling
 from lemevit_geo.pipelines.stitch import PROB_SCALE, Piece
+from lemevit_geo.pipelines.tiling import Strip
 from lemevit_geo.raster import (
     SourceInfo,
     class_dtype,
@@ -28,6 +33,19 @@ from lemevit_geo.raster import (
 )
 from lemevit_geo.settings import DenseOutputs
 from lemevit_geo.vector import polygonize, write_vector
+
+
+class RowFiles(Protocol):
+    """Where finished rows go: the outputs of a run, or a part file."""
+
+    nodata: int
+
+    @property
+    def with_probabilities(self) -> bool:
+        """Whether probabilities are kept."""
+
+    def write(self, row: int, piece: Piece) -> None:
+        """Write finished rows of one column chunk (``row`` counts from the file's first row)."""
 
 
 def check_complete(path: Path, name: Path) -> None:
@@ -151,3 +169,60 @@ class DenseRasterWriter:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         return self._stack.__exit__(kind, exc, tb)
+
+
+class PartRasterWriter:
+    """The part file of one strip: a GeoTIFF on the scene's grid restricted to the strip's rows, with the
+    classes (band 1), the confidence (band 2) and, if asked for, one probability band per class.
+
+    Every band has the class raster's data type (values up to 255, or class ids beyond). The file is written
+    under a temporary name and published at the end, replacing a stale part of the same name.
+    """
+
+    def __init__(self, grid: SourceInfo, strip: Strip, num_classes: int, with_probabilities: bool, path: Path) -> None:
+        transform = grid.transform @ Affine.translation(0, strip.y0)
+        self.grid = dataclasses.replace(grid, height=strip.y1 - strip.y0, transform=transform)
+        self.k, self.path, self.probabilities = num_classes, path, with_probabilities
+        self.dtype, self.nodata = class_dtype(num_classes)
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def with_probabilities(self) -> bool:
+        return self.probabilities
+
+    def __enter__(self) -> PartRasterWriter:
+        stack = self._stack.__enter__()
+        tmp = stack.enter_context(atomic_path(self.path, overwrite=True))
+        count = 2 + (self.k if self.probabilities else 0)
+        profile = output_profile(self.grid, count, self.dtype, self.nodata)
+        self.ds = stack.enter_context(rasterio.open(tmp, "w", **profile))
+        return self
+
+    def write(self, row: int, piece: Piece) -> None:
+        """Write finished rows of one column chunk (``row`` counts from the strip's first row)."""
+        win = ((row, row + piece.height), (piece.x, piece.x + piece.classes.shape[1]))
+        self.ds.write(piece.classes, 1, window=win)
+        self.ds.write(piece.confidence.astype(self.dtype), 2, window=win)
+        if self.probabilities and piece.probs is not None:
+            self.ds.write(piece.probs.astype(self.dtype), list(range(3, 3 + self.k)), window=win)
+
+    def finish(self) -> None:
+        """Close the part file (it is published when the writer exits without error)."""
+        self.ds.close()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        return self._stack.__exit__(kind, exc, tb)
+
+
+def read_piece(
+    part: DatasetReader, row: int, height: int, x: int, width: int, num_classes: int, with_probabilities: bool
+) -> Piece:
+    """Rows ``[row, row + height)`` of part file ``part`` (rows counted from its first row), columns
+    ``[x, x + width)``, as the :class:`~lemevit_geo.pipelines.stitch.Piece` the stitcher had handed on."""
+    win = ((row, row + height), (x, x + width))
+    probs = None
+    if with_probabilities:
+        probs = part.read(list(range(3, 3 + num_classes)), window=win).astype(np.uint8)
+    return Piece(x, part.read(1, window=win), part.read(2, window=win).astype(np.uint8), probs)

@@ -121,3 +121,12 @@ def cls_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path,
     )
     return path
+
+
+def cli_error(*args: object) -> str:
+    """Run the CLI's entry point in-process expecting a user error (exit code 1, one line on stderr); return
+    that line."""
+    r = cli_main(*args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, (r.returncode, r.stderr)
+    return lines[0]

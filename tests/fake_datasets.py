@@ -520,7 +520,7 @@ DOTA_OBJECTS: dict[str, list[tuple[str, int, tuple[float, ...]]]] = {
 }
 
 
-def make_dota(root: Path, *, size: int = 64, versions: Sequence[str] = ("1.0", "1.5", "2.0")) -> Path:
+def make_dota_versions(root: Path, *, size: int = 64, versions: Sequence[str] = ("1.0", "1.5", "2.0")) -> Path:
     """Write a fake DOTA dataset (``torchgeo.datasets.DOTA``, torchgeo 0.7 to 0.10 read the same layout).
 
     Layout (extracted ``dotav<v>_images_<split>.tar.gz`` and ``dotav<v>_annotations_<split>.tar.gz``)::
@@ -560,6 +560,116 @@ def make_dota(root: Path, *, size: int = 64, versions: Sequence[str] = ("1.0", "
                 )
     (out / "samples.csv").write_text("\n".join(rows) + "\n")
     return out
+
+
+DOTA_CLASSES: tuple[str, ...] = (
+    "plane",
+    "ship",
+    "storage-tank",
+    "baseball-diamond",
+    "tennis-court",
+    "basketball-court",
+    "ground-track-field",
+    "harbor",
+    "bridge",
+    "large-vehicle",
+    "small-vehicle",
+    "helicopter",
+    "roundabout",
+    "soccer-ball-field",
+    "swimming-pool",
+)
+
+
+def _dota_objects(rng: np.random.Generator, height: int, width: int, count: int) -> list[tuple[np.ndarray, str, int]]:
+    """Non-overlapping rotated rectangles: (4 x 2 corners clockwise on screen, class name, difficult flag)."""
+    objects: list[tuple[np.ndarray, str, int]] = []
+    centres: list[tuple[float, float, float]] = []
+    for _ in range(20 * count):
+        if len(objects) == count:
+            break
+        w, h = rng.uniform(8, 30), rng.uniform(5, 12)
+        a = rng.uniform(-np.pi / 2, np.pi / 2)
+        r = float(np.hypot(w, h)) / 2
+        cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
+        if any(np.hypot(cx - x, cy - y) < r + q + 2 for x, y, q in centres):
+            continue
+        u = np.array([np.cos(a), np.sin(a)]) * w / 2
+        v = np.array([-np.sin(a), np.cos(a)]) * h / 2
+        corners = np.array([[cx, cy]]) + np.stack([-u - v, u - v, u + v, -u + v])
+        name = DOTA_CLASSES[int(rng.integers(0, 4))]  # a few classes, so a tiny model can tell them apart
+        objects.append((corners, name, int(rng.random() < 0.15)))
+        centres.append((cx, cy, r))
+    return objects
+
+
+def make_dota(root: Path, *, size: int = 160) -> Path:
+    """Write a fake DOTA v1.0 dataset (``torchgeo.datasets.DOTA``, oriented boxes).
+
+    Layout (extracted ``dotav1.0_images_{train,val}.tar.gz`` and ``dotav1.0_annotations_{train,val}.tar.gz``,
+    plus the ``samples.csv`` index torchgeo reads)::
+
+        dota/samples.csv                                     ,image_path,annotation_path,split,version
+        dota/{train,val}/images/P<NNNN>.png                  RGB uint8, full-size scenes of varying size
+        dota/{train,val}/annotations/version1.0/P<NNNN>.txt  "x1 y1 x2 y2 x3 y3 x4 y4 class difficult" per object
+
+    Three train and two val images of ``size`` to ``size + 64`` px per side; most annotation files start with
+    DOTA's two header lines (``imagesource:`` and ``gsd:``), one does not, one val image has no objects. Objects
+    are rotated rectangles painted in one colour per class on a textured background; about 15 % are difficult.
+
+    Args:
+        root: Directory to create the dataset in.
+        size: Smallest image side in pixels.
+
+    Returns:
+        The dataset root (``root / "dota"``).
+    """
+    out = Path(root) / "dota"
+    rng = _rng("dota")
+    colours = _palette(rng, len(DOTA_CLASSES), 3)
+    rows = [",image_path,annotation_path,split,version"]
+    number = 0
+    for split, count in (("train", 3), ("val", 2)):
+        for k in range(count):
+            height, width = size + 32 * (k % 3), size + 64 - 32 * (k % 2)
+            background = _render(
+                rng, _label_map(rng, height, width, 2, block=16), np.array([[90, 100, 80], [120, 110, 95]])
+            )
+            objects = [] if (split == "val" and k == 1) else _dota_objects(rng, height, width, 12)
+            yy, xx = np.mgrid[:height, :width] + 0.5
+            image = background.copy()
+            for corners, name, _ in objects:
+                inside = np.ones((height, width), dtype=bool)
+                for i in range(4):  # the polygon's interior: on the inner side of every edge
+                    (x1, y1), (x2, y2) = corners[i], corners[(i + 1) % 4]
+                    inside &= (x2 - x1) * (yy - y1) - (y2 - y1) * (xx - x1) >= 0
+                image[inside] = colours[DOTA_CLASSES.index(name)]
+            stem = f"P{number:04d}"
+            number += 1
+            _write_pil(out / split / "images" / f"{stem}.png", image)
+            header = "" if (split == "train" and k == 2) else "imagesource:GoogleEarth\ngsd:0.146343590398\n"
+            lines = [" ".join(f"{v:.1f}" for v in c.ravel()) + f" {name} {d}" for c, name, d in objects]
+            annotation = out / split / "annotations" / "version1.0" / f"{stem}.txt"
+            annotation.parent.mkdir(parents=True, exist_ok=True)
+            annotation.write_text(header + "".join(line + "\n" for line in lines))
+            index = len(rows) - 1
+            rows.append(f"{index},{split}/images/{stem}.png,{split}/annotations/version1.0/{stem}.txt,{split},1.0")
+    (out / "samples.csv").write_text("\n".join(rows) + "\n")
+    return out
+
+
+FAKE_DATASETS: dict[str, Callable[[Path], Path]] = {
+    "potsdam": make_potsdam,
+    "vaihingen": make_vaihingen,
+    "loveda": make_loveda,
+    "levircd": make_levircd,
+    "oscd": make_oscd,
+    "ucmerced": make_ucmerced,
+    "resisc45": make_resisc45,
+    "millionaid": make_millionaid,
+    "dota": make_dota,
+}
+"""Dataset name -> function that writes the fake dataset under a directory and returns the dataset root."""
 
 
 FAKE_DATASETS: dict[str, Callable[[Path], Path]] = {

@@ -18,7 +18,7 @@ def test_demo_writes_every_output(tmp_path: Path) -> None:
     summary = json.loads(
         cli("demo", "--out", out, "--size", 384, "--epochs", 1, "--steps-per-epoch", 3, "--json").output
     )
-    assert set(summary["tasks"]) == {"segment", "change", "classify"}
+    assert set(summary["tasks"]) == {"segment", "change", "classify", "detect"}
     seg = summary["tasks"]["segment"]["held_out"]
     assert 0 <= seg["mIoU"] <= 1 and 0 <= seg["baseline_mIoU"] <= 1
     with rasterio.open(out / "data" / "scene_before.tif") as src:
@@ -31,15 +31,21 @@ def test_demo_writes_every_output(tmp_path: Path) -> None:
             assert ds.colormap(1) and ds.read(1).max() < 255
     with rasterio.open(out / "results" / "scenes.tif") as ds:
         assert ds.crs == crs and ds.transform.a == 64 * transform.a  # one pixel per classify tile (64 px)
-    for name in ("landcover.gpkg", "change.gpkg", "scenes.gpkg"):
+    det = summary["tasks"]["detect"]["held_out"]
+    assert det["objects"] > 0 and (det["mAP"] is None or 0 <= det["mAP"] <= 1)
+    for name in ("landcover.gpkg", "change.gpkg", "scenes.gpkg", "objects.gpkg"):
         gdf = gpd.read_file(out / "results" / name)
         assert gdf.crs.to_epsg() == 32633
-        assert all(footprint.buffer(1e-6).contains(g) for g in gdf.geometry)
+        # detected boxes are whole rectangles: an object on the scene's edge may reach past it, its centre not
+        shapes = gdf.geometry.centroid if name == "objects.gpkg" else gdf.geometry
+        assert all(footprint.buffer(1e-6).contains(g) for g in shapes)
     assert len(gpd.read_file(out / "results" / "landcover.gpkg")) > 0
+    objects = gpd.read_file(out / "results" / "objects.gpkg")
+    assert {"class_id", "class_name", "score", "angle", "length", "width", "area"} <= set(objects.columns)
     for name, png in summary["previews"].items():
         with Image.open(png) as im:
             assert im.size == ((258, 258) if name == "scenes" else (384, 384)) and im.mode == "RGB"
-    for task in ("segment", "change", "classify"):
+    for task in ("segment", "change", "classify", "detect"):
         assert (out / "models" / f"{task}.safetensors").is_file()
     # the same seed gives the same scene
     again = tmp_path / "again"
@@ -49,3 +55,4 @@ def test_demo_writes_every_output(tmp_path: Path) -> None:
     for name in ("scene_before.tif", "labels.tif", "change_labels.tif"):
         with rasterio.open(out / "data" / name) as a, rasterio.open(again / name) as b:
             assert (a.read() == b.read()).all()
+    assert gpd.read_file(out / "data" / "objects.gpkg").equals(gpd.read_file(again / "objects.gpkg"))

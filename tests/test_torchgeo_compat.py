@@ -11,7 +11,7 @@ import torch
 from lemevit_geo.pipelines.compat import grid_sampler, random_sampler
 from lemevit_geo.pipelines.data import custom_data, raster_dataset
 from lemevit_geo.pipelines.scene import make_scene
-from tests.fake_datasets import DOTA_OBJECTS, make_dota
+from tests.fake_datasets import DOTA_OBJECTS, make_dota_versions
 
 
 def test_dota_samples_in_both_generations(tmp_path: Path) -> None:
@@ -19,7 +19,7 @@ def test_dota_samples_in_both_generations(tmp_path: Path) -> None:
     ``labels`` (not ``label``) int64 class indices; the difficult flag is not kept."""
     from torchgeo.datasets import DOTA
 
-    root = make_dota(tmp_path)
+    root = make_dota_versions(tmp_path)
     oriented = DOTA(root, split="train", version="2.0", bbox_orientation="oriented", checksum=False)
     horizontal = DOTA(root, split="val", version="1.0", bbox_orientation="horizontal", checksum=False)
     assert len(oriented) == len(horizontal) == len(DOTA_OBJECTS)

@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
@@ -28,6 +29,7 @@ EXPECTED = {  # task, bands, classes
     "ucmerced": ("classify", 3, 21),
     "resisc45": ("classify", 3, 45),
     "millionaid": ("classify", 3, 51),
+    "dota": ("detect", 3, 15),
 }
 
 
@@ -63,11 +65,14 @@ def test_torchgeo_dataset_trains_and_its_bundle_runs(tmp_path: Path, name: str) 
         cli("segment", scene, "-o", tmp_path / "out.tif", "-m", bundle, "-q")
     elif task == "change":
         cli("change", scene, scene, "-o", tmp_path / "out.tif", "-m", bundle, "-q")
+    elif task == "detect":
+        assert config.head["angle_free_classes"] == [2, 12] and 0 < config.overlap <= 32
+        cli("detect", scene, "-o", tmp_path / "out.gpkg", "-m", bundle, "-q")
     else:
         cli("classify", scene, "-o", tmp_path / "out.gpkg", "-m", bundle, "-q")
-    out = tmp_path / ("out.gpkg" if task == "classify" else "out.tif")
+    out = tmp_path / ("out.gpkg" if task in ("classify", "detect") else "out.tif")
     assert out.exists()
-    if task != "classify":
+    if task not in ("classify", "detect"):
         with rasterio.open(out) as ds:
             assert (ds.width, ds.height) == (130, 96) and ds.read(1).max() < len(config.classes)
 
@@ -244,6 +249,48 @@ def test_own_change_data_and_vector_labels(tmp_path: Path) -> None:
         "-q",
     )
     assert read_config(seg).classes == ["field", "wood"]
+
+
+def test_own_detection_training_and_its_bundle_runs(tmp_path: Path) -> None:
+    scene = make_scene(tmp_path / "scene", size=320, seed=5)
+    bundle = tmp_path / "det.safetensors"
+    summary = json.loads(
+        cli(
+            "train",
+            "--dataset",
+            "custom",
+            "--task",
+            "detect",
+            "--images",
+            scene.before,
+            "--labels",
+            scene.objects,
+            "--out",
+            bundle,
+            "--epochs",
+            1,
+            "--steps-per-epoch",
+            2,
+            "--batch-size",
+            2,
+            "--tile-size",
+            64,
+            "--val-fraction",
+            0.25,
+            "--json",
+        ).output
+    )
+    config = read_config(bundle)
+    assert config.task.value == "detect" and config.classes == ["car", "container", "truck"] and config.bands == 4
+    assert config.overlap == summary["overlap"] == 32  # trucks up to 30 px long, capped at half the tile
+    assert summary["split"]["objects"] > 0 and summary["monitor"] == "val_mAP"
+    rows = list(csv.DictReader(open(summary["metrics_csv"])))
+    assert {"val_mAP", "val_mAP_07", "val_AP_car", "train_loss_box"} <= set(rows[0])
+    out = tmp_path / "objects.parquet"
+    cli("detect", scene.before, "-o", out, "-m", bundle, "--tile-size", "128", "-q")
+    assert gpd.read_parquet(out).crs.to_epsg() == 32633
+    result = json.loads(cli("evaluate", out, scene.objects, "--json").output)
+    assert result["task"] == "detect" and 0 <= (result["mAP"] or 0) <= 1
 
 
 def test_resume_continues_to_the_same_epoch_count(tmp_path: Path) -> None:
@@ -436,3 +483,35 @@ def test_demo_trains_on_the_device_it_was_given() -> None:
     assert lightning_devices("cpu") == {"accelerator": "cpu", "devices": 1}
     assert lightning_devices("cuda:1") == {"accelerator": "gpu", "devices": [1]}
     assert lightning_devices("auto") == {}
+
+
+@pytest.mark.slow
+def test_detection_learns_the_scene_objects(tmp_path: Path) -> None:
+    """A tiny detector trained for a few CPU minutes finds the held-out objects of a generated scene.
+
+    Chance is about 0: boxes at random places, sizes and angles almost never overlap an object by IoU 0.5.
+    """
+    from lemevit_geo.pipelines.demo import DEMO_DETECTOR, DETECT_TILE
+    from lemevit_geo.pipelines.detect import detect
+    from lemevit_geo.pipelines.evaluate import evaluate
+    from lemevit_geo.pipelines.train import train
+    from lemevit_geo.settings import Engine, Hardware, Recipe
+
+    scene = make_scene(tmp_path / "scene", size=1024, seed=4)
+    summary = train(
+        dataset="custom",
+        task="detect",
+        images=str(scene.before),
+        labels=str(scene.objects),
+        out=tmp_path / "det.safetensors",
+        tile_size=128,
+        recipe=Recipe(epochs=3, steps_per_epoch=40, batch_size=8),
+        hardware=Hardware(accelerator="cpu", devices=1),
+        head=DEMO_DETECTOR,
+        progress=False,
+    )
+    out = tmp_path / "objects.gpkg"
+    detect(image=scene.before, output=out, model=tmp_path / "det.safetensors", tile_size=DETECT_TILE, engine=Engine())
+    result = evaluate(prediction=out, reference=scene.objects, bounds=summary["split"]["val_bounds"])
+    print({k: result[k] for k in ("mAP", "mAP_07", "AP", "num_reference")}, "val_mAP", summary["best"])
+    assert result["mAP"] > 0.4

@@ -1,4 +1,9 @@
-"""Inference commands: ``segment``, ``change`` and ``classify``: parse, call the pipeline, print."""
+"""Inference commands: ``segment``, ``change``, ``classify``, ``detect`` and ``merge``: parse, call the pipeline, print.
+
+Without scale-out options and with one input, a command runs in this process exactly as it always has;
+with several inputs or any scale-out option (``--executor``, ``--parts``, ``--part``, ...) it runs as
+parts and a merge (``pipelines/scale.py``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from lemevit_geo import options as o
 from lemevit_geo.cli.app import app
 from lemevit_geo.cli.display import report, tile_progress
 from lemevit_geo.options import Display, grouped
-from lemevit_geo.settings import CLASSIFY_ENGINE, DenseOutputs, Engine, Tiling
+from lemevit_geo.settings import CLASSIFY_ENGINE, DenseOutputs, Detection, Engine, ScaleOut, Tiling
 
 Before = Annotated[Path, typer.Argument(help="Earlier image.", show_default=False)]
 After = Annotated[Path, typer.Argument(help="Later image (warped onto the earlier one's grid if needed).")]
@@ -20,6 +25,16 @@ GridRaster = Annotated[
     Path | None, typer.Option("--raster", help="Also write a coarse class raster, one pixel per tile.")
 ]
 TopK = Annotated[int, typer.Option("--top-k", help="Classes listed per tile.")]
+Objects = Annotated[
+    Path, typer.Option("--output", "-o", help="Polygons to write (.gpkg, .parquet, .geojson).", show_default=False)
+]
+MergeTarget = Annotated[
+    Path,
+    typer.Argument(
+        help="An output whose parts to join (its OUTPUT.parts directory), or a directory of such outputs.",
+        show_default=False,
+    ),
+]
 
 
 def run_with_progress(pipeline: Callable[..., dict[str, Any]], display: Display, **kwargs: Any) -> None:
@@ -29,10 +44,28 @@ def run_with_progress(pipeline: Callable[..., dict[str, Any]], display: Display,
     report(summary, display)
 
 
+def run_scaled(pipeline: Callable[..., dict[str, Any]], display: Display, **kwargs: Any) -> None:
+    """Run a scale-out pipeline like :func:`run_with_progress`, then fail (exit 1) naming every failed scene."""
+    from lemevit_geo.pipelines.scale import check_failures
+
+    with tile_progress(display) as progress:
+        summary = pipeline(progress=progress, **kwargs)
+    report(summary, display)
+    check_failures(summary)
+
+
+def single_process(images: list[Path], output: Path, scale_out: ScaleOut) -> Path | None:
+    """The one input of a run that takes the single-process path (one input, one output, no scale-out)."""
+    from lemevit_geo.pipelines.scale import expand_inputs, single_output
+
+    inputs = expand_inputs(images)
+    return Path(inputs[0]) if single_output(inputs, output) and not scale_out.used else None
+
+
 @app.command()
-@grouped(engine=Engine(), tiling=Tiling(), outputs=DenseOutputs(), display=Display())
+@grouped(engine=Engine(), tiling=Tiling(), outputs=DenseOutputs(), scale_out=ScaleOut(), display=Display())
 def segment(
-    image: o.Image,
+    images: o.Images,
     output: o.Output,
     model: o.Model,
     bands: o.Bands = None,
@@ -42,28 +75,35 @@ def segment(
     engine: Engine,
     tiling: Tiling,
     outputs: DenseOutputs,
+    scale_out: ScaleOut,
     display: Display,
 ) -> None:
-    """Semantic segmentation: a class raster on exactly the scene's grid (and polygons)."""
+    """Semantic segmentation: a class raster on exactly the scene's grid (and polygons).
+
+    Several inputs (or -o DIR): DIR/<name>.tif each; --probabilities and --vector then name directories.
+    """
+    from lemevit_geo.pipelines.scale import scale_segment
     from lemevit_geo.pipelines.segment import segment as run
 
-    run_with_progress(
-        run,
+    options = dict(bands=bands, overwrite=overwrite, allow_pixel_grid=allow_pixel_grid, engine=engine, tiling=tiling)
+    image = single_process(images, output, scale_out)
+    if image is not None:
+        run_with_progress(run, display, image=image, output=output, model=model, outputs=outputs, **options)
+        return
+    run_scaled(
+        scale_segment,
         display,
-        image=image,
+        images=images,
         output=output,
         model=model,
-        bands=bands,
-        overwrite=overwrite,
-        allow_pixel_grid=allow_pixel_grid,
-        engine=engine,
-        tiling=tiling,
         outputs=outputs,
+        scale_out=scale_out,
+        **options,
     )
 
 
 @app.command()
-@grouped(engine=Engine(), tiling=Tiling(), outputs=DenseOutputs(), display=Display())
+@grouped(engine=Engine(), tiling=Tiling(), outputs=DenseOutputs(), scale_out=ScaleOut(), display=Display())
 def change(
     before: Before,
     after: After,
@@ -76,14 +116,18 @@ def change(
     engine: Engine,
     tiling: Tiling,
     outputs: DenseOutputs,
+    scale_out: ScaleOut,
     display: Display,
 ) -> None:
     """Bitemporal change detection: a change raster on the earlier image's grid, over the overlap."""
     from lemevit_geo.pipelines.change import change as run
+    from lemevit_geo.pipelines.scale import scale_change
 
-    run_with_progress(
-        run,
+    options: dict[str, Any] = {"scale_out": scale_out} if scale_out.used else {}
+    (run_scaled if scale_out.used else run_with_progress)(
+        scale_change if scale_out.used else run,
         display,
+        **options,
         before=before,
         after=after,
         output=output,
@@ -98,9 +142,9 @@ def change(
 
 
 @app.command()
-@grouped(engine=CLASSIFY_ENGINE, display=Display())
+@grouped(engine=CLASSIFY_ENGINE, scale_out=ScaleOut(), display=Display())
 def classify(
-    image: o.Image,
+    images: o.Images,
     output: o.Output,
     model: o.Model,
     bands: o.Bands = None,
@@ -111,10 +155,68 @@ def classify(
     allow_pixel_grid: o.AllowPixelGrid = False,
     *,
     engine: Engine,
+    scale_out: ScaleOut,
     display: Display,
 ) -> None:
-    """Scene classification per tile: one polygon per tile with its class, probability and top-k."""
+    """Scene classification per tile: one polygon per tile with its class, probability and top-k.
+
+    Several inputs (or -o DIR): DIR/<name>.gpkg each; --raster then names a directory.
+    """
     from lemevit_geo.pipelines.classify import classify as run
+    from lemevit_geo.pipelines.scale import scale_classify
+
+    options = dict(
+        model=model,
+        bands=bands,
+        tile_size=tile_size,
+        raster=raster,
+        top_k=top_k,
+        overwrite=overwrite,
+        allow_pixel_grid=allow_pixel_grid,
+        engine=engine,
+    )
+    image = single_process(images, output, scale_out)
+    if image is not None:
+        run_with_progress(run, display, image=image, output=output, **options)
+        return
+    run_scaled(scale_classify, display, images=images, output=output, scale_out=scale_out, **options)
+
+
+@app.command()
+@grouped(display=Display())
+def merge(
+    output: MergeTarget,
+    overwrite: o.Overwrite = False,
+    keep_parts: o.KeepParts = False,
+    *,
+    display: Display,
+) -> None:
+    """Join the parts that array jobs wrote (--part I/N) into the outputs, and remove the parts."""
+    from lemevit_geo.pipelines.scale import merge_parts
+
+    run_scaled(
+        lambda progress: merge_parts(output, overwrite=overwrite, keep_parts=keep_parts, progress=progress), display
+    )
+
+
+@app.command()
+@grouped(engine=Engine(), detection=Detection(), display=Display())
+def detect(
+    image: o.Image,
+    output: Objects,
+    model: o.Model,
+    bands: o.Bands = None,
+    tile_size: o.TileSize = None,
+    overlap: o.DetectOverlap = None,
+    overwrite: o.Overwrite = False,
+    allow_pixel_grid: o.AllowPixelGrid = False,
+    *,
+    engine: Engine,
+    detection: Detection,
+    display: Display,
+) -> None:
+    """Oriented object detection: one rotated rectangle per object, in the scene's CRS, merged across tiles."""
+    from lemevit_geo.pipelines.detect import detect as run
 
     run_with_progress(
         run,
@@ -124,9 +226,9 @@ def classify(
         model=model,
         bands=bands,
         tile_size=tile_size,
-        raster=raster,
-        top_k=top_k,
+        overlap=overlap,
         overwrite=overwrite,
         allow_pixel_grid=allow_pixel_grid,
         engine=engine,
+        detection=detection,
     )

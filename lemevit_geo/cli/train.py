@@ -17,7 +17,8 @@ from lemevit_geo.settings import Hardware, PretrainRecipe, Recipe
 Dataset = Annotated[
     str,
     typer.Option(
-        "--dataset", help="potsdam, vaihingen, loveda, levircd, oscd, ucmerced, resisc45, millionaid or custom."
+        "--dataset",
+        help="potsdam, vaihingen, loveda, levircd, oscd, ucmerced, resisc45, millionaid, dota or custom.",
     ),
 ]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Bundle to write (.safetensors).")]
@@ -28,9 +29,16 @@ Labels = Annotated[
 ]
 BeforeImages = Annotated[list[str] | None, typer.Option("--before", help="Own earlier images (change).")]
 AfterImages = Annotated[list[str] | None, typer.Option("--after", help="Own later images (change).")]
-LabelColumn = Annotated[str | None, typer.Option("--label-column", help="Class column of vector labels.")]
+LabelColumn = Annotated[
+    str | None,
+    typer.Option("--label-column", help="Class column of vector labels (detection default: class_name or class)."),
+]
 OwnTask = Annotated[
-    o.Task | None, typer.Option("--task", help="Own data only: classify trains scene labels (tile majority).")
+    o.Task | None,
+    typer.Option(
+        "--task",
+        help="Own data only: classify trains scene labels (tile majority); detect an oriented detector from polygons.",
+    ),
 ]
 BackboneWeights = Annotated[
     Path | None,

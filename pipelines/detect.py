@@ -1,0 +1,129 @@
+"""``detect``: oriented objects in a scene of any size, as polygons in the scene's CRS.
+
+The engine reads tiles ahead and runs the detector on them in batches (score threshold, then rotated NMS
+per class, within each tile); :class:`~lemevit_geo.pipelines.boxes.BoxMerger` merges the boxes across
+tiles (ownership of the centre, cut boxes giving way, exact rotated IoU near seams) in a background
+thread and hands every finished tile row to a :class:`~lemevit_geo.vector.VectorStream`: the device does
+not wait for merging and writing, and memory stays bounded whatever the scene size and the number of
+objects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lemevit_geo.bundle import BundleConfig, open_model
+from lemevit_geo.choices import Task
+from lemevit_geo.errors import InputError
+from lemevit_geo.outputs import check_output
+from lemevit_geo.pipelines.boxes import BoxMerger, box_features
+from lemevit_geo.pipelines.dense import make_grid, run_summary, source_for
+from lemevit_geo.pipelines.engine import BackgroundSink, Progress, Runtime, TileReader, run_tiles
+from lemevit_geo.raster import gdal_env, inspect_source
+from lemevit_geo.settings import Detection, Engine, Tiling
+from lemevit_geo.vector import VectorStream, check_vector_path
+
+
+def configure_detector(net: torch.nn.Module, config: BundleConfig, detection: Detection) -> dict[str, Any]:
+    """Set the detector's thresholds from ``detection`` (the bundle's where not given); return the settings
+    in force, with the indices of the classes to keep (``None``: all).
+
+    A score threshold above the bundle's is applied after merging across tiles: the detector keeps using
+    the bundle's, so weaker whole views of objects still win over stronger fragments of them.
+    """
+    score = float(net.score_threshold if detection.score_threshold is None else detection.score_threshold)
+    net.score_threshold = min(score, float(net.score_threshold))
+    for name in ("iou_threshold", "max_detections"):
+        value = getattr(detection, name)
+        if value is not None:
+            setattr(net, name, value)
+    net.pre_nms_top_k = max(int(net.pre_nms_top_k), int(net.max_detections))
+    keep = None
+    if detection.classes is not None:
+        unknown = [c for c in detection.classes if c not in config.classes]
+        if unknown:
+            raise InputError(f"`classes` names {', '.join(unknown)}, not in the model's {', '.join(config.classes)}")
+        keep = sorted(config.classes.index(c) for c in detection.classes)
+    return {
+        "score_threshold": score,
+        "iou_threshold": float(net.iou_threshold),
+        "max_detections": int(net.max_detections),
+        "keep": keep,
+    }
+
+
+def detect(
+    *,
+    image: str | Path,
+    output: str | Path,
+    model: str | Path | tuple[torch.nn.Module, BundleConfig],
+    bands: Sequence[int] | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    overwrite: bool = False,
+    allow_pixel_grid: bool = False,
+    engine: Engine = Engine(),
+    detection: Detection = Detection(),
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Oriented objects of ``image`` found by the detection bundle ``model``, written to ``output`` as
+    polygons in the scene's CRS (GeoPackage, GeoParquet or GeoJSON by extension).
+
+    ``tile_size`` and ``overlap`` default to the bundle's (the overlap to at least the largest object it
+    was trained for, so each object lies whole in the tile that owns its centre). Columns: ``class_id``,
+    ``class_name``, ``score``, ``angle`` (degrees counter-clockwise from east, of the longer side, in
+    [0, 180)), ``length``, ``width`` and ``area`` in CRS units. Returns the run's summary.
+    """
+    output = Path(output)
+    inputs = [image, *([] if isinstance(model, tuple) else [model])]
+    check_vector_path(output)
+    check_output(output, overwrite, inputs)
+    net, config = open_model(model, Task.detect)
+    info = inspect_source(image, bands, config.bands, allow_pixel_grid)
+    tile, overlap = Tiling(tile_size=tile_size, overlap=overlap).resolve(config.tile_size, config.overlap)
+    settings = configure_detector(net, config, detection)
+    runtime = Runtime.create(engine)
+    grid = make_grid(info, tile, overlap)
+    classes: Counter[str] = Counter()
+
+    def write(rows: np.ndarray) -> None:
+        part = box_features(rows, info.transform, config.classes, info.crs)
+        classes.update(part["class_name"])
+        stream.append(part)
+
+    template = box_features(np.zeros((0, 7)), info.transform, config.classes, info.crs)
+    with VectorStream(output, overwrite, template, inputs=inputs) as stream:
+        if progress:
+            progress.start(len(grid))
+        start = time.perf_counter()
+        merger = BoxMerger(grid, write, settings["iou_threshold"], settings["keep"], settings["score_threshold"])
+        reader = TileReader([source_for(info, config)], grid, threads=runtime.threads, prefetch=4 * runtime.batch_size)
+        with gdal_env():
+            stats = run_tiles(iter(reader), runtime.prepare(net), BackgroundSink(merger), runtime, progress)
+        written = {"vector": str(stream.finish())}
+    summary = run_summary(stats, runtime, grid, info, time.perf_counter() - start, written)
+    summary["mask"] = [info.mask.describe()]
+    return {**summary, **box_summary(merger, classes, config, settings)}
+
+
+def box_summary(
+    merger: BoxMerger, found: Counter[str], config: BundleConfig, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """What ``detect`` adds to the run summary: objects (per class), merging counts and the settings used."""
+    kept = [c for i, c in enumerate(config.classes) if settings["keep"] is None or i in settings["keep"]]
+    return {
+        "objects": merger.counts["written"],
+        "class_objects": {c: found[c] for c in kept},
+        "boxes_found": merger.counts["found"],
+        "merged_across_tiles": merger.counts["merged"],
+        "partial_boxes": merger.counts["partial"],
+        "bundle_overlap": config.overlap,
+        **{k: v for k, v in settings.items() if k != "keep"},
+    }

@@ -1,0 +1,361 @@
+"""Scale-out jobs: one scene's work split into parts, what each part and the merge need, and the files that
+record it in the scene's parts directory.
+
+A :class:`Job` is planned once by the driver (inputs inspected, grid and strips laid out) and sent as it is
+to every worker; it holds plain values only (paths, numbers, WKT), so it pickles for Ray and Dask and is
+written to ``job.json`` for ``lemevit-geo merge``. Two hashes decide what a rerun may reuse:
+
+- ``parts_hash`` covers everything that changes the bytes of a part file: the tool version, the task, the
+  bundle file's SHA-256, the inputs (path, size, modification time), bands, tiling, the strips, device
+  type, precision and batch size, and which optional layers the parts hold.
+- ``job_hash`` adds what only the merge uses: output paths, polygon options, COG.
+
+The parts directory of an output ``mask.tif`` is ``mask.tif.parts/``: ``job.json``, then per part a part
+file (``part-00000-of-00004.tif``, numbered from 0 like ``part`` ``i/N``; ``.parquet`` for ``classify``)
+and its sidecar (``.json``, written last: a part is finished when its sidecar names the job's
+``parts_hash`` and the part file has the size the sidecar records). After a merge the part files give way
+to ``done.json`` and ``summary.json``; the whole directory is removed when the command succeeds for every
+scene.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from affine import Affine
+from rasterio.crs import CRS
+
+from lemevit_geo import __version__
+from lemevit_geo.bundle import BundleConfig, read_config
+from lemevit_geo.choices import Precision, Stitch, Task
+from lemevit_geo.errors import BundleError, InputError
+from lemevit_geo.outputs import temporary_sibling
+from lemevit_geo.pipelines.dense import make_grid
+from lemevit_geo.pipelines.tiling import Strip, strips
+from lemevit_geo.raster import SourceInfo
+from lemevit_geo.settings import DenseOutputs, Engine, Tiling
+
+FORMAT = "lemevit-geo-parts"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """An output grid as plain values: size, CRS (WKT, or None for pixel grids) and geotransform."""
+
+    width: int
+    height: int
+    crs: str | None
+    transform: tuple[float, ...]
+
+    @classmethod
+    def of(cls, info: SourceInfo) -> GridSpec:
+        crs = info.crs.to_wkt() if info.crs is not None else None
+        return cls(info.width, info.height, crs, tuple(info.transform)[:6])
+
+    def info(self, path: str = "") -> SourceInfo:
+        """The grid as the :class:`~lemevit_geo.raster.SourceInfo` that output profiles are made from."""
+        crs = CRS.from_wkt(self.crs) if self.crs else None
+        return SourceInfo(path, self.width, self.height, crs, Affine(*self.transform), (1,), "uint8")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One scene (or change pair) run as parts. See the module docstring for the hashes.
+
+    Attributes:
+        task: ``segment``, ``change`` or ``classify``.
+        inputs: The input raster paths (two for ``change``).
+        model: The bundle path (every worker loads it, and checks its SHA-256 against ``bundle_sha``).
+        bundle_sha: SHA-256 of the bundle file.
+        output: The main output (class raster, or tile polygons for ``classify``).
+        grid: The output grid.
+        classes: Class names of the bundle, in output order.
+        colors: Their colours.
+        tile: Tile size (after capping to small scenes).
+        overlap: Tile overlap.
+        stitch: Seam mode (``classify``: crop, no overlap).
+        strips: The parts: tile rows each runs and the scene rows each writes.
+        engine: Device, precision, batch size and reader threads.
+        bands: Input bands, if chosen.
+        allow_pixel_grid: Accept rasters without georeferencing.
+        outputs: Probabilities, polygons and COG (dense tasks).
+        vector_skip: Classes that get no polygons.
+        raster: The coarse class raster of ``classify``, if asked for.
+        top_k: Classes listed per tile (``classify``).
+        overwrite: Replace existing outputs.
+        report: What the planning found (mask, alignment), repeated in the summary.
+        parts_hash: Hash of what changes part files.
+        job_hash: Hash of what changes the outputs.
+    """
+
+    task: Task
+    inputs: tuple[str, ...]
+    model: str
+    bundle_sha: str
+    output: Path
+    grid: GridSpec
+    classes: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    tile: int
+    overlap: int
+    stitch: Stitch
+    strips: tuple[Strip, ...]
+    engine: Engine
+    bands: tuple[int, ...] | None = None
+    allow_pixel_grid: bool = False
+    outputs: DenseOutputs = DenseOutputs()
+    vector_skip: tuple[int, ...] = ()
+    raster: Path | None = None
+    top_k: int = 3
+    overwrite: bool = False
+    report: dict[str, Any] = field(default_factory=dict, compare=False)
+    parts_hash: str = ""
+    job_hash: str = ""
+
+    @property
+    def name(self) -> str:
+        """The scene as messages name it."""
+        return " + ".join(self.inputs)
+
+    @property
+    def parts_dir(self) -> Path:
+        return parts_dir(self.output)
+
+    @property
+    def count(self) -> int:
+        return len(self.strips)
+
+    def part_file(self, index: int) -> Path:
+        suffix = ".parquet" if self.task == Task.classify else ".tif"
+        return self.parts_dir / f"part-{index:05d}-of-{self.count:05d}{suffix}"
+
+    def sidecar(self, index: int) -> Path:
+        return self.part_file(index).with_suffix(".json")
+
+    def outputs_written(self) -> list[Path]:
+        """Every file the merge publishes."""
+        paths = [self.output, self.outputs.probabilities, self.outputs.vector, self.raster]
+        return [p for p in paths if p is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as JSON-ready values (``job.json``)."""
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **plain(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Job:
+        """The job ``job.json`` describes."""
+        outputs = {k: (Path(v) if k in ("probabilities", "vector") and v else v) for k, v in d["outputs"].items()}
+        return cls(
+            **{k: d[k] for k in ("inputs", "model", "bundle_sha", "classes", "tile", "overlap", "top_k")},
+            **{k: d[k] for k in ("allow_pixel_grid", "overwrite", "report", "parts_hash", "job_hash")},
+            task=Task(d["task"]),
+            output=Path(d["output"]),
+            grid=GridSpec(**{**d["grid"], "transform": tuple(d["grid"]["transform"])}),
+            colors=tuple(tuple(c) for c in d["colors"]),  # type: ignore[misc]
+            stitch=Stitch(d["stitch"]),
+            strips=tuple(Strip(**s) for s in d["strips"]),
+            engine=Engine(**d["engine"]),
+            bands=tuple(d["bands"]) if d["bands"] else None,
+            outputs=DenseOutputs(**outputs),
+            vector_skip=tuple(d["vector_skip"]),
+            raster=Path(d["raster"]) if d["raster"] else None,
+        )
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON-ready values: dataclasses as dicts, enums as their values, paths and tuples as
+    strings and lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Task | Stitch | Precision):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    return value
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(plain(value), sort_keys=True).encode()).hexdigest()
+
+
+def input_stat(path: str) -> list[Any]:
+    """What identifies an input's content cheaply: its resolved path, size and modification time."""
+    if "://" in path or path.startswith("/vsi"):
+        return [path]
+    st = os.stat(path)
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
+def seal(job: Job) -> Job:
+    """``job`` with its two hashes (see the module docstring)."""
+    engine = job.engine
+    parts = {
+        "version": __version__,
+        "task": job.task,
+        "inputs": [input_stat(p) for p in job.inputs],
+        "bundle_sha": job.bundle_sha,
+        "grid": job.grid,
+        "tiling": [job.tile, job.overlap, job.stitch],
+        "strips": job.strips,
+        "engine": [engine.device.split(":")[0], engine.precision, engine.batch_size],
+        "bands": job.bands,
+        "allow_pixel_grid": job.allow_pixel_grid,
+        "probabilities": job.outputs.probabilities is not None,
+        "top_k": job.top_k,
+    }
+    parts_hash = _digest(parts)
+    merge = [parts_hash, job.output, job.outputs, job.vector_skip, job.raster]
+    return dataclasses.replace(job, parts_hash=parts_hash, job_hash=_digest(merge))
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+_SHAS: dict[tuple[str, int, int], str] = {}
+
+
+def bundle_sha(path: str | Path) -> str:
+    """SHA-256 of a bundle file, computed once per command for each file (by path, size and time)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHAS:
+        _SHAS[key] = file_sha256(path)
+    return _SHAS[key]
+
+
+def read_bundle(model: str | Path | tuple[Any, BundleConfig], task: Task) -> BundleConfig:
+    """The config of the bundle file ``model`` for ``task`` (metadata only: the driver never loads weights)."""
+    if isinstance(model, tuple):
+        raise InputError("scale-out runs load the model in each worker: pass a bundle path as `model`")
+    config = read_config(model)
+    if config.task != Task(task):
+        raise BundleError(f"{model} is a {config.task.value} model; this needs a {Task(task).value} model")
+    return config
+
+
+def dense_job(
+    *,
+    task: Task,
+    inputs: tuple[str, ...],
+    grid_info: SourceInfo,
+    model: str | Path,
+    config: BundleConfig,
+    output: str | Path,
+    parts: int,
+    bands: tuple[int, ...] | None,
+    overwrite: bool,
+    allow_pixel_grid: bool,
+    engine: Engine,
+    tiling: Tiling,
+    outputs: DenseOutputs,
+    vector_skip: tuple[int, ...] = (),
+    report: dict[str, Any] | None = None,
+) -> Job:
+    """A ``segment`` or ``change`` job on ``grid_info``'s grid in ``parts`` strips, sealed with its hashes."""
+    tile, overlap = tiling.resolve(config.tile_size)
+    grid = make_grid(grid_info, tile, overlap)
+    job = Job(
+        task=task,
+        inputs=inputs,
+        model=str(model),
+        bundle_sha=bundle_sha(model),
+        output=Path(output),
+        grid=GridSpec.of(grid_info),
+        classes=tuple(config.classes),
+        colors=tuple(config.colors),
+        tile=grid.tile,
+        overlap=grid.overlap,
+        stitch=tiling.stitch,
+        strips=tuple(strips(grid, parts, tiling.stitch)),
+        engine=engine,
+        bands=tuple(bands) if bands else None,
+        allow_pixel_grid=allow_pixel_grid,
+        outputs=outputs,
+        vector_skip=vector_skip,
+        overwrite=overwrite,
+        report=report or {},
+    )
+    return seal(job)
+
+
+def parts_dir(output: Path) -> Path:
+    """The directory that holds the parts of ``output``: ``<output>.parts`` beside it."""
+    return output.with_name(f"{output.name}.parts")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file beside it, then a rename)."""
+    tmp = temporary_sibling(path)
+    try:
+        tmp.write_text(json.dumps(plain(data), indent=1))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None if it is missing or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def finished_part(job: Job, index: int) -> dict[str, Any] | None:
+    """The sidecar of part ``index`` if the part is finished for this job's ``parts_hash``, else None."""
+    side = read_json(job.sidecar(index))
+    if not side or side.get("parts_hash") != job.parts_hash or side.get("index") != index:
+        return None
+    path = job.part_file(index)
+    return side if path.is_file() and path.stat().st_size == side.get("file_size") else None
+
+
+def _stamps(paths: list[Path]) -> list[list[Any]]:
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+
+
+def mark_done(job: Job, summary: dict[str, Any], keep_parts: bool) -> None:
+    """Record that ``job`` was merged (``done.json``), and remove its part files unless ``keep_parts``."""
+    write_json(job.parts_dir / "done.json", {"job_hash": job.job_hash, "outputs": _stamps(job.outputs_written())})
+    write_json(job.parts_dir / "summary.json", summary)
+    if not keep_parts:
+        for i in range(job.count):
+            job.part_file(i).unlink(missing_ok=True)
+            job.sidecar(i).unlink(missing_ok=True)
+
+
+def done_summary(job: Job) -> dict[str, Any] | None:
+    """The summary of an earlier merge of this very job whose outputs are still as it left them, else None."""
+    done = read_json(job.parts_dir / "done.json")
+    if not done or done.get("job_hash") != job.job_hash:
+        return None
+    try:
+        if done.get("outputs") != _stamps(job.outputs_written()):
+            return None
+    except OSError:
+        return None
+    return read_json(job.parts_dir / "summary.json") or {}
+
+
+def remove_parts(job: Job) -> None:
+    """Remove the parts directory of ``job`` (after the command succeeded)."""
+    shutil.rmtree(job.parts_dir, ignore_errors=True)

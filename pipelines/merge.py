@@ -1,0 +1,97 @@
+"""The merge of a scale-out job: its part files become the outputs, in one process, in bounded memory.
+
+Dense parts are replayed: the bands each part's stitcher handed on (recorded in its sidecar: first row,
+height, column chunks) are read back from the part file and handed to the same background writer, block
+regrouping and :class:`~lemevit_geo.pipelines.writers.DenseRasterWriter` in the same order as a
+single-process run, so GDAL receives the same writes and the merged GeoTIFF has the same bytes. COG,
+category names and polygons are then made from the merged raster as in a single-process run. Memory is
+one tile row of the scene, as in a run. ``classify`` parts are tile tables, concatenated in grid order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+
+from lemevit_geo.choices import Task
+from lemevit_geo.errors import InputError
+from lemevit_geo.pipelines.classify import write_grid_raster
+from lemevit_geo.pipelines.jobs import Job
+from lemevit_geo.pipelines.stitch import CHUNK, Band, BandWriter, Piece
+from lemevit_geo.pipelines.tiling import TileGrid
+from lemevit_geo.pipelines.writers import DenseRasterWriter, read_piece
+from lemevit_geo.raster import READ_ERRORS, gdal_env, read_error
+from lemevit_geo.vector import write_vector
+
+
+def _replay(job: Job, index: int, sidecar: dict[str, Any], writer: BandWriter) -> None:
+    """Hand the bands of part ``index`` to ``writer`` as its stitcher had handed them on."""
+    path, width, k = job.part_file(index), job.grid.width, len(job.classes)
+    probabilities, y0 = job.outputs.probabilities is not None, job.strips[index].y0
+
+    def read(part: rasterio.DatasetReader, row: int, height: int, chunk: int) -> Piece:
+        x = chunk * CHUNK
+        try:
+            return read_piece(part, row - y0, height, x, min(CHUNK, width - x), k, probabilities)
+        except READ_ERRORS as exc:
+            raise InputError(f"{path}: reading the part failed: {read_error(exc)}; run it again (`restart`)") from exc
+
+    try:
+        part = rasterio.open(path)
+    except READ_ERRORS as exc:
+        raise InputError(f"{path}: the part cannot be opened: {read_error(exc)}; run it again (`restart`)") from exc
+    with part:
+        for row, height, chunks in sidecar["bands"]:
+            writer.put(Band(row, height, {i: read(part, row, height, i) for i in chunks}))
+
+
+def merge_dense(job: Job, sidecars: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Write the outputs of a ``segment`` or ``change`` job from its parts; return what was written."""
+    writer = DenseRasterWriter(
+        job.grid.info(), job.classes, job.colors, job.output, job.outputs, job.overwrite, job.vector_skip
+    )
+    with gdal_env(), writer as files:
+        bands = BandWriter(files.write, files.nodata, len(job.classes))
+        try:
+            for index, sidecar in enumerate(sidecars):
+                _replay(job, index, sidecar, bands)
+        finally:
+            bands.close()
+        return files.finish()
+
+
+def merge_classify(job: Job, sidecars: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Write the tile polygons (and the coarse raster) of a ``classify`` job from its parts."""
+    tables = []
+    for index in range(len(sidecars)):
+        try:
+            tables.append(gpd.read_parquet(job.part_file(index)))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{job.part_file(index)}: reading the part failed: {exc}") from exc
+    filled = [t for t in tables if len(t)] or tables[:1]
+    table = gpd.GeoDataFrame(pd.concat(filled, ignore_index=True), crs=tables[0].crs)
+    written: dict[str, Any] = {"vector": str(write_vector(table, job.output, job.overwrite))}
+    if job.raster is not None:
+        grid = TileGrid(job.grid.height, job.grid.width, job.tile, 0, fit=False)
+        shape = (len(grid.ys), len(grid.xs))
+        write_grid_raster(job.raster, table, job.classes, job.colors, job.grid.info(), shape, job.tile, job.overwrite)
+        written["raster"] = str(job.raster)
+    return written
+
+
+def merge_job(job: Job, sidecars: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The outputs of ``job`` from its finished parts (their sidecars, in part order); return what was written."""
+    return merge_classify(job, sidecars) if job.task == Task.classify else merge_dense(job, sidecars)
+
+
+def counts(job: Job, sidecars: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Pixels per class (dense) or tiles per class (``classify``), summed over the parts."""
+    if job.task == Task.classify:
+        return {c: sum(s["class_tiles"][c] for s in sidecars) for c in job.classes}
+    total = np.sum([s["class_pixels"] for s in sidecars], axis=0)
+    return dict(zip(job.classes, (int(v) for v in total), strict=True))

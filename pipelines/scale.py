@@ -1,0 +1,472 @@
+"""Scale-out: many scenes, and one huge scene over many GPUs and machines, as parts and a merge.
+
+A job (one scene, or one change pair) is split into **parts**: full-width strips of tile rows of the
+scene's :class:`~lemevit_geo.pipelines.tiling.TileGrid` (one part per scene by default). A strip that
+outputs tile rows ``[first, stop)`` also runs the earlier rows whose tiles reach into its first output row
+(its halo: in blend mode, every tile row whose tiles extend past ``ys[first]``; in crop mode none), with
+the same tiles, the same row-aligned batches and the same stitcher state, so every output pixel comes out
+as in a single-process run. Each part runs the streaming engine where an executor puts it
+(:mod:`~lemevit_geo.pipelines.executors`), reads its own windows and writes its own part file and sidecar
+(:mod:`~lemevit_geo.pipelines.parts`); one **merge** in the driver makes the outputs
+(:mod:`~lemevit_geo.pipelines.merge`).
+
+**Resume**: a part whose file and sidecar exist with the job's ``parts_hash`` is not run again, and a scene
+merged by an earlier run of the same command (``done.json`` with the same ``job_hash``, outputs untouched
+since) is not merged again, so rerunning a command after a crash or preemption finishes only what is missing.
+Parts directories are removed once the command succeeds for every scene (``keep_parts`` keeps them).
+With ``part`` ``i/N`` only every N-th part (from the i-th) of all the scenes' parts runs and nothing is
+merged: ``lemevit-geo merge`` joins them.
+
+Failures are per scene: a scene whose planning, parts or merge fail is reported by name, and the others go on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import glob
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lemevit_geo.errors import InputError, LemevitError, OutputError
+from lemevit_geo.pipelines.change import change_job
+from lemevit_geo.pipelines.classify import classify_job
+from lemevit_geo.pipelines.dense import check_outputs
+from lemevit_geo.pipelines.engine import Progress
+from lemevit_geo.pipelines.executors import RayExecutor, failure, is_inline, open_executor
+from lemevit_geo.pipelines.jobs import (
+    Job,
+    done_summary,
+    finished_part,
+    mark_done,
+    parts_dir,
+    read_json,
+    remove_parts,
+    write_json,
+)
+from lemevit_geo.pipelines.merge import counts, merge_job
+from lemevit_geo.pipelines.parts import run_part
+from lemevit_geo.pipelines.segment import segment_job
+from lemevit_geo.pipelines.tiling import TileGrid
+from lemevit_geo.settings import DenseOutputs, ScaleOut
+
+#: Names that say "file": with several inputs such an output is refused rather than made a directory.
+FILE_SUFFIXES = (".tif", ".tiff", ".gpkg", ".parquet", ".geojson", ".json", ".vrt")
+
+
+@dataclass
+class Scene:
+    """The driver's record of one scene: its job (or why it could not be planned), parts and outcome.
+
+    ``state`` is ``planned``, ``done`` (merged now), ``done earlier`` (merged by an earlier run), ``parts``
+    (this run's share of parts written, nothing merged) or ``failed``.
+    """
+
+    name: str
+    job: Job | None = None
+    error: str | None = None
+    sidecars: dict[int, dict[str, Any]] = field(default_factory=dict)
+    ran: list[int] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    state: str = "planned"
+
+    def fail(self, message: str) -> None:
+        if self.state != "failed":
+            self.state, self.error = "failed", message
+
+
+def expand_inputs(patterns: Sequence[str | Path]) -> list[str]:
+    """The input paths: patterns with glob characters expanded (sorted), other paths (and files whose names
+    hold such characters) as given, each once."""
+    paths: list[str] = []
+    for pattern in map(str, patterns):
+        if glob.has_magic(pattern) and not os.path.exists(pattern):
+            found = sorted(glob.glob(pattern, recursive=True))
+            if not found:
+                raise InputError(f"{pattern!r} matches no file")
+            paths.extend(found)
+        else:
+            paths.append(pattern)
+    return list(dict.fromkeys(paths))
+
+
+def outputs_in(folder: Path, inputs: Sequence[str], suffix: str) -> list[Path]:
+    """One output per input in the directory ``folder`` (made if missing), named after the input
+    (``a.tif`` -> ``folder/a<suffix>``)."""
+    if not folder.exists() and folder.suffix.lower() in FILE_SUFFIXES:
+        raise OutputError(f"{folder}: with several inputs, outputs name directories (one file per input)")
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot make the output directory {folder}: {exc.strerror or exc}") from exc
+    if not folder.is_dir():
+        raise OutputError(f"{folder} is not a directory: with several inputs, outputs name directories")
+    outputs = [folder / f"{Path(p).stem}{suffix}" for p in inputs]
+    seen: dict[Path, str] = {}
+    for path, source in zip(outputs, inputs, strict=True):
+        if path in seen:
+            raise InputError(f"{seen[path]} and {source} would both write {path}: rename one of them")
+        seen[path] = source
+    return outputs
+
+
+def plan_scenes(names: Sequence[str], plan: Callable[[int], Job], single: bool) -> list[Scene]:
+    """Plan each scene with ``plan(i)``; with several scenes one that cannot be planned is failed, not fatal."""
+    scenes = []
+    for i, name in enumerate(names):
+        if single:
+            scenes.append(Scene(name, plan(i)))
+            continue
+        try:
+            scenes.append(Scene(name, plan(i)))
+        except LemevitError as exc:
+            scenes.append(Scene(name, error=str(exc), state="failed"))
+    return scenes
+
+
+def default_parts(scale_out: ScaleOut, scenes: int) -> int:
+    """Strips per scene: as asked, else N for a single scene run as part i/N, else one."""
+    if scale_out.parts is not None:
+        return scale_out.parts
+    return scale_out.part[1] if scale_out.part and scenes == 1 else 1
+
+
+def _part_tiles(job: Job, index: int) -> int:
+    strip = job.strips[index]
+    grid = TileGrid(job.grid.height, job.grid.width, job.tile, job.overlap, fit=job.task.value != "classify")
+    return (strip.stop - strip.halo) * len(grid.xs)
+
+
+def _check_new(scene: Scene, single: bool) -> bool:
+    """Refuse outputs that exist (without ``overwrite``) for a scene not merged earlier: fatal for a single
+    scene, a failed scene among several."""
+    job = scene.job
+    assert job is not None
+    try:
+        check_outputs(job.outputs_written(), job.overwrite, [*job.inputs, job.model])
+    except LemevitError as exc:
+        if single:
+            raise
+        scene.fail(str(exc))
+        return False
+    return True
+
+
+def _prepare(scenes: list[Scene], scale_out: ScaleOut) -> list[tuple[Scene, int]]:
+    """Skip scenes merged earlier, check the others' outputs, write their ``job.json``, collect finished parts;
+    return the parts to run."""
+    todo = []
+    for scene in scenes:
+        job = scene.job
+        if job is None or scene.state == "failed":
+            continue
+        earlier = None if scale_out.restart else done_summary(job)
+        if earlier is not None:
+            scene.state, scene.summary = "done earlier", earlier
+            continue
+        if not _check_new(scene, len(scenes) == 1):
+            continue
+        job.parts_dir.mkdir(exist_ok=True)
+        write_json(job.parts_dir / "job.json", job.to_dict())
+        for i in range(job.count):
+            side = None if scale_out.restart else finished_part(job, i)
+            if side is not None:
+                scene.sidecars[i] = side
+            else:
+                todo.append((scene, i))
+    if scale_out.part is not None:  # every N-th part of all the scenes' parts, from the i-th
+        i, n = scale_out.part
+        everything = [(s, k) for s in scenes if s.job and s.state == "planned" for k in range(s.job.count)]
+        todo = [(s, k) for s, k in everything[i::n] if k not in s.sidecars]
+    return todo
+
+
+def _placed(job: Job, executor: cf.Executor) -> Job:
+    """The job as sent to ``executor``: Ray pins a GPU task to its one GPU, so ``cuda:N`` becomes ``cuda``."""
+    if isinstance(executor, RayExecutor) and executor.gpus and job.engine.device.startswith("cuda:"):
+        return dataclasses.replace(job, engine=dataclasses.replace(job.engine, device="cuda"))
+    return job
+
+
+def _merge(scene: Scene, keep_parts: bool) -> None:
+    """Merge a scene whose parts are all finished, and record it as done."""
+    job = scene.job
+    assert job is not None
+    sidecars = [scene.sidecars[i] for i in range(job.count)]
+    start = time.perf_counter()
+    try:
+        written = merge_job(job, sidecars)
+    except LemevitError as exc:
+        scene.fail(f"merge: {exc}")
+        return
+    scene.summary = job_summary(scene, sidecars, written, time.perf_counter() - start)
+    scene.state = "done"
+    mark_done(job, scene.summary, keep_parts)
+
+
+def _collect(
+    future: cf.Future[dict[str, Any]], scene: Scene, i: int, scale_out: ScaleOut, progress: Progress | None
+) -> None:
+    """Take the sidecar (or the failure) of part ``i`` of ``scene``; merge the scene once its parts are all in."""
+    job = scene.job
+    assert job is not None
+    try:
+        scene.sidecars[i] = future.result()
+    except Exception as exc:
+        scene.fail(f"part {i}/{job.count}: {failure(exc)}")
+        return
+    scene.ran.append(i)
+    if progress:
+        progress.advance(_part_tiles(job, i))
+    if scale_out.part is None and scene.state == "planned" and len(scene.sidecars) == job.count:
+        _merge(scene, scale_out.keep_parts)
+
+
+def _run_parts(
+    executor: cf.Executor, todo: list[tuple[Scene, int]], scale_out: ScaleOut, progress: Progress | None
+) -> None:
+    """Run the parts and collect them as they finish (inline: each as it is submitted, so a scene is merged
+    before the next one runs)."""
+    inline = is_inline(executor)
+    pending: dict[cf.Future[dict[str, Any]], tuple[Scene, int]] = {}
+    for scene, i in todo:
+        assert scene.job is not None
+        job = _placed(scene.job, executor)
+        future = executor.submit(run_part, job, i, progress if inline else None)
+        if inline:  # already done; its tiles were counted as they ran
+            _collect(future, scene, i, scale_out, None)
+        else:
+            pending[future] = (scene, i)
+    for future in cf.as_completed(pending):
+        _collect(future, *pending[future], scale_out, progress)
+
+
+def run_scenes(scenes: list[Scene], scale_out: ScaleOut, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the parts of every planned scene on the executor ``scale_out`` names, merge them, clean up.
+
+    Returns the summary: one scene's own summary for a single scene, else every scene's, with failures
+    named (``failed``). Finished parts of failed scenes stay for the rerun.
+    """
+    start = time.perf_counter()
+    todo = _prepare(scenes, scale_out)
+    if progress:
+        progress.start(sum(_part_tiles(s.job, i) for s, i in todo if s.job))
+    if todo:
+        device = next(s.job.engine.device for s, _ in todo if s.job)
+        executor = open_executor(scale_out.executor, device)
+        try:
+            _run_parts(executor, todo, scale_out, progress)
+        finally:
+            executor.shutdown(wait=False, cancel_futures=True)
+    for scene in scenes:
+        job = scene.job
+        if job is None or scene.state != "planned":
+            continue
+        if scale_out.part is not None:
+            scene.state = "parts"
+            scene.summary = parts_summary(scene)
+        elif len(scene.sidecars) == job.count:
+            _merge(scene, scale_out.keep_parts)
+    if scale_out.part is None and not scale_out.keep_parts and not any(s.state == "failed" for s in scenes):
+        for scene in scenes:
+            if scene.job is not None:
+                remove_parts(scene.job)
+    return scenes_summary(scenes, time.perf_counter() - start)
+
+
+def merge_parts(
+    output: Path, overwrite: bool = False, keep_parts: bool = False, progress: Progress | None = None
+) -> dict[str, Any]:
+    """``lemevit-geo merge``: join the parts of ``output`` (or of every output in the directory ``output``)
+    that array jobs (``part`` ``i/N``) wrote."""
+    dirs = sorted(Path(output).glob("*.parts")) if Path(output).is_dir() else [parts_dir(Path(output))]
+    scenes = []
+    for folder in dirs:
+        data = read_json(folder / "job.json")
+        if data is None:
+            raise InputError(f"{folder} holds no job.json: run the parts first (`part` i/N)")
+        job = Job.from_dict(data)
+        scene = Scene(job.name, dataclasses.replace(job, overwrite=job.overwrite or overwrite))
+        missing = []
+        for i in range(job.count):
+            side = finished_part(job, i)
+            if side is None:
+                missing.append(f"{i}/{job.count}")
+            else:
+                scene.sidecars[i] = side
+        if missing:
+            scene.fail(f"parts {', '.join(missing)} are not finished: run them with `part` i/{job.count}")
+        scenes.append(scene)
+    if not scenes:
+        raise InputError(f"{output} holds no parts directories (*.parts)")
+    return run_scenes(scenes, ScaleOut(keep_parts=keep_parts), progress)
+
+
+def job_summary(
+    scene: Scene, sidecars: Sequence[dict[str, Any]], written: dict[str, Any], merge_seconds: float
+) -> dict[str, Any]:
+    """The summary of a merged scene: the single-process fields, plus its parts and the merge time."""
+    job = scene.job
+    assert job is not None
+    total = {k: sum(s[k] for s in sidecars) for k in ("tiles", "tiles_run", "tiles_skipped_nodata", "halo_tiles_run")}
+    key = "class_tiles" if job.task.value == "classify" else "class_pixels"
+    parts = [
+        {
+            "part": i,
+            "tile_rows": [s["strip"]["first"], s["strip"]["stop"]],
+            "halo_rows": s["strip"]["first"] - s["strip"]["halo"],
+            "status": "run" if i in scene.ran else "reused",
+            "seconds": s["seconds"],
+            "host": s["host"],
+            "device": s["device"],
+        }
+        for i, s in enumerate(sidecars)
+    ]
+    return {
+        "input": job.name,
+        **total,
+        "tile_size": job.tile,
+        "overlap": job.overlap,
+        "width": job.grid.width,
+        "height": job.grid.height,
+        "precision": sidecars[0]["precision"],
+        "batch_size": job.engine.batch_size,
+        "parts": parts,
+        "part_seconds": round(sum(s["seconds"] for s in sidecars), 3),
+        "merge_seconds": round(merge_seconds, 3),
+        "outputs": written,
+        key: counts(job, sidecars),
+        **job.report,
+    }
+
+
+def parts_summary(scene: Scene) -> dict[str, Any]:
+    """What a run of some parts (``part`` ``i/N``) of a scene did."""
+    job = scene.job
+    assert job is not None
+    return {
+        "input": job.name,
+        "parts_dir": str(job.parts_dir),
+        "parts_run": sorted(scene.ran),
+        "parts_finished": sorted(scene.sidecars),
+        "parts": job.count,
+    }
+
+
+def scenes_summary(scenes: list[Scene], seconds: float) -> dict[str, Any]:
+    """One scene's summary (with its state), or all of them with counts; failures under ``failed``."""
+    failed = {s.name: s.error or "failed" for s in scenes if s.state == "failed"}
+    if len(scenes) == 1:
+        return {"state": scenes[0].state, **scenes[0].summary, "failed": failed, "seconds": round(seconds, 3)}
+    listed = [
+        {"input": s.name, "state": s.state, **({"error": s.error} if s.error else {}), **s.summary} for s in scenes
+    ]
+    states = [s.state for s in scenes]
+    return {
+        "scenes": listed,
+        "done": states.count("done") + states.count("done earlier"),
+        "failed": failed,
+        "seconds": round(seconds, 3),
+    }
+
+
+def check_failures(summary: dict[str, Any]) -> None:
+    """Raise one error naming every failed scene of a summary (after it was printed)."""
+    failed: dict[str, str] = summary.get("failed") or {}
+    if not failed:
+        return
+    if "scenes" not in summary:  # one scene: its message (which names the file where it can)
+        name, error = next(iter(failed.items()))
+        raise LemevitError(error if name in error else f"{name}: {error}")
+    names = "; ".join(f"{name}: {error}" for name, error in failed.items())
+    raise LemevitError(f"{len(failed)} of {len(summary['scenes'])} scenes failed: {names}")
+
+
+def _per_scene(folder: Path | None, inputs: Sequence[str], suffix: str) -> list[Path | None]:
+    return list(outputs_in(folder, inputs, suffix)) if folder is not None else [None] * len(inputs)
+
+
+def single_output(inputs: Sequence[str], output: str | Path) -> bool:
+    """Whether ``output`` names one file (one input), rather than a directory for one output per input."""
+    return len(inputs) == 1 and not Path(output).is_dir() and not str(output).endswith(("/", os.sep))
+
+
+def scale_segment(
+    *,
+    images: Sequence[str | Path],
+    output: str | Path,
+    model: str | Path,
+    scale_out: ScaleOut,
+    outputs: DenseOutputs = DenseOutputs(),
+    progress: Progress | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """``segment`` of one or many scenes through parts; ``options`` as for
+    :func:`~lemevit_geo.pipelines.segment.segment_job`.
+
+    With several inputs (or ``output`` a directory) ``output``, ``outputs.probabilities`` and
+    ``outputs.vector`` name directories, and each scene writes ``<stem>.tif``, ``<stem>.probabilities.tif``
+    and ``<stem>.gpkg`` there.
+    """
+    inputs = expand_inputs(images)
+    single = single_output(inputs, output)
+    if single:
+        targets: list[tuple[Path, DenseOutputs]] = [(Path(output), outputs)]
+    else:
+        mains = outputs_in(Path(output), inputs, ".tif")
+        probs = _per_scene(outputs.probabilities, inputs, ".probabilities.tif")
+        vectors = _per_scene(outputs.vector, inputs, ".gpkg")
+        targets = [
+            (main, dataclasses.replace(outputs, probabilities=p, vector=v))
+            for main, p, v in zip(mains, probs, vectors, strict=True)
+        ]
+    parts = default_parts(scale_out, len(inputs))
+
+    def plan(i: int) -> Job:
+        main, scene_outputs = targets[i]
+        return segment_job(image=inputs[i], output=main, model=model, parts=parts, outputs=scene_outputs, **options)
+
+    return run_scenes(plan_scenes(inputs, plan, single), scale_out, progress)
+
+
+def scale_change(*, scale_out: ScaleOut, progress: Progress | None = None, **options: Any) -> dict[str, Any]:
+    """``change`` of one pair through parts; ``options`` as for :func:`~lemevit_geo.pipelines.change.change_job`."""
+    parts = default_parts(scale_out, 1)
+    name = f"{options['before']} + {options['after']}"
+    return run_scenes(plan_scenes([name], lambda _: change_job(parts=parts, **options), True), scale_out, progress)
+
+
+def scale_classify(
+    *,
+    images: Sequence[str | Path],
+    output: str | Path,
+    model: str | Path,
+    scale_out: ScaleOut,
+    raster: str | Path | None = None,
+    progress: Progress | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """``classify`` of one or many scenes through parts; ``options`` as for
+    :func:`~lemevit_geo.pipelines.classify.classify_job`.
+
+    With several inputs (or ``output`` a directory) ``output`` and ``raster`` name directories, and each
+    scene writes ``<stem>.gpkg`` and ``<stem>.tif`` there.
+    """
+    inputs = expand_inputs(images)
+    single = single_output(inputs, output)
+    if single:
+        targets: list[tuple[Path, Path | None]] = [(Path(output), Path(raster) if raster else None)]
+    else:
+        rasters = _per_scene(Path(raster) if raster else None, inputs, ".tif")
+        targets = list(zip(outputs_in(Path(output), inputs, ".gpkg"), rasters, strict=True))
+    parts = default_parts(scale_out, len(inputs))
+
+    def plan(i: int) -> Job:
+        main, grid_raster = targets[i]
+        return classify_job(image=inputs[i], output=main, model=model, parts=parts, raster=grid_raster, **options)
+
+    return run_scenes(plan_scenes(inputs, plan, single), scale_out, progress)
