@@ -196,3 +196,26 @@ def test_pixel_branch_sees_single_pixels() -> None:
     with torch.no_grad():
         diff = (model(y) - model(x)).abs().sum(1)[0]
     assert diff[30, 30] > 10 * np.median(diff.numpy())
+
+
+def test_train_prints_the_model_next_to_its_baselines() -> None:
+    from lemevit_geo.cli.app import console
+    from lemevit_geo.cli.display import report_baselines
+    from lemevit_geo.options import Display
+
+    summary = {
+        "validation": {"OA": 0.81, "mIoU": 0.52, "loss": 0.6},
+        "baselines": {
+            "majority": {"class": "forest", "OA": 0.4, "mIoU": 0.08},
+            "pixel_classifier": {"OA": 0.7, "mIoU": 0.41, "train_pixels": 9000},
+        },
+    }
+    with console.capture() as captured:
+        report_baselines(summary, Display())
+    lines = captured.get().splitlines()
+    assert any("model" in line and "0.8100" in line and "0.5200" in line for line in lines)
+    assert any("majority class (forest)" in line and "0.4000" in line for line in lines)
+    assert any("gradient boosting" in line and "0.4100" in line for line in lines)
+    with console.capture() as captured:
+        report_baselines(summary, Display(json=True))
+    assert captured.get() == ""

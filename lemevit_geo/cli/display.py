@@ -32,6 +32,26 @@ def report(summary: dict[str, Any], display: Display) -> None:
         console.print(table)
 
 
+def report_baselines(summary: dict[str, Any], display: Display) -> None:
+    """Print the model's best validation metrics next to its baselines (``train``; not with --json or --quiet)."""
+    rows = [("model", summary.get("validation") or {})]
+    baselines = summary.get("baselines") or {}
+    if "majority" in baselines:
+        rows.append((f"majority class ({baselines['majority']['class']})", baselines["majority"]))
+    if "pixel_classifier" in baselines:
+        rows.append(("per-pixel gradient boosting", baselines["pixel_classifier"]))
+    metrics = [m for m in ("OA", "mIoU", "F1") if any(m in r for _, r in rows)]
+    if display.json or display.quiet or len(rows) < 2 or not metrics:
+        return
+    table = Table(title="validation", title_justify="left", box=None)
+    table.add_column("")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    for name, row in rows:
+        table.add_row(name, *(f"{row[m]:.4f}" if m in row else "-" for m in metrics))
+    console.print(table)
+
+
 class _Rate(TextColumn):
     """Tiles per second."""
 

@@ -10,7 +10,7 @@ import typer
 from lemevit_geo import options as o
 from lemevit_geo.choices import PretrainMethod
 from lemevit_geo.cli.app import app, quiet_lightning
-from lemevit_geo.cli.display import report
+from lemevit_geo.cli.display import report, report_baselines
 from lemevit_geo.options import Display, grouped
 from lemevit_geo.settings import Hardware, PretrainRecipe, Recipe
 
@@ -127,6 +127,7 @@ def train(
         baseline=baseline,
     )
     report(summary, display)
+    report_baselines(summary, display)
 
 
 @app.command()
