@@ -165,9 +165,10 @@ class Recipe:
         class_balance: Loss weight per class ``(median frequency / frequency) ** class_balance`` from the
             training region's labels (0: plain cross-entropy; own data only).
         early_stop: Stop after this many epochs without a better validation metric (0: never).
-        augment: Random flips and 90-degree rotations of training tiles (own data; torchgeo datasets keep
-            their datamodules' augmentations, and ``False`` leaves them only their normalisation).
-        scale_jitter: Random zoom of training tiles by up to this share (own data).
+        augment: Random flips and 90-degree rotations of training tiles (own data: the same for the image,
+            both dates of a change pair and the mask; detection crops turn with their boxes). torchgeo datasets
+            keep their datamodules' augmentations, so ``False`` is refused there.
+        scale_jitter: Random zoom of training tiles by up to this share (own data; not detection).
         band_jitter: Random per-band brightness and contrast change of up to this many standard deviations /
             this share (own data).
         seed: Random seed of sampling, augmentation and initialisation.
