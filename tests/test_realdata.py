@@ -56,3 +56,16 @@ def test_burn_marks_conflicting_classes_unknown() -> None:
     assert conflicts == 8  # columns 2-3, all four rows: claimed by x and y
     assert (labels[:, :2] == 0).all() and (labels[:, 2:4] == 255).all() and (labels[:, 4:6] == 1).all()
     assert (labels[:, 6:] == 255).all()  # no polygon: unknown, not background
+
+
+def test_named_runs_are_train_recipes_with_overrides() -> None:
+    run = realdata.make_run("today", ["epochs=2", "augment=true", "tile_size=96"], "probe", 0)
+    recipe = run.settings()
+    assert run.name == "today+probe" and run.tile_size == 96
+    assert recipe.epochs == 2 and recipe.augment is True and recipe.schedule.value == "plateau"
+    assert recipe.pixel_channels == 0 and recipe.weight_decay == 0.01
+    new = realdata.make_run("new", [], "", 1)
+    assert new.name == "new_s1" and new.settings() == realdata.make_run("new", [], "", 1).settings()
+    for name, spec in realdata.RUNS.items():  # every named run is a valid recipe
+        realdata.make_run(name, [], "", 0).settings()
+        assert spec.get("pretrain") in (None, *realdata.PRETRAINS)
