@@ -64,6 +64,8 @@ def test_named_runs_are_train_recipes_with_overrides() -> None:
     assert run.name == "today+probe" and run.tile_size == 96
     assert recipe.epochs == 2 and recipe.augment is True and recipe.schedule.value == "plateau"
     assert recipe.pixel_channels == 0 and recipe.weight_decay == 0.01
+    default = realdata.make_run("new", [], "", 0)
+    assert default.settings().pixel_channels == 32 and default.epochs * default.steps_per_epoch == 200
     new = realdata.make_run("new", [], "", 1)
     assert new.name == "new_s1" and new.settings() == realdata.make_run("new", [], "", 1).settings()
     for name, spec in realdata.RUNS.items():  # every named run is a valid recipe
