@@ -276,7 +276,8 @@ class DetectionModule(LeMeViTTask, BaseTask):
     Batches hold ``image`` ``(B, C, H, W)`` (normalised) and, one tensor per image, ``boxes`` ``(N, 5)``
     (``cx, cy, w, h, angle`` in pixels and radians), ``labels`` ``(N,)`` and ``ignore`` ``(N,)`` (difficult
     or partly seen objects: no loss, and neither hits nor misses in validation). Optimiser: AdamW (weight
-    decay 0.05) with a linear warm-up and a cosine decay per step; gradients clipped to norm 10. Validation
+    decay ``weight_decay``, 0.05 by default) with a linear warm-up (10 % of the steps, at most 500) and a cosine
+    decay per step; gradients clipped to norm 10. Validation
     logs DOTA-style ``val_mAP`` (IoU 0.5, all points), ``val_mAP_07`` (VOC07 11 points) and ``val_AP_<class>``.
 
     Args:
@@ -338,7 +339,9 @@ class DetectionModule(LeMeViTTask, BaseTask):
         self.clip_gradients(optimizer, gradient_clip_val=10.0, gradient_clip_algorithm="norm")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams["lr"], weight_decay=0.05)
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams["lr"], weight_decay=self.recipe["weight_decay"]
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, min(500, total // 10))
         schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from lemevit_geo.bundle import DEFAULT_TILE, BundleConfig, save_bundle
-from lemevit_geo.choices import Arch, Precision, Task
+from lemevit_geo.choices import Arch, Precision, Schedule, Task
 from lemevit_geo.device import cpu_supports_bf16
 from lemevit_geo.errors import InputError
 from lemevit_geo.models.factory import head_options
@@ -72,6 +72,11 @@ def load_data(
             raise InputError(
                 "`scale_jitter`, `band_jitter` and `class_balance` apply to segment, change and classify: detection "
                 "training flips and turns its crops with their boxes (`augment`)"
+            )
+        if recipe.schedule != Schedule.cosine or recipe.warmup != Recipe().warmup:
+            raise InputError(
+                "`schedule` and `warmup` do not apply to detection training: it warms up over 10 % of the steps "
+                "(at most 500) and decays by cosine"
             )
         tile = tile_size or DEFAULT_TILE[wanted]
         data = detection_data(

@@ -223,7 +223,7 @@ def test_train_prints_the_model_next_to_its_baselines() -> None:
 
 def test_detection_follows_augment_and_refuses_jitter(tmp_path: Path) -> None:
     """Own detection crops flip and turn with their boxes (``flip_rotate``) unless --no-augment; the pixel-only
-    jitters and class balance do not apply to boxes and are refused."""
+    jitters, class balance and the dense tasks' schedule options do not apply to boxes and are refused."""
     from lemevit_geo.pipelines.train import load_data
 
     scene = make_scene(tmp_path / "scene", size=320, seed=5)
@@ -233,6 +233,6 @@ def test_detection_follows_augment_and_refuses_jitter(tmp_path: Path) -> None:
     for augment in (True, False):
         data, _ = load_data(**common, recipe=Recipe(augment=augment))
         assert data.datamodule.train_dataset.augment is augment and not data.datamodule.val_dataset.augment
-    for bad in (dict(band_jitter=0.1), dict(scale_jitter=0.1), dict(class_balance=0.5)):
+    for bad in (dict(band_jitter=0.1), dict(scale_jitter=0.1), dict(class_balance=0.5), dict(warmup=0.2)):
         with pytest.raises(InputError, match=next(iter(bad))):
             load_data(**common, recipe=Recipe(**bad))
