@@ -173,6 +173,7 @@ def _segment(run: DemoRun) -> dict[str, Any]:
     )
     split = summary["split"]
     m = evaluate_segmentation(raster, run.scene.labels, split["val_bounds"], split["train_bounds"])
+    m["bounds"] = split["val_bounds"]
     metric = f"mIoU {m['mIoU']:.3f} (baseline {m['baseline_mIoU']:.3f}), OA {m['OA']:.3f}"
     return _task(metric, m, train_s, time.perf_counter() - t0, [raster, vector])
 
@@ -195,6 +196,7 @@ def _change(run: DemoRun) -> dict[str, Any]:
         overwrite=run.overwrite,
     )
     m = evaluate_held_out_change(raster, scene.change, summary["split"]["val_bounds"])
+    m["bounds"] = summary["split"]["val_bounds"]
     return _task(f"F1 {m['F1']:.3f}", m, train_s, time.perf_counter() - t0, [raster, vector])
 
 
@@ -237,6 +239,7 @@ def _detect(run: DemoRun) -> dict[str, Any]:
         "AP": {c: None if v is None else round(v, 4) for c, v in m["AP"].items()},
         "objects": sum(m["num_reference"].values()),
         "objects_found_in_scene": found["objects"],
+        "bounds": summary["split"]["val_bounds"],
     }
     metric = f"mAP@0.5 {held['mAP'] or 0:.3f} (VOC07 {held['mAP_07'] or 0:.3f}) over {held['objects']} objects"
     return _task(metric, held, train_s, predict_s, [vector])

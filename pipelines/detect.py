@@ -20,13 +20,15 @@ import numpy as np
 import torch
 
 from lemevit_geo.bundle import BundleConfig, open_model
-from lemevit_geo.choices import Task
+from lemevit_geo.choices import Stitch, Task
 from lemevit_geo.errors import InputError
 from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.boxes import BoxMerger, box_features
 from lemevit_geo.pipelines.dense import make_grid, run_summary, source_for
 from lemevit_geo.pipelines.engine import BackgroundSink, Progress, Runtime, TileReader, run_tiles
-from lemevit_geo.raster import gdal_env, inspect_source
+from lemevit_geo.pipelines.jobs import GridSpec, Job, bundle_sha, read_bundle, seal
+from lemevit_geo.pipelines.tiling import TileGrid, strips
+from lemevit_geo.raster import SourceInfo, gdal_env, inspect_source
 from lemevit_geo.settings import Detection, Engine, Tiling
 from lemevit_geo.vector import VectorStream, check_vector_path
 
@@ -45,18 +47,22 @@ def configure_detector(net: torch.nn.Module, config: BundleConfig, detection: De
         if value is not None:
             setattr(net, name, value)
     net.pre_nms_top_k = max(int(net.pre_nms_top_k), int(net.max_detections))
-    keep = None
-    if detection.classes is not None:
-        unknown = [c for c in detection.classes if c not in config.classes]
-        if unknown:
-            raise InputError(f"`classes` names {', '.join(unknown)}, not in the model's {', '.join(config.classes)}")
-        keep = sorted(config.classes.index(c) for c in detection.classes)
     return {
         "score_threshold": score,
         "iou_threshold": float(net.iou_threshold),
         "max_detections": int(net.max_detections),
-        "keep": keep,
+        "keep": kept_classes(config, detection),
     }
+
+
+def kept_classes(config: BundleConfig, detection: Detection) -> list[int] | None:
+    """Indices of the classes ``detection`` keeps (``None``: all); unknown names are refused."""
+    if detection.classes is None:
+        return None
+    unknown = [c for c in detection.classes if c not in config.classes]
+    if unknown:
+        raise InputError(f"`classes` names {', '.join(unknown)}, not in the model's {', '.join(config.classes)}")
+    return sorted(config.classes.index(c) for c in detection.classes)
 
 
 def detect(
@@ -88,9 +94,28 @@ def detect(
     net, config = open_model(model, Task.detect)
     info = inspect_source(image, bands, config.bands, allow_pixel_grid)
     tile, overlap = Tiling(tile_size=tile_size, overlap=overlap).resolve(config.tile_size, config.overlap)
+    grid = make_grid(info, tile, overlap)
+    if progress:
+        progress.start(len(grid))
+    return detect_scene(info, grid, net, config, output, overwrite, inputs, engine, detection, progress)
+
+
+def detect_scene(
+    info: SourceInfo,
+    grid: TileGrid,
+    net: torch.nn.Module,
+    config: BundleConfig,
+    output: Path,
+    overwrite: bool,
+    inputs: Sequence[str | Path],
+    engine: Engine,
+    detection: Detection,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run the detector over ``grid`` of the checked source ``info`` and write the merged boxes to ``output``
+    (the net's thresholds are set from ``detection``); the run's summary."""
     settings = configure_detector(net, config, detection)
     runtime = Runtime.create(engine)
-    grid = make_grid(info, tile, overlap)
     classes: Counter[str] = Counter()
 
     def write(rows: np.ndarray) -> None:
@@ -100,8 +125,6 @@ def detect(
 
     template = box_features(np.zeros((0, 7)), info.transform, config.classes, info.crs)
     with VectorStream(output, overwrite, template, inputs=inputs) as stream:
-        if progress:
-            progress.start(len(grid))
         start = time.perf_counter()
         merger = BoxMerger(grid, write, settings["iou_threshold"], settings["keep"], settings["score_threshold"])
         reader = TileReader([source_for(info, config)], grid, threads=runtime.threads, prefetch=4 * runtime.batch_size)
@@ -127,3 +150,54 @@ def box_summary(
         "bundle_overlap": config.overlap,
         **{k: v for k, v in settings.items() if k != "keep"},
     }
+
+
+def detect_job(
+    *,
+    image: str | Path,
+    output: str | Path,
+    model: str | Path,
+    parts: int,
+    bands: Sequence[int] | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    overwrite: bool = False,
+    allow_pixel_grid: bool = False,
+    engine: Engine = Engine(),
+    detection: Detection = Detection(),
+) -> Job:
+    """Plan ``detect`` of ``image`` as one part (see :mod:`lemevit_geo.pipelines.scale`).
+
+    A scene is one part: boxes are merged across tile rows by a streaming merger whose decisions reach over
+    several rows (pieces of long objects), so strips of one scene would not give the boxes of one run.
+    """
+    if parts > 1:
+        raise InputError("`parts`: detect runs every scene as one part (scenes are not cut into strips)")
+    output = Path(output)
+    check_vector_path(output)
+    config = read_bundle(model, Task.detect)
+    info = inspect_source(image, bands, config.bands, allow_pixel_grid)
+    tile, overlap = Tiling(tile_size=tile_size, overlap=overlap).resolve(config.tile_size, config.overlap)
+    grid = make_grid(info, tile, overlap)
+    kept_classes(config, detection)
+    job = Job(
+        task=Task.detect,
+        inputs=(str(image),),
+        model=str(model),
+        bundle_sha=bundle_sha(model),
+        output=output,
+        grid=GridSpec.of(info),
+        classes=tuple(config.classes),
+        colors=tuple(config.colors),
+        tile=grid.tile,
+        overlap=grid.overlap,
+        stitch=Stitch.crop,
+        strips=tuple(strips(grid, 1, Stitch.crop)),
+        engine=engine,
+        bands=tuple(bands) if bands else None,
+        allow_pixel_grid=allow_pixel_grid,
+        detection=detection,
+        overwrite=overwrite,
+        report={"mask": [info.mask.describe()]},
+    )
+    return seal(job)

@@ -40,7 +40,7 @@ from lemevit_geo.outputs import temporary_sibling
 from lemevit_geo.pipelines.dense import make_grid
 from lemevit_geo.pipelines.tiling import Strip, strips
 from lemevit_geo.raster import SourceInfo
-from lemevit_geo.settings import DenseOutputs, Engine, Tiling
+from lemevit_geo.settings import DenseOutputs, Detection, Engine, Tiling
 
 FORMAT = "lemevit-geo-parts"
 FORMAT_VERSION = 1
@@ -71,11 +71,11 @@ class Job:
     """One scene (or change pair) run as parts. See the module docstring for the hashes.
 
     Attributes:
-        task: ``segment``, ``change`` or ``classify``.
+        task: ``segment``, ``change``, ``classify`` or ``detect``.
         inputs: The input raster paths (two for ``change``).
         model: The bundle path (every worker loads it, and checks its SHA-256 against ``bundle_sha``).
         bundle_sha: SHA-256 of the bundle file.
-        output: The main output (class raster, or tile polygons for ``classify``).
+        output: The main output (class raster; tile polygons for ``classify``; boxes for ``detect``).
         grid: The output grid.
         classes: Class names of the bundle, in output order.
         colors: Their colours.
@@ -90,6 +90,7 @@ class Job:
         vector_skip: Classes that get no polygons.
         raster: The coarse class raster of ``classify``, if asked for.
         top_k: Classes listed per tile (``classify``).
+        detection: Box filtering of ``detect``.
         overwrite: Replace existing outputs.
         report: What the planning found (mask, alignment), repeated in the summary.
         parts_hash: Hash of what changes part files.
@@ -115,6 +116,7 @@ class Job:
     vector_skip: tuple[int, ...] = ()
     raster: Path | None = None
     top_k: int = 3
+    detection: Detection = Detection()
     overwrite: bool = False
     report: dict[str, Any] = field(default_factory=dict, compare=False)
     parts_hash: str = ""
@@ -134,7 +136,7 @@ class Job:
         return len(self.strips)
 
     def part_file(self, index: int) -> Path:
-        suffix = ".parquet" if self.task == Task.classify else ".tif"
+        suffix = ".parquet" if self.task in (Task.classify, Task.detect) else ".tif"
         return self.parts_dir / f"part-{index:05d}-of-{self.count:05d}{suffix}"
 
     def sidecar(self, index: int) -> Path:
@@ -167,6 +169,7 @@ class Job:
             outputs=DenseOutputs(**outputs),
             vector_skip=tuple(d["vector_skip"]),
             raster=Path(d["raster"]) if d["raster"] else None,
+            detection=Detection(**d.get("detection", {})),
         )
 
 
@@ -214,6 +217,7 @@ def seal(job: Job) -> Job:
         "allow_pixel_grid": job.allow_pixel_grid,
         "probabilities": job.outputs.probabilities is not None,
         "top_k": job.top_k,
+        "detection": job.detection,
     }
     parts_hash = _digest(parts)
     merge = [parts_hash, job.output, job.outputs, job.vector_skip, job.raster]

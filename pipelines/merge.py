@@ -5,12 +5,13 @@ height, column chunks) are read back from the part file and handed to the same b
 regrouping and :class:`~lemevit_geo.pipelines.writers.DenseRasterWriter` in the same order as a
 single-process run, so GDAL receives the same writes and the merged GeoTIFF has the same bytes. COG,
 category names and polygons are then made from the merged raster as in a single-process run. Memory is
-one tile row of the scene, as in a run. ``classify`` parts are tile tables, concatenated in grid order.
+one tile row of the scene, as in a run. ``classify`` parts are tile tables, concatenated in grid order;
+a ``detect`` scene is one part, its boxes written in the output's format.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import geopandas as gpd
@@ -65,8 +66,8 @@ def merge_dense(job: Job, sidecars: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return files.finish()
 
 
-def merge_classify(job: Job, sidecars: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Write the tile polygons (and the coarse raster) of a ``classify`` job from its parts."""
+def _tables(job: Job, sidecars: Sequence[dict[str, Any]]) -> gpd.GeoDataFrame:
+    """The polygons of every part of a vector job (``classify``, ``detect``), in part order."""
     tables = []
     for index in range(len(sidecars)):
         try:
@@ -74,7 +75,12 @@ def merge_classify(job: Job, sidecars: Sequence[dict[str, Any]]) -> dict[str, An
         except (OSError, ValueError) as exc:
             raise InputError(f"{job.part_file(index)}: reading the part failed: {exc}") from exc
     filled = [t for t in tables if len(t)] or tables[:1]
-    table = gpd.GeoDataFrame(pd.concat(filled, ignore_index=True), crs=tables[0].crs)
+    return gpd.GeoDataFrame(pd.concat(filled, ignore_index=True), crs=tables[0].crs)
+
+
+def merge_classify(job: Job, sidecars: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Write the tile polygons (and the coarse raster) of a ``classify`` job from its parts."""
+    table = _tables(job, sidecars)
     written: dict[str, Any] = {"vector": str(write_vector(table, job.output, job.overwrite))}
     if job.raster is not None:
         grid = TileGrid(job.grid.height, job.grid.width, job.tile, 0, fit=False)
@@ -84,14 +90,34 @@ def merge_classify(job: Job, sidecars: Sequence[dict[str, Any]]) -> dict[str, An
     return written
 
 
+def merge_detect(job: Job, sidecars: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Write the boxes of a ``detect`` job (one part per scene) in the output's format."""
+    return {"vector": str(write_vector(_tables(job, sidecars), job.output, job.overwrite))}
+
+
+#: How the parts of each task become its outputs.
+MERGERS: dict[Task, Callable[[Job, Sequence[dict[str, Any]]], dict[str, Any]]] = {
+    Task.segment: merge_dense,
+    Task.change: merge_dense,
+    Task.classify: merge_classify,
+    Task.detect: merge_detect,
+}
+
+
 def merge_job(job: Job, sidecars: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The outputs of ``job`` from its finished parts (their sidecars, in part order); return what was written."""
-    return merge_classify(job, sidecars) if job.task == Task.classify else merge_dense(job, sidecars)
+    return MERGERS[job.task](job, sidecars)
+
+
+#: The sidecar key that counts what each task found per class (dense tasks: ``class_pixels`` arrays).
+COUNT_KEYS = {Task.classify: "class_tiles", Task.detect: "class_objects"}
 
 
 def counts(job: Job, sidecars: Sequence[dict[str, Any]]) -> dict[str, int]:
-    """Pixels per class (dense) or tiles per class (``classify``), summed over the parts."""
-    if job.task == Task.classify:
-        return {c: sum(s["class_tiles"][c] for s in sidecars) for c in job.classes}
+    """Pixels per class (dense), tiles per class (``classify``) or objects per class (``detect``), summed over
+    the parts."""
+    if job.task in COUNT_KEYS:
+        key = COUNT_KEYS[job.task]
+        return {c: sum(s[key][c] for s in sidecars) for c in job.classes if c in sidecars[0][key]}
     total = np.sum([s["class_pixels"] for s in sidecars], axis=0)
     return dict(zip(job.classes, (int(v) for v in total), strict=True))

@@ -27,6 +27,7 @@ from lemevit_geo.outputs import atomic_path
 from lemevit_geo.pipelines.change import change_job_sources
 from lemevit_geo.pipelines.classify import classify_tiles
 from lemevit_geo.pipelines.dense import make_grid, stitch_tiles
+from lemevit_geo.pipelines.detect import detect_scene
 from lemevit_geo.pipelines.engine import Progress, Runtime, SourceSpec
 from lemevit_geo.pipelines.jobs import FORMAT, FORMAT_VERSION, Job, file_sha256, plain, write_json
 from lemevit_geo.pipelines.segment import segment_sources
@@ -124,6 +125,41 @@ def classify_part(
     }
 
 
+def detect_part(
+    job: Job, index: int, net: torch.nn.Module, config: BundleConfig, runtime: Runtime, progress: Progress | None
+) -> dict[str, Any]:
+    """Detect the objects of the job's scene (one part: the whole scene) into a GeoParquet part file."""
+    info = inspect_source(job.inputs[0], job.bands, config.bands, job.allow_pixel_grid)
+    grid = make_grid(info, job.tile, job.overlap)
+    _same_grid(job, grid)
+    thresholds = {k: getattr(net, k) for k in ("score_threshold", "iou_threshold", "max_detections", "pre_nms_top_k")}
+    try:  # the cached model serves later jobs with the bundle's thresholds
+        inputs = [*job.inputs, job.model]
+        part = job.part_file(index)
+        summary = detect_scene(info, grid, net, config, part, True, inputs, job.engine, job.detection, progress)
+    finally:
+        for name, value in thresholds.items():
+            setattr(net, name, value)
+    return {
+        "class_objects": summary["class_objects"],
+        **{k: summary[k] for k in ("objects", "boxes_found", "merged_across_tiles", "partial_boxes")},
+        "tiles": summary["tiles"],
+        "tiles_run": summary["tiles_run"],
+        "tiles_skipped_nodata": summary["tiles_skipped_nodata"],
+        "halo_tiles": 0,
+        "halo_tiles_run": 0,
+    }
+
+
+#: What runs a part of each task in a worker.
+PART_RUNNERS: dict[Task, Callable[..., dict[str, Any]]] = {
+    Task.segment: dense_part,
+    Task.change: dense_part,
+    Task.classify: classify_part,
+    Task.detect: detect_part,
+}
+
+
 def run_part(job: Job, index: int, progress: Progress | None = None) -> dict[str, Any]:
     """Run part ``index`` of ``job``: write its part file, then its sidecar; return the sidecar."""
     if GDAL_ERRORS not in logging.getLogger("rasterio").handlers:  # GDAL's root causes go into our messages
@@ -131,8 +167,7 @@ def run_part(job: Job, index: int, progress: Progress | None = None) -> dict[str
     start = time.perf_counter()
     runtime = Runtime.create(job.engine)
     net, config = worker_model(job, runtime)
-    run = classify_part if job.task == Task.classify else dense_part
-    counts = run(job, index, net, config, runtime, progress)
+    counts = PART_RUNNERS[job.task](job, index, net, config, runtime, progress)
     path = job.part_file(index)
     sidecar = plain(
         {

@@ -36,6 +36,7 @@ from lemevit_geo.errors import InputError, LemevitError, OutputError
 from lemevit_geo.pipelines.change import change_job
 from lemevit_geo.pipelines.classify import classify_job
 from lemevit_geo.pipelines.dense import check_outputs
+from lemevit_geo.pipelines.detect import detect_job
 from lemevit_geo.pipelines.engine import Progress
 from lemevit_geo.pipelines.executors import RayExecutor, failure, is_inline, open_executor
 from lemevit_geo.pipelines.jobs import (
@@ -48,7 +49,7 @@ from lemevit_geo.pipelines.jobs import (
     remove_parts,
     write_json,
 )
-from lemevit_geo.pipelines.merge import counts, merge_job
+from lemevit_geo.pipelines.merge import COUNT_KEYS, counts, merge_job
 from lemevit_geo.pipelines.parts import run_part
 from lemevit_geo.pipelines.segment import segment_job
 from lemevit_geo.pipelines.tiling import TileGrid
@@ -313,7 +314,7 @@ def job_summary(
     job = scene.job
     assert job is not None
     total = {k: sum(s[k] for s in sidecars) for k in ("tiles", "tiles_run", "tiles_skipped_nodata", "halo_tiles_run")}
-    key = "class_tiles" if job.task.value == "classify" else "class_pixels"
+    key = COUNT_KEYS.get(job.task, "class_pixels")
     parts = [
         {
             "part": i,
@@ -468,5 +469,31 @@ def scale_classify(
     def plan(i: int) -> Job:
         main, grid_raster = targets[i]
         return classify_job(image=inputs[i], output=main, model=model, parts=parts, raster=grid_raster, **options)
+
+    return run_scenes(plan_scenes(inputs, plan, single), scale_out, progress)
+
+
+def scale_detect(
+    *,
+    images: Sequence[str | Path],
+    output: str | Path,
+    model: str | Path,
+    scale_out: ScaleOut,
+    progress: Progress | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """``detect`` of one or many scenes, one part each; ``options`` as for
+    :func:`~lemevit_geo.pipelines.detect.detect_job`.
+
+    With several inputs (or ``output`` a directory) ``output`` names a directory, and each scene writes
+    ``<stem>.gpkg`` there.
+    """
+    inputs = expand_inputs(images)
+    single = single_output(inputs, output)
+    targets = [Path(output)] if single else outputs_in(Path(output), inputs, ".gpkg")
+    parts = scale_out.parts or 1
+
+    def plan(i: int) -> Job:
+        return detect_job(image=inputs[i], output=targets[i], model=model, parts=parts, **options)
 
     return run_scenes(plan_scenes(inputs, plan, single), scale_out, progress)

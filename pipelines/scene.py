@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
+from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
 CLASSES = ["water", "vegetation", "built-up", "bare soil", "road"]
@@ -196,6 +197,8 @@ def _write(path: Path, data: np.ndarray, **extra: object) -> Path:
         compress="deflate",
         **extra,
     )
+    if bands > 1:  # GDAL's default for 4-band uint8 is RGBA: the NIR band would be flagged as alpha
+        profile["photometric"] = "MINISBLACK"
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
         if bands == 1 and data.dtype == np.uint8:
@@ -205,6 +208,7 @@ def _write(path: Path, data: np.ndarray, **extra: object) -> Path:
             dst.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(names)})
         else:
             dst.descriptions = ("red", "green", "blue", "nir")
+            dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined]
     return path
 
 

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
+import pytest
 import rasterio
 import shapely
 from PIL import Image
+from rasterio.windows import from_bounds
 
+from lemevit_geo.errors import LemevitWarning
 from tests.conftest import cli
 
 
 def test_demo_writes_every_output(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    summary = json.loads(
-        cli("demo", "--out", out, "--size", 384, "--epochs", 1, "--steps-per-epoch", 3, "--json").output
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = json.loads(
+            cli("demo", "--out", out, "--size", 384, "--epochs", 1, "--steps-per-epoch", 3, "--json").output
+        )
+    assert not [w for w in caught if issubclass(w.category, LemevitWarning)]  # a clean scene: no nodata guesses
     assert set(summary["tasks"]) == {"segment", "change", "classify", "detect"}
     seg = summary["tasks"]["segment"]["held_out"]
     assert 0 <= seg["mIoU"] <= 1 and 0 <= seg["baseline_mIoU"] <= 1
@@ -31,7 +39,42 @@ def test_demo_writes_every_output(tmp_path: Path) -> None:
             assert ds.colormap(1) and ds.read(1).max() < 255
     with rasterio.open(out / "results" / "scenes.tif") as ds:
         assert ds.crs == crs and ds.transform.a == 64 * transform.a  # one pixel per classify tile (64 px)
+    # the held-out figures are those of the files on disk, recomputed here without the tool's metric code
+    with rasterio.open(out / "results" / "landcover.tif") as pred, rasterio.open(out / "data" / "labels.tif") as ref:
+        window = from_bounds(*seg["bounds"], transform=ref.transform).round_offsets().round_lengths()
+        got, truth, nodata = pred.read(1, window=window), ref.read(1, window=window), pred.nodata
+    assert 0 < got.shape[1] < 384 // 3  # the eastern strip the models never trained on
+    valid = got != nodata
+    assert seg["OA"] == pytest.approx((got == truth)[valid].mean(), abs=1e-4)
+    ious = {}
+    for c, name in enumerate(summary["scene"]["classes"]):
+        inter = ((got == c) & (truth == c) & valid).sum()
+        union = (((got == c) | (truth == c)) & valid).sum()
+        if seg["IoU"][name] is not None:
+            ious[name] = inter / union
+            assert seg["IoU"][name] == pytest.approx(ious[name], abs=1e-4)
+    assert seg["mIoU"] == pytest.approx(np.mean(list(ious.values())), abs=1e-4)
+    chg = summary["tasks"]["change"]["held_out"]
+    with rasterio.open(out / "results" / "change.tif") as pred, rasterio.open(out / "data" / "change_labels.tif") as r:
+        window = from_bounds(*chg["bounds"], transform=r.transform).round_offsets().round_lengths()
+        got, truth, nodata = pred.read(1, window=window), r.read(1, window=window), pred.nodata
+    tp = ((got == 1) & (truth == 1)).sum()
+    fp, fn = ((got == 1) & (truth == 0)).sum(), ((got != 1) & (got != nodata) & (truth == 1)).sum()
+    assert chg["changed_pixels"] == (truth == 1).sum()
+    if tp:
+        assert chg["F1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-3)
     det = summary["tasks"]["detect"]["held_out"]
+    scored = json.loads(
+        cli(
+            "evaluate",
+            out / "results" / "objects.gpkg",
+            out / "data" / "objects.gpkg",
+            "--bounds",
+            ",".join(map(str, det["bounds"])),
+            "--json",
+        ).output
+    )
+    assert scored["mAP"] == pytest.approx(det["mAP"], abs=1e-4)
     assert det["objects"] > 0 and (det["mAP"] is None or 0 <= det["mAP"] <= 1)
     for name in ("landcover.gpkg", "change.gpkg", "scenes.gpkg", "objects.gpkg"):
         gdf = gpd.read_file(out / "results" / name)

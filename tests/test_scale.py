@@ -337,6 +337,38 @@ def test_classify_through_parts(tmp_path: Path, cls_bundle: Path) -> None:
     assert sha(tmp_path / "three.tif") == sha(tmp_path / "one.tif")
 
 
+def test_detect_through_parts_one_part_per_scene(tmp_path: Path) -> None:
+    """Several scenes through parts (inline, then as array tasks and a merge) give each scene the boxes of a
+    single-process run; a scene is never cut into strips."""
+    from lemevit_geo.bundle import build_model, save_bundle
+    from tests.standins import blob_config, paint, random_objects
+
+    config = blob_config(64, 16)
+    config.head = {"fpn_channels": 16, "num_convs": 1}
+    torch.manual_seed(0)
+    model = tmp_path / "det.safetensors"
+    save_bundle(model, build_model(config), config)
+    rng = np.random.default_rng(3)
+    scenes = [write_raster(tmp_path / f"s{i}.tif", paint(150, 130, random_objects(rng, 150, 130, 8))) for i in range(3)]
+    opts = ["-m", model, "--device", "cpu", "--precision", "fp32", "--score-threshold", "0.05"]
+    singles = [run_json("detect", s, "-o", tmp_path / f"one_{s.stem}.gpkg", *opts) for s in scenes]
+    assert sum(r["objects"] for r in singles) > 0  # an untrained head still scores some boxes above 0.05
+    many = run_json("detect", *scenes, "-o", tmp_path / "out", *opts)
+    cli("detect", *scenes, "-o", tmp_path / "arr", *opts, "--part", "0/2")
+    cli("detect", *scenes, "-o", tmp_path / "arr", *opts, "--part", "1/2")
+    merged = run_json("merge", tmp_path / "arr")
+    assert many["done"] == merged["done"] == 3
+    for s, single, listed in zip(scenes, singles, many["scenes"], strict=True):
+        assert listed["class_objects"] == single["class_objects"]
+        want = gpd.read_file(tmp_path / f"one_{s.stem}.gpkg")
+        for folder in ("out", "arr"):
+            got = gpd.read_file(tmp_path / folder / f"{s.stem}.gpkg")
+            assert got.crs == want.crs and got.drop(columns="geometry").equals(want.drop(columns="geometry"))
+            assert got.geometry.geom_equals_exact(want.geometry, 0).all()
+    assert not list(tmp_path.glob("**/*.parts"))
+    assert "one part" in cli_main("detect", scenes[0], "-o", tmp_path / "x.gpkg", *opts, "--parts", 2).stderr
+
+
 # -- many scenes ---------------------------------------------------------------------------------------------
 
 

@@ -200,9 +200,9 @@ def merge(
 
 
 @app.command()
-@grouped(engine=Engine(), detection=Detection(), display=Display())
+@grouped(engine=Engine(), detection=Detection(), scale_out=ScaleOut(), display=Display())
 def detect(
-    image: o.Image,
+    images: o.Images,
     output: Objects,
     model: o.Model,
     bands: o.Bands = None,
@@ -213,16 +213,17 @@ def detect(
     *,
     engine: Engine,
     detection: Detection,
+    scale_out: ScaleOut,
     display: Display,
 ) -> None:
-    """Oriented object detection: one rotated rectangle per object, in the scene's CRS, merged across tiles."""
-    from lemevit_geo.pipelines.detect import detect as run
+    """Oriented object detection: one rotated rectangle per object, in the scene's CRS, merged across tiles.
 
-    run_with_progress(
-        run,
-        display,
-        image=image,
-        output=output,
+    Several inputs (or -o DIR): DIR/<name>.gpkg each, one part per scene.
+    """
+    from lemevit_geo.pipelines.detect import detect as run
+    from lemevit_geo.pipelines.scale import scale_detect
+
+    options = dict(
         model=model,
         bands=bands,
         tile_size=tile_size,
@@ -232,3 +233,8 @@ def detect(
         engine=engine,
         detection=detection,
     )
+    image = single_process(images, output, scale_out)
+    if image is not None:
+        run_with_progress(run, display, image=image, output=output, **options)
+        return
+    run_scaled(scale_detect, display, images=images, output=output, scale_out=scale_out, **options)
