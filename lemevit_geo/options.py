@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
-from lemevit_geo.choices import Arch, Precision, Stitch, Task
+from lemevit_geo.choices import Arch, Compile, Precision, Stitch, Task
 
 
 class BandIndexes(tuple):
@@ -130,10 +130,20 @@ DetectOverlap = Annotated[
     ),
 ]
 StitchOpt = Annotated[Stitch, typer.Option("--stitch", help="Seams: centre crops, or smooth blending of logits.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Tiles per model call.")]
+BatchSize = Annotated[
+    str,
+    typer.Option(
+        "--batch-size", "-b", help="Tiles per model call, or auto (the largest that fits the GPU; 4 x 512 px on CPU)."
+    ),
+]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="Compute precision (auto: bf16/fp16 where fast).")]
-Threads = Annotated[int, typer.Option("--threads", help="Background reader threads.")]
+Threads = Annotated[
+    str, typer.Option("--threads", help="Background reader threads, or auto (2 on CPU; with a GPU the cores less 2).")
+]
+CompileOpt = Annotated[
+    Compile, typer.Option("--compile", help="torch.compile the model (auto: on CUDA, eager on the CPU).")
+]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 Cog = Annotated[bool, typer.Option("--cog", help="Write a Cloud Optimized GeoTIFF.")]
 AllowPixelGrid = Annotated[
@@ -203,6 +213,7 @@ FIELD_OPTIONS: dict[str, Any] = {
     "precision": PrecisionOpt,
     "batch_size": BatchSize,
     "threads": Threads,
+    "compile": CompileOpt,
     "tile_size": TileSize,
     "overlap": Overlap,
     "stitch": StitchOpt,
