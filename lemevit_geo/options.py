@@ -136,6 +136,7 @@ BatchSize = Annotated[
         "--batch-size", "-b", help="Tiles per model call, or auto (the largest that fits the GPU; 4 x 512 px on CPU)."
     ),
 ]
+TrainBatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Tiles per training step.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="Compute precision (auto: bf16/fp16 where fast).")]
 Threads = Annotated[
@@ -207,11 +208,12 @@ KeepParts = Annotated[bool, typer.Option("--keep-parts", help="Keep the part fil
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary table.")]
 Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (and no progress).")]
 
-#: The option of each dataclass field that :func:`grouped` can add.
+#: The option of each dataclass field that :func:`grouped` can add (``Class.field`` where a class's differs).
 FIELD_OPTIONS: dict[str, Any] = {
     "device": Device,
     "precision": PrecisionOpt,
     "batch_size": BatchSize,
+    "Recipe.batch_size": TrainBatchSize,
     "threads": Threads,
     "compile": CompileOpt,
     "tile_size": TileSize,
@@ -281,7 +283,8 @@ def grouped(**groups: Any) -> Callable[[F], F]:
         for group, default in groups.items():
             fields[group] = []
             for f in dataclasses.fields(default):
-                base, info = FIELD_OPTIONS[f.name].__origin__, copy.copy(FIELD_OPTIONS[f.name].__metadata__[0])
+                option = FIELD_OPTIONS.get(f"{type(default).__name__}.{f.name}", FIELD_OPTIONS[f.name])
+                base, info = option.__origin__, copy.copy(option.__metadata__[0])
                 info.rich_help_panel = group.replace("_", " ").capitalize()
                 ann = Annotated[base, info]
                 kind = inspect.Parameter.KEYWORD_ONLY

@@ -156,7 +156,7 @@ def dense_predict(
         progress.start(len(grid))
     start = time.perf_counter()
     writer = DenseRasterWriter(grid_info, classes, colors, output, outputs, overwrite, vector_skip_classes)
-    with gdal_env(), writer as files:
+    with gdal_env([s.info for s in sources], grid.tile), writer as files:
         stats, stitcher = stitch_tiles(
             sources=sources,
             grid=grid,

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import rasterio
 import torch
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
@@ -36,7 +35,7 @@ from lemevit_geo.device import (
 )
 from lemevit_geo.errors import InputError, LemevitWarning
 from lemevit_geo.pipelines.tiling import Tile, TileGrid
-from lemevit_geo.raster import READ_ERRORS, MaskPlan, SourceInfo, normalise, read_error
+from lemevit_geo.raster import READ_ERRORS, MaskPlan, SourceInfo, decode_threads, normalise, open_source, read_error
 from lemevit_geo.settings import Engine
 
 Opener = Callable[[], Any]
@@ -251,8 +250,9 @@ class SourceSpec:
     offset: tuple[int, int] = (0, 0)  # (row, col) of the output grid's origin in this source's pixels
     mask: MaskPlan | None = None
 
-    def open(self) -> DatasetReader:
-        return self.opener() if self.opener else rasterio.open(self.info.path)
+    def open(self, threads: int = 1) -> DatasetReader:
+        """Open the source; a plain GeoTIFF decompresses each read in ``threads`` threads."""
+        return self.opener() if self.opener else open_source(self.info.path, threads)
 
     @property
     def mask_plan(self) -> MaskPlan:
@@ -294,6 +294,7 @@ class TileReader:
         self.grid = grid
         self.rows = rows
         self.threads = max(1, threads)
+        self.decode = decode_threads(self.threads)
         self.prefetch = max(prefetch, self.threads)
         self._local = threading.local()
         self._opened: list[Any] = []
@@ -304,7 +305,7 @@ class TileReader:
         if handles is None:
             handles = []
             for spec in self.sources:
-                handle = spec.open()
+                handle = spec.open(self.decode)
                 with self._lock:
                     self._opened.append(handle)
                 handles.append(handle)

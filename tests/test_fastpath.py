@@ -189,3 +189,29 @@ def test_failed_compile_falls_back_to_eager_with_one_warning() -> None:
         model(x)
     assert len(caught) == 1 and model.compiled is None
     torch.testing.assert_close(out, model.eager(x))
+
+
+def test_gpu_benchmark_script_dry_run_on_the_cpu(tmp_path: Path) -> None:
+    """``benchmarks/gpu.sh --device cpu --dry-run``: every section at toy sizes, results joined."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu"
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        ["bash", str(repo / "benchmarks" / "gpu.sh"), "--device", "cpu", "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["env"]["device"] == "cpu"
+    (row,) = results["classify"]
+    assert row["arch"] == "tiny" and row["mode"] == "eager" and row["img_per_s"] > 0 and "error" not in row
+    seg = results["segment"]
+    assert seg["tiles"] == 16 and seg["segment_tiles_per_s"] > 0 and seg["gpu_busy_share"] is None
+    assert "## segment end to end" in (out / "results.md").read_text()
