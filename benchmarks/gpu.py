@@ -80,7 +80,7 @@ def section_env(args: argparse.Namespace) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "device": args.device,
         "cpu_cores": len(os.sched_getaffinity(0)),
-        "load_average": os.getloadavg()[0],
+        "load_average": round(os.getloadavg()[0], 2),
     }
     if torch.device(args.device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -281,7 +281,7 @@ def section_segment(args: argparse.Namespace) -> dict[str, Any]:
             "ratio_to_model_on_device": round(device_s / summary["seconds"], 3),
             "gpu_busy_share": sampler.busy,
             "busy_source": sampler.source,
-            "load_average": os.getloadavg()[0],
+            "load_average": round(os.getloadavg()[0], 2),
         }
 
 
