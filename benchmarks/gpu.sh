@@ -6,7 +6,8 @@
 #   1. env       versions, the GPU, flash-attn / nvidia-ml-py, which project packages import
 #   2. classify  eager: LeMeViT-tiny/small/base, 224 px, batch 256, fp16 + bf16, flash-attn on/off, vs the paper
 #   3. segment   `segment` end to end on a generated 16k x 16k scene vs the model alone on the same tiles,
-#                with the share of wall time the GPU was busy (nvidia-ml-py)
+#                with the share of wall time the GPU was busy (nvidia-ml-py); eager, bf16 (--precision auto),
+#                --batch-size auto (a whole tile row of 37 tiles if it fits)
 #   4. classify  compiled (torch.compile), tiny first, as long as the budget lasts
 #   5. report    DIR/results.json and DIR/results.md (paste the tables into benchmarks/README.md)
 #
@@ -72,7 +73,7 @@ run 60 env
   || echo "segment needs the project installed: see the header of benchmarks/gpu.sh (or pass --install)" >&2
 run "$(share 25)" classify --compile eager
 mv "$OUT/classify.json" "$OUT/classify_eager.json" 2>/dev/null
-run "$(share 55)" segment
+run "$(share 55)" segment --compile off  # eager: compiling LeMeViT + UperNet would eat the section's time
 if [[ ${#DRY[@]} -eq 0 ]]; then
   run "$(share 95)" classify --compile compiled
   mv "$OUT/classify.json" "$OUT/classify_compiled.json" 2>/dev/null

@@ -22,8 +22,8 @@ class Engine:
     Attributes:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: Compute precision (``auto``: bf16/fp16 where the device runs it fast).
-        batch_size: Tiles per model call; ``auto``: the largest batch that fits the GPU's memory at the tile
-            size (probed), or about four 512 px tiles on the CPU.
+        batch_size: Tiles per model call (at most a tile row: batches never span rows); ``auto``: the largest
+            batch that fits the GPU's memory at the tile size (probed), or about four 512 px tiles on the CPU.
         threads: Background reader threads; ``auto``: 2 on the CPU, with a GPU the cores less two (2 to 8).
         compile: ``torch.compile`` the model (``auto``: on CUDA, where it pays; eager on the CPU).
     """

@@ -123,7 +123,7 @@ def stitch_tiles(
         keep=keep,
         device=runtime.device,
     )
-    runtime.fit(model, (sum(len(s.info.bands) for s in sources), grid.tile, grid.tile))
+    runtime.fit(model, (sum(len(s.info.bands) for s in sources), grid.tile, grid.tile), row=len(grid.xs))
     reader = TileReader(sources, grid, threads=runtime.threads, prefetch=4 * runtime.batch_size, rows=rows)
     stats = run_tiles(iter(reader), model, stitcher, runtime, progress)
     return stats, stitcher

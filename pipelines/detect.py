@@ -105,7 +105,7 @@ def detect(
         start = time.perf_counter()
         merger = BoxMerger(grid, write, settings["iou_threshold"], settings["keep"], settings["score_threshold"])
         model = runtime.prepare(net)
-        runtime.fit(model, (len(info.bands), grid.tile, grid.tile))
+        runtime.fit(model, (len(info.bands), grid.tile, grid.tile), row=len(grid.xs))
         reader = TileReader([source_for(info, config)], grid, threads=runtime.threads, prefetch=4 * runtime.batch_size)
         with gdal_env([info], grid.tile):
             stats = run_tiles(iter(reader), model, BackgroundSink(merger), runtime, progress)

@@ -83,14 +83,20 @@ class Runtime:
         model = model.to(self.device, memory_format=torch.channels_last).eval()
         return CompiledModel(model) if self.compile else model
 
-    def fit(self, model: torch.nn.Module, shape: tuple[int, ...]) -> int:
-        """Resolve an ``auto`` batch size for input tiles of ``shape`` ``(C, T, T)``: the largest power of two
-        whose forward pass fits the GPU's free memory (probed), or :func:`~lemevit_geo.device.cpu_batch_size`."""
+    def fit(self, model: torch.nn.Module, shape: tuple[int, ...], row: int | None = None) -> int:
+        """Resolve an ``auto`` batch size for input tiles of ``shape`` ``(C, T, T)``: the largest batch whose forward
+        pass fits the GPU's free memory (probed), or :func:`~lemevit_geo.device.cpu_batch_size`.
+
+        With ``row`` (tiles per tile row) the batch is at most a row: batches never span tile rows, so this forms
+        the same batches, and a compiled model then runs whole rows in one shape instead of padding them.
+        """
         if not self.batch_size:
             if self.device.type == "cuda":
-                self.batch_size = probe_batch_size(model, shape, self.device, self.dtype)
+                self.batch_size = probe_batch_size(model, shape, self.device, self.dtype, limit=row or MAX_AUTO_BATCH)
             else:
                 self.batch_size = cpu_batch_size(shape[-1])
+        if row:
+            self.batch_size = min(self.batch_size, row)
         return self.batch_size
 
     def padded(self, n: int) -> int:
@@ -126,12 +132,15 @@ def probe_batch_size(
     dtype: torch.dtype,
     limit: int = MAX_AUTO_BATCH,
 ) -> int:
-    """The largest power-of-two batch of zero tiles of ``shape`` whose forward pass on CUDA peaks below
-    :data:`AUTO_BATCH_MEMORY` of the free memory (1 if even that does not fit)."""
+    """The largest batch of zero tiles of ``shape`` whose forward pass on CUDA peaks below
+    :data:`AUTO_BATCH_MEMORY` of the free memory (1 if even that does not fit). Tried: the powers of two below
+    ``limit`` (at most :data:`MAX_AUTO_BATCH`), then ``limit`` itself (a whole tile row)."""
+    limit = max(1, min(limit, MAX_AUTO_BATCH))
+    sizes = [2**i for i in range(limit.bit_length()) if 2**i < limit] + [limit]
     free, _ = torch.cuda.mem_get_info(device)
-    budget, best, batch = AUTO_BATCH_MEMORY * free, 1, 1
+    budget, best = AUTO_BATCH_MEMORY * free, 1
     model = model.eager if isinstance(model, CompiledModel) else model
-    while batch <= limit:
+    for batch in sizes:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -144,7 +153,7 @@ def probe_batch_size(
             break
         if torch.cuda.max_memory_allocated(device) - base > budget:
             break
-        best, batch = batch, 2 * batch
+        best = batch
     torch.cuda.empty_cache()
     return best
 

@@ -135,6 +135,7 @@ def test_auto_settings_resolve() -> None:
     runtime = Runtime.create(Engine(device="cpu", batch_size="auto"))
     assert runtime.batch_size == 0 and not runtime.compile
     assert runtime.fit(torch.nn.Identity(), (3, 256, 256)) == 16 and runtime.summary()["batch_size"] == 16
+    assert runtime.fit(torch.nn.Identity(), (3, 256, 256), row=5) == 5  # batches never span a row of 5 tiles
 
 
 class Pixels(torch.nn.Module):
@@ -235,7 +236,8 @@ def test_segment_with_auto_batch_and_threads_from_the_command_line(tmp_path: Pat
             runs[name] = (summary, ds.read(1))
     auto = runs["auto"][0]
     assert auto["threads"] == 2 and auto["compile"] is False
-    assert auto["batch_size"] == cpu_batch_size(auto["tile_size"])
+    row = len(TileGrid(auto["height"], auto["width"], auto["tile_size"], auto["overlap"]).xs)
+    assert auto["batch_size"] == min(cpu_batch_size(auto["tile_size"]), row)  # at most a tile row
     # other batches: the same classes but where a batch-dependent last bit tips a near tie
     assert (runs["auto"][1] != runs["fixed"][1]).mean() < 1e-3
 
