@@ -34,3 +34,11 @@ class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+
+
+class Compile(str, Enum):
+    """Whether inference runs the model through ``torch.compile``: ``auto`` compiles where it pays (CUDA)."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
