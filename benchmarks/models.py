@@ -8,7 +8,8 @@ in fp32 and with bf16 autocast (fp16 too on CUDA), and prints each model's ratio
     python benchmarks/models.py --upstream /path/to/LeMeViT/models/lemevit.py   # add the upstream code
 
 ``--upstream`` loads the upstream implementation from a local checkout (it is not part of this
-project) so that its tiny model is timed in the same run.
+project) so that its tiny model is timed in the same run; at 512 px it runs its classification model (the
+same backbone work, pooled), as upstream's ``models/lemevit.py`` has no feature-map output.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ def images_per_second(fn: Callable[[], object], batch: int, seconds: float, sync
 
 def build(name: str, dense: bool, upstream: object | None) -> torch.nn.Module:
     if name == "upstream_lemevit_tiny":
-        model = upstream.lemevit_tiny()  # type: ignore[union-attr]
-        if dense:
-            raise ValueError("the upstream classification model has no dense output")
-        return model
+        # dense: the upstream code has no feature-map output in models/lemevit.py; its classification model
+        # runs every stage over the 512 px input (convolutional position encoding) and pools: the backbone's
+        # work of our features_only model plus a pooled head
+        return upstream.lemevit_tiny()  # type: ignore[union-attr]
     # ours by their own entry points: an --upstream module registers the same names with timm
     create = getattr(lemevit, name) if name.startswith("lemevit_") else partial(timm.create_model, name)
     if not dense:

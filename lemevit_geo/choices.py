@@ -49,3 +49,11 @@ class PretrainMethod(str, Enum):
     simmim = "simmim"
     simclr = "simclr"
     moco = "moco"
+
+
+class Compile(str, Enum):
+    """Whether inference runs the model through ``torch.compile``: ``auto`` compiles where it pays (CUDA)."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"

@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
-from lemevit_geo.choices import Arch, Precision, Schedule, Stitch, Task
+from lemevit_geo.choices import Arch, Compile, Precision, Schedule, Stitch, Task
 
 
 class BandIndexes(tuple):
@@ -130,10 +130,21 @@ DetectOverlap = Annotated[
     ),
 ]
 StitchOpt = Annotated[Stitch, typer.Option("--stitch", help="Seams: centre crops, or smooth blending of logits.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Tiles per model call.")]
+BatchSize = Annotated[
+    str,
+    typer.Option(
+        "--batch-size", "-b", help="Tiles per model call, or auto (the largest that fits the GPU; 4 x 512 px on CPU)."
+    ),
+]
+TrainBatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Tiles per training step.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="Compute precision (auto: bf16/fp16 where fast).")]
-Threads = Annotated[int, typer.Option("--threads", help="Background reader threads.")]
+Threads = Annotated[
+    str, typer.Option("--threads", help="Background reader threads, or auto (2 on CPU; with a GPU the cores less 2).")
+]
+CompileOpt = Annotated[
+    Compile, typer.Option("--compile", help="torch.compile the model (auto: on CUDA, eager on the CPU).")
+]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 Cog = Annotated[bool, typer.Option("--cog", help="Write a Cloud Optimized GeoTIFF.")]
 AllowPixelGrid = Annotated[
@@ -225,12 +236,15 @@ KeepParts = Annotated[bool, typer.Option("--keep-parts", help="Keep the part fil
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary table.")]
 Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (and no progress).")]
 
-#: The option of each dataclass field that :func:`grouped` can add.
+#: The option of each dataclass field that :func:`grouped` can add (``Class.field`` where a class's differs).
 FIELD_OPTIONS: dict[str, Any] = {
     "device": Device,
     "precision": PrecisionOpt,
     "batch_size": BatchSize,
+    "Recipe.batch_size": TrainBatchSize,
+    "PretrainRecipe.batch_size": TrainBatchSize,
     "threads": Threads,
+    "compile": CompileOpt,
     "tile_size": TileSize,
     "overlap": Overlap,
     "stitch": StitchOpt,
@@ -310,7 +324,8 @@ def grouped(**groups: Any) -> Callable[[F], F]:
         for group, default in groups.items():
             fields[group] = []
             for f in dataclasses.fields(default):
-                base, info = FIELD_OPTIONS[f.name].__origin__, copy.copy(FIELD_OPTIONS[f.name].__metadata__[0])
+                option = FIELD_OPTIONS.get(f"{type(default).__name__}.{f.name}", FIELD_OPTIONS[f.name])
+                base, info = option.__origin__, copy.copy(option.__metadata__[0])
                 info.rich_help_panel = group.replace("_", " ").capitalize()
                 ann = Annotated[base, info]
                 kind = inspect.Parameter.KEYWORD_ONLY

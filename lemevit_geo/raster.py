@@ -26,15 +26,47 @@ SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
 #: What GDAL raises on a failed read: rasterio's errors and GDAL's own (CPLE_*).
 READ_ERRORS = (RasterioError, CPLE_BaseError)
 
-#: GDAL's block cache during a run. It defaults to 5 % of RAM; tiles stream through once, so a small
+#: GDAL's block cache during a run, at least. It defaults to 5 % of RAM; tiles stream through once, so a small
 #: cache bounds memory without slowing reads.
 RUN_CACHE_BYTES = 64 << 20
+#: GDAL's block cache during a run, at most (a tile row of a very wide, deep scene).
+MAX_RUN_CACHE_BYTES = 1 << 30
 
 
-def gdal_env() -> rasterio.Env:
-    """The GDAL settings of a run, scoped to it (a user's own ``GDAL_CACHEMAX`` wins)."""
-    options = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": RUN_CACHE_BYTES}
+def tile_row_bytes(sources: Sequence[SourceInfo], tile: int, block: int = 256) -> int:
+    """Bytes of the blocks that one tile row of every source touches: the full width, ``tile`` rows and a block
+    row more (a tile row rarely starts on a block boundary), all bands read."""
+    total = 0
+    for info in sources:
+        total += info.width * (tile + block) * len(info.bands) * np.dtype(info.dtype).itemsize
+    return total
+
+
+def gdal_env(sources: Sequence[SourceInfo] = (), tile: int = 0) -> rasterio.Env:
+    """The GDAL settings of a run, scoped to it (a user's own ``GDAL_CACHEMAX`` wins): a block cache that holds a
+    tile row of blocks of every source (:func:`tile_row_bytes`, so blocks shared by neighbouring tiles are read
+    and decoded once), between :data:`RUN_CACHE_BYTES` and :data:`MAX_RUN_CACHE_BYTES`."""
+    options: dict[str, Any] = {}
+    if "GDAL_CACHEMAX" not in os.environ:
+        row = tile_row_bytes(sources, tile) if sources and tile else 0
+        options["GDAL_CACHEMAX"] = int(min(MAX_RUN_CACHE_BYTES, max(RUN_CACHE_BYTES, row)))
     return rasterio.Env(**options)
+
+
+def decode_threads(readers: int) -> int:
+    """Threads each of ``readers`` reader threads may use to decompress a window's blocks (GeoTIFF, GDAL 3.6+):
+    the cores the readers leave free, shared out (1 where there are as many readers as cores)."""
+    from lemevit_geo.device import available_cores
+
+    return max(1, available_cores() // max(1, readers))
+
+
+def open_source(path: str, threads: int = 1) -> Any:
+    """Open a raster to read; a GeoTIFF with ``threads`` > 1 decompresses a read's blocks in that many threads
+    (the ``NUM_THREADS`` open option: reading only, so written files do not depend on it)."""
+    if threads > 1 and str(path).lower().endswith((".tif", ".tiff")):
+        return rasterio.open(path, NUM_THREADS=str(threads))
+    return rasterio.open(path)
 
 
 @dataclass(frozen=True)

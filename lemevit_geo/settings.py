@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lemevit_geo.choices import Precision, Schedule, Stitch
+from lemevit_geo.choices import Compile, Precision, Schedule, Stitch
 from lemevit_geo.errors import InputError
 
 
@@ -22,21 +22,32 @@ class Engine:
     Attributes:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: Compute precision (``auto``: bf16/fp16 where the device runs it fast).
-        batch_size: Tiles per model call.
-        threads: Background reader threads.
+        batch_size: Tiles per model call (at most a tile row: batches never span rows); ``auto``: the largest
+            batch that fits the GPU's memory at the tile size (probed), or about four 512 px tiles on the CPU.
+        threads: Background reader threads; ``auto``: 2 on the CPU, with a GPU the cores less two (2 to 8).
+        compile: ``torch.compile`` the model (``auto``: on CUDA, where it pays; eager on the CPU).
     """
 
     device: str = "auto"
     precision: Precision = Precision.auto
-    batch_size: int = 4
-    threads: int = 2
+    batch_size: int | str = 4
+    threads: int | str = "auto"
+    compile: Compile = Compile.auto
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", Precision(self.precision))
-        if self.batch_size < 1:
-            raise InputError(f"`batch_size` must be at least 1, got {self.batch_size}")
-        if self.threads < 1:
-            raise InputError(f"`threads` must be at least 1, got {self.threads}")
+        object.__setattr__(self, "compile", Compile(self.compile))
+        for name in ("batch_size", "threads"):
+            value = getattr(self, name)
+            if value == "auto":
+                continue
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                raise InputError(f"`{name}` must be a number or auto, got {value!r}") from None
+            if number < 1:
+                raise InputError(f"`{name}` must be at least 1, got {number}")
+            object.__setattr__(self, name, number)
 
 
 #: Scene classification runs many small tiles: larger batches.

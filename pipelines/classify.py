@@ -128,8 +128,9 @@ def classify_tiles(
     tile table and the run's counts."""
     sink = TileLabels()
     source = source_for(info, config)
+    runtime.fit(net, (len(info.bands), grid.tile, grid.tile), row=len(grid.xs))
     reader = TileReader([source], grid, threads=runtime.threads, prefetch=2 * runtime.batch_size, rows=rows)
-    with gdal_env():
+    with gdal_env([info], grid.tile):
         stats = run_tiles(iter(reader), net, sink, runtime, progress)
     return tile_table(sink, config, info, top_k), stats
 

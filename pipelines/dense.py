@@ -113,8 +113,17 @@ def stitch_tiles(
     band_writer = BandWriter(files.write, files.nodata, num_classes, origin=strip.y0 if strip else 0)
     keep = strip.first if strip else None
     stitcher = DenseStitcher(
-        grid, num_classes, stitch, band_writer, files.nodata, files.with_probabilities, rows=rows, keep=keep
+        grid,
+        num_classes,
+        stitch,
+        band_writer,
+        files.nodata,
+        files.with_probabilities,
+        rows=rows,
+        keep=keep,
+        device=runtime.device,
     )
+    runtime.fit(model, (sum(len(s.info.bands) for s in sources), grid.tile, grid.tile), row=len(grid.xs))
     reader = TileReader(sources, grid, threads=runtime.threads, prefetch=4 * runtime.batch_size, rows=rows)
     stats = run_tiles(iter(reader), model, stitcher, runtime, progress)
     return stats, stitcher
@@ -147,7 +156,7 @@ def dense_predict(
         progress.start(len(grid))
     start = time.perf_counter()
     writer = DenseRasterWriter(grid_info, classes, colors, output, outputs, overwrite, vector_skip_classes)
-    with gdal_env(), writer as files:
+    with gdal_env([s.info for s in sources], grid.tile), writer as files:
         stats, stitcher = stitch_tiles(
             sources=sources,
             grid=grid,

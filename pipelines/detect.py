@@ -127,9 +127,11 @@ def detect_scene(
     with VectorStream(output, overwrite, template, inputs=inputs) as stream:
         start = time.perf_counter()
         merger = BoxMerger(grid, write, settings["iou_threshold"], settings["keep"], settings["score_threshold"])
+        model = runtime.prepare(net)
+        runtime.fit(model, (len(info.bands), grid.tile, grid.tile), row=len(grid.xs))
         reader = TileReader([source_for(info, config)], grid, threads=runtime.threads, prefetch=4 * runtime.batch_size)
-        with gdal_env():
-            stats = run_tiles(iter(reader), runtime.prepare(net), BackgroundSink(merger), runtime, progress)
+        with gdal_env([info], grid.tile):
+            stats = run_tiles(iter(reader), model, BackgroundSink(merger), runtime, progress)
         written = {"vector": str(stream.finish())}
     summary = run_summary(stats, runtime, grid, info, time.perf_counter() - start, written)
     summary["mask"] = [info.mask.describe()]

@@ -9,8 +9,10 @@ Memory is bounded by the tiles in flight, not by the scene size.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,15 +20,22 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import rasterio
 import torch
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from lemevit_geo.device import autocast, precision_name, resolve_device, resolve_precision
-from lemevit_geo.errors import InputError
+from lemevit_geo.device import (
+    autocast,
+    cpu_batch_size,
+    precision_name,
+    resolve_compile,
+    resolve_device,
+    resolve_precision,
+    resolve_threads,
+)
+from lemevit_geo.errors import InputError, LemevitWarning
 from lemevit_geo.pipelines.tiling import Tile, TileGrid
-from lemevit_geo.raster import READ_ERRORS, MaskPlan, SourceInfo, normalise, read_error
+from lemevit_geo.raster import READ_ERRORS, MaskPlan, SourceInfo, decode_threads, normalise, open_source, read_error
 from lemevit_geo.settings import Engine
 
 Opener = Callable[[], Any]
@@ -44,25 +53,195 @@ class Progress(Protocol):
 
 @dataclass
 class Runtime:
-    """The device side of a run: device, compute dtype, batch size and reader threads."""
+    """The device side of a run: device, compute dtype, batch size, reader threads and compilation.
+
+    ``batch_size`` 0 stands for ``auto``: :meth:`fit` resolves it from the model and the tile shape.
+    """
 
     device: torch.device
     dtype: torch.dtype
     batch_size: int
     threads: int
+    compile: bool = False
 
     @classmethod
     def create(cls, engine: Engine) -> Runtime:
-        """Resolve an :class:`~lemevit_geo.settings.Engine` (``auto`` device and precision) on this machine."""
+        """Resolve an :class:`~lemevit_geo.settings.Engine` (``auto`` device, precision, threads, compile) on this
+        machine; an ``auto`` batch size is resolved by :meth:`fit` once the tile shape is known."""
         device = resolve_device(engine.device)
-        return cls(device, resolve_precision(engine.precision, device), engine.batch_size, engine.threads)
+        batch = 0 if engine.batch_size == "auto" else int(engine.batch_size)
+        return cls(
+            device,
+            resolve_precision(engine.precision, device),
+            batch,
+            resolve_threads(engine.threads, device),
+            resolve_compile(engine.compile, device),
+        )
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Move ``model`` to the device, channels-last, in eval mode."""
-        return model.to(self.device, memory_format=torch.channels_last).eval()
+        """Move ``model`` to the device, channels-last, in eval mode; wrapped for ``torch.compile`` if compiling."""
+        model = model.to(self.device, memory_format=torch.channels_last).eval()
+        return CompiledModel(model) if self.compile else model
+
+    def fit(self, model: torch.nn.Module, shape: tuple[int, ...], row: int | None = None) -> int:
+        """Resolve an ``auto`` batch size for input tiles of ``shape`` ``(C, T, T)``: the largest batch whose forward
+        pass fits the GPU's free memory (probed), or :func:`~lemevit_geo.device.cpu_batch_size`.
+
+        With ``row`` (tiles per tile row) the batch is at most a row: batches never span tile rows, so this forms
+        the same batches, and a compiled model then runs whole rows in one shape instead of padding them.
+        """
+        if not self.batch_size:
+            if self.device.type == "cuda":
+                self.batch_size = probe_batch_size(model, shape, self.device, self.dtype, limit=row or MAX_AUTO_BATCH)
+            else:
+                self.batch_size = cpu_batch_size(shape[-1])
+        if row:
+            self.batch_size = min(self.batch_size, row)
+        return self.batch_size
+
+    def padded(self, n: int) -> int:
+        """The batch a compiled model runs for ``n`` tiles: the batch size, or a quarter, a sixteenth, ... of it
+        (at most five fixed shapes, so a partial batch is padded, not compiled again)."""
+        if not self.compile:
+            return n
+        size = max(self.batch_size, n)
+        while size // 4 >= n and size > 1:
+            size //= 4
+        return size
 
     def summary(self) -> dict[str, Any]:
-        return {"device": str(self.device), "precision": precision_name(self.dtype), "batch_size": self.batch_size}
+        return {
+            "device": str(self.device),
+            "precision": precision_name(self.dtype),
+            "batch_size": self.batch_size,
+            "threads": self.threads,
+            "compile": self.compile,
+        }
+
+
+#: Most tiles an ``auto`` batch probe tries on a GPU.
+MAX_AUTO_BATCH = 512
+#: Share of the GPU's free memory an ``auto`` batch may use at its peak (the rest: stitching, the allocator).
+AUTO_BATCH_MEMORY = 0.6
+
+
+def probe_batch_size(
+    model: torch.nn.Module,
+    shape: tuple[int, ...],
+    device: torch.device,
+    dtype: torch.dtype,
+    limit: int = MAX_AUTO_BATCH,
+) -> int:
+    """The largest batch of zero tiles of ``shape`` whose forward pass on CUDA peaks below
+    :data:`AUTO_BATCH_MEMORY` of the free memory (1 if even that does not fit). Tried: the powers of two below
+    ``limit`` (at most :data:`MAX_AUTO_BATCH`), then ``limit`` itself (a whole tile row)."""
+    limit = max(1, min(limit, MAX_AUTO_BATCH))
+    sizes = [2**i for i in range(limit.bit_length()) if 2**i < limit] + [limit]
+    free, _ = torch.cuda.mem_get_info(device)
+    budget, best = AUTO_BATCH_MEMORY * free, 1
+    model = model.eager if isinstance(model, CompiledModel) else model
+    for batch in sizes:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        try:
+            x = torch.zeros((batch, *shape), device=device).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), autocast(device, dtype):
+                model(x)
+            torch.cuda.synchronize(device)
+        except torch.OutOfMemoryError:
+            break
+        if torch.cuda.max_memory_allocated(device) - base > budget:
+            break
+        best = batch
+    torch.cuda.empty_cache()
+    return best
+
+
+class CompiledModel(torch.nn.Module):
+    """A model run through ``torch.compile`` on fixed batch shapes (see :meth:`Runtime.padded`), falling back to
+    the eager model, with one warning line, if compiling fails."""
+
+    def __init__(self, model: torch.nn.Module, backend: str | Callable[..., Any] = "inductor") -> None:
+        super().__init__()
+        self.eager = model
+        self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = torch.compile(
+            model, dynamic=False, backend=backend
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(x)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # a compiler that is missing or fails: run eager
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                warnings.warn(f"torch.compile failed, running eager: {first}", LemevitWarning, stacklevel=2)
+                self.compiled = None
+        return self.eager(x)
+
+
+class Uploader:
+    """Copies batches of tiles (and their valid masks) to the device.
+
+    On CUDA the host side is a ring of pinned buffers reused from batch to batch, the copies run on a side
+    stream that the compute stream waits for (no host synchronisation), and a buffer is refilled only after
+    its copy of ``depth`` batches ago has finished, so that many batches may be in flight. Elsewhere the batch
+    is used as it is.
+    """
+
+    def __init__(self, device: torch.device, depth: int = 3) -> None:
+        self.device, self.depth = device, depth
+        self.cuda = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.buffers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * depth
+        self.events: list[Any] = [None] * depth
+        self.count = 0
+
+    def __call__(
+        self, data: list[np.ndarray], valid: list[np.ndarray] | None, size: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``data`` stacked as ``(size, C, T, T)`` on the device (zero tiles past ``len(data)``), and ``valid``
+        stacked as ``(len(data), T, T)`` if given."""
+        n = len(data)
+        if not self.cuda:
+            x = torch.from_numpy(np.stack(data))
+            if size > n:
+                x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
+            return x.to(self.device), None if valid is None else torch.from_numpy(np.stack(valid)).to(self.device)
+        slot = self.count % self.depth
+        self.count += 1
+        if self.events[slot] is not None:
+            self.events[slot].synchronize()  # this buffer's previous copy is done (batches ago)
+        buf = self.buffers[slot]
+        shape = (size, *data[0].shape)
+        if buf is None or buf[0].shape[0] < size or buf[0].shape[1:] != shape[1:]:
+            capacity = max(size, buf[0].shape[0] if buf is not None else 0)
+            buf = (
+                torch.empty((capacity, *shape[1:]), dtype=torch.float32, pin_memory=True),
+                torch.empty((capacity, *shape[2:]), dtype=torch.bool, pin_memory=True),
+            )
+            self.buffers[slot] = buf
+        host_x, host_v = buf[0][:size], buf[1][:n]
+        np.stack(data, out=host_x[:n].numpy())
+        if size > n:
+            host_x[n:].zero_()
+        if valid is not None:
+            np.stack(valid, out=host_v.numpy())
+        assert self.stream is not None
+        main = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.stream):
+            x = host_x.to(self.device, non_blocking=True)
+            v = host_v.to(self.device, non_blocking=True) if valid is not None else None
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        self.events[slot] = event
+        main.wait_stream(self.stream)
+        x.record_stream(main)
+        if v is not None:
+            v.record_stream(main)
+        return x, v
 
 
 @dataclass
@@ -80,8 +259,9 @@ class SourceSpec:
     offset: tuple[int, int] = (0, 0)  # (row, col) of the output grid's origin in this source's pixels
     mask: MaskPlan | None = None
 
-    def open(self) -> DatasetReader:
-        return self.opener() if self.opener else rasterio.open(self.info.path)
+    def open(self, threads: int = 1) -> DatasetReader:
+        """Open the source; a plain GeoTIFF decompresses each read in ``threads`` threads."""
+        return self.opener() if self.opener else open_source(self.info.path, threads)
 
     @property
     def mask_plan(self) -> MaskPlan:
@@ -98,6 +278,8 @@ class TileData:
     tile: Tile
     data: np.ndarray | None
     valid: np.ndarray | None
+    #: The valid mask on the model's device, set by :func:`run_tiles` for sinks that take device tensors.
+    valid_device: torch.Tensor | None = None
 
 
 class TileReader:
@@ -121,6 +303,7 @@ class TileReader:
         self.grid = grid
         self.rows = rows
         self.threads = max(1, threads)
+        self.decode = decode_threads(self.threads)
         self.prefetch = max(prefetch, self.threads)
         self._local = threading.local()
         self._opened: list[Any] = []
@@ -131,7 +314,7 @@ class TileReader:
         if handles is None:
             handles = []
             for spec in self.sources:
-                handle = spec.open()
+                handle = spec.open(self.decode)
                 with self._lock:
                     self._opened.append(handle)
                 handles.append(handle)
@@ -215,15 +398,20 @@ class RunStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Run ``model`` on a batch already on ``device``; float32 outputs, on the device."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(device, dtype):
+        out = model(x)
+    return out.float()
+
+
 def run_model(model: torch.nn.Module, batch: np.ndarray, device: torch.device, dtype: torch.dtype) -> np.ndarray:
     """Run ``model`` on a float32 numpy batch and return float32 numpy outputs."""
     x = torch.from_numpy(batch)
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
-    x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast(device, dtype):
-        out = model(x)
-    return out.float().cpu().numpy()
+    return forward(model, x, device, dtype).cpu().numpy()
 
 
 def run_tiles(
@@ -240,19 +428,35 @@ def run_tiles(
     the whole run computes (models are not batch-invariant at the last bit). Tiles with no valid pixel
     pass straight to the sink unless valid tiles before them wait for a batch, so long runs of empty
     tiles hold no memory.
+
+    A sink with ``device_outputs`` True gets each tile's output as a tensor on the model's device and its
+    valid mask there too (``TileData.valid_device``): nothing waits for the device per batch, and on CUDA
+    the next batches are read, staged and copied while the device works. Other sinks get numpy arrays. An
+    ``auto`` batch size is resolved from the first tile run; a compiled model runs padded batches.
     """
     stats = RunStats()
     pending: list[TileData] = []
+    on_device = bool(getattr(sink, "device_outputs", False))
+    upload = Uploader(runtime.device)
 
     def flush() -> None:
         run = [p for p in pending if p.data is not None]
-        outputs = run_model(model, np.stack([p.data for p in run]), runtime.device, runtime.dtype) if run else []
-        it = iter(outputs)
+        outputs: Any = []
+        valids: Any = [None] * len(run)
+        if run:
+            n = len(run)
+            x, v = upload([p.data for p in run], [p.valid for p in run] if on_device else None, runtime.padded(n))
+            out = forward(model, x, runtime.device, runtime.dtype)[:n]
+            outputs = out if on_device else out.cpu().numpy()
+            if v is not None:
+                valids = v
+        it, vs = iter(outputs), iter(valids)
         for p in pending:
             if p.data is None:
                 sink.skip(p)
             else:
-                sink.add(p, next(it))
+                valid = next(vs)
+                sink.add(p if valid is None else dataclasses.replace(p, valid_device=valid), next(it))
         stats.tiles_run += len(run)
         stats.tiles_skipped += len(pending) - len(run)
         stats.batches += bool(run)
@@ -264,6 +468,8 @@ def run_tiles(
         waiting = 0  # valid tiles in pending
         for item in reader:
             stats.tiles += 1
+            if item.data is not None and not runtime.batch_size:
+                runtime.fit(model, item.data.shape)
             if pending and item.tile.row != pending[0].tile.row:
                 flush()
                 waiting = 0

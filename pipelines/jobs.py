@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from rasterio.crs import CRS
 
 from lemevit_geo import __version__
 from lemevit_geo.bundle import BundleConfig, read_config
-from lemevit_geo.choices import Precision, Stitch, Task
+from lemevit_geo.choices import Stitch, Task
 from lemevit_geo.errors import BundleError, InputError
 from lemevit_geo.outputs import temporary_sibling
 from lemevit_geo.pipelines.dense import make_grid
@@ -178,7 +179,7 @@ def plain(value: Any) -> Any:
     strings and lists."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Task | Stitch | Precision):
+    if isinstance(value, Enum):
         return value.value
     if isinstance(value, Path):
         return str(value)

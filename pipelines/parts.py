@@ -78,7 +78,8 @@ def dense_part(
     grid = make_grid(grid_info, job.tile, job.overlap)
     _same_grid(job, grid)
     strip, path, k = job.strips[index], job.part_file(index), len(job.classes)
-    with gdal_env(), PartRasterWriter(grid_info, strip, k, job.outputs.probabilities is not None, path) as files:
+    files_for = PartRasterWriter(grid_info, strip, k, job.outputs.probabilities is not None, path)
+    with gdal_env([s.info for s in sources], grid.tile), files_for as files:
         stats, stitcher = stitch_tiles(
             sources=sources,
             grid=grid,

@@ -140,10 +140,11 @@ def bundle_show(model: o.BundleArg) -> None:
 
 
 def _devices() -> list[dict[str, Any]]:
-    """The CPU and every CUDA device, with bf16 support and the attention backend per precision."""
+    """The CPU and every CUDA device: bf16 support, the precision, attention backend and compilation an
+    ``auto`` run uses there, and the attention backend per precision."""
     import torch
 
-    from lemevit_geo.device import cpu_supports_bf16
+    from lemevit_geo.device import cpu_supports_bf16, precision_name, resolve_compile, resolve_precision
     from lemevit_geo.models import attention_backend
 
     devices = [{"device": "cpu", "name": "CPU", "bf16": cpu_supports_bf16()}]
@@ -151,7 +152,12 @@ def _devices() -> list[dict[str, Any]]:
         name, bf16 = torch.cuda.get_device_name(i), torch.cuda.is_bf16_supported()
         devices.append({"device": f"cuda:{i}", "name": name, "bf16": bf16})
     for d in devices:
+        device = torch.device(d["device"])
         half = torch.bfloat16 if d["bf16"] else torch.float16
+        dtype = resolve_precision("auto", device)
+        d["precision"] = precision_name(dtype)
+        d["attention"] = attention_backend(device, dtype)
+        d["compile"] = resolve_compile("auto", device)
         d["attention_fp32"] = attention_backend(d["device"], torch.float32)
         d["attention_half"] = attention_backend(d["device"], half)
     return devices
@@ -190,8 +196,15 @@ def info(*, display: Display) -> None:
     table.add_row("models", ", ".join(summary["models"]))
     out.print(table)
     dev = Table(title="devices")
-    for col in ("device", "name", "bf16", "attention fp32", "attention half"):
+    for col in ("device", "name", "bf16", "precision", "attention", "compile"):
         dev.add_column(col)
     for d in summary["devices"]:
-        dev.add_row(d["device"], d["name"], str(d["bf16"]), d["attention_fp32"], d["attention_half"])
+        dev.add_row(
+            d["device"],
+            d["name"],
+            str(d["bf16"]),
+            d["precision"],
+            d["attention"],
+            "on" if d["compile"] else "off",
+        )
     out.print(dev)
