@@ -32,8 +32,6 @@ def write_raster(
     profile = dict(driver="GTiff", width=width, height=height, count=bands, dtype=data.dtype.name, nodata=nodata)
     if crs is not None:
         profile.update(crs=crs, transform=transform)
-    if bands > 3:  # not GDAL's default RGBA for 4 bands: band 4 is data (test_hostile writes real alpha itself)
-        profile["photometric"] = "MINISBLACK"
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path
