@@ -411,7 +411,7 @@ def test_label_values_are_checked_and_nodata_is_ignored(tmp_path: Path) -> None:
         tile_size=64,
         batch_size=2,
         num_workers=0,
-        val_fraction=0.5,
+        val_fraction=0.4,  # a training strip wider than one tile (torchgeo 0.10 samples none in exactly one)
         length=2,
         work_dir=tmp_path,
     )
