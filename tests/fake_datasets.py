@@ -670,16 +670,3 @@ FAKE_DATASETS: dict[str, Callable[[Path], Path]] = {
     "dota": make_dota,
 }
 """Dataset name -> function that writes the fake dataset under a directory and returns the dataset root."""
-
-
-FAKE_DATASETS: dict[str, Callable[[Path], Path]] = {
-    "potsdam": make_potsdam,
-    "vaihingen": make_vaihingen,
-    "loveda": make_loveda,
-    "levircd": make_levircd,
-    "oscd": make_oscd,
-    "ucmerced": make_ucmerced,
-    "resisc45": make_resisc45,
-    "millionaid": make_millionaid,
-}
-"""Dataset name -> function that writes the fake dataset under a directory and returns the dataset root."""
