@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,9 @@ from tests.standins import BlobDetector, blob_config  # noqa: E402
 CLASSES = ["water", "vegetation", "built-up", "bare", "road", "other"]
 
 
-def make_scene(path: Path, size: int, seed: int = 0) -> Path:
-    """A 3-band uint8 GeoTIFF of ``size`` x ``size`` px, written in strips (bounded memory)."""
-    rng = np.random.default_rng(seed)
+def _write_strips(path: Path, size: int, strip: Callable[[int, int], np.ndarray]) -> Path:
+    """A 3-band uint8 GeoTIFF of ``size`` x ``size`` px written in strips of 512 rows (bounded memory);
+    ``strip(row, height)`` makes each strip's pixels."""
     profile = dict(
         driver="GTiff",
         width=size,
@@ -71,15 +72,25 @@ def make_scene(path: Path, size: int, seed: int = 0) -> Path:
         transform=from_origin(400000, 5500000, 1, 1),
         BIGTIFF="IF_SAFER",
     )
-    xx = np.arange(size, dtype=np.float32)
     with rasterio.open(path, "w", **profile) as dst:
         for row in range(0, size, 512):
             h = min(512, size - row)
-            yy = np.arange(row, row + h, dtype=np.float32)[:, None]
-            base = 127 + 60 * np.sin(xx / 97.0) * np.cos(yy / 83.0)
-            noise = rng.integers(-20, 20, size=(3, h, size))
-            dst.write(np.clip(base[None] + noise, 1, 255).astype(np.uint8), window=Window(0, row, size, h))
+            dst.write(strip(row, h), window=Window(0, row, size, h))
     return path
+
+
+def make_scene(path: Path, size: int, seed: int = 0) -> Path:
+    """A 3-band uint8 GeoTIFF of ``size`` x ``size`` px: smooth waves plus noise."""
+    rng = np.random.default_rng(seed)
+    xx = np.arange(size, dtype=np.float32)
+
+    def strip(row: int, h: int) -> np.ndarray:
+        yy = np.arange(row, row + h, dtype=np.float32)[:, None]
+        base = 127 + 60 * np.sin(xx / 97.0) * np.cos(yy / 83.0)
+        noise = rng.integers(-20, 20, size=(3, h, size))
+        return np.clip(base[None] + noise, 1, 255).astype(np.uint8)
+
+    return _write_strips(path, size, strip)
 
 
 def _bundle_model(args: argparse.Namespace, bundle: Path, config: BundleConfig) -> tuple[torch.nn.Module, Any, Any]:
@@ -199,31 +210,17 @@ def make_object_scene(path: Path, size: int, seed: int = 0) -> Path:
     from tests.standins import paint
 
     rng = np.random.default_rng(seed)
-    profile = dict(
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=3,
-        dtype="uint8",
-        tiled=True,
-        blockxsize=512,
-        blockysize=512,
-        compress="deflate",
-        crs="EPSG:32633",
-        transform=from_origin(400000, 5500000, 1, 1),
-        BIGTIFF="IF_SAFER",
-    )
-    with rasterio.open(path, "w", **profile) as dst:
-        for row in range(0, size, 512):
-            h = min(512, size - row)
-            objects = []
-            for cy in range(20, h - 20, 40):
-                for cx in range(20, size - 20, 40):
-                    w, b, a = rng.uniform(8, 24), rng.uniform(4, 10), rng.uniform(-1.5, 1.5)
-                    jitter = rng.uniform(-6, 6, 2)
-                    objects.append((cx + jitter[0], cy + jitter[1], w, b, a, int(rng.integers(3))))
-            dst.write(paint(h, size, objects), window=Window(0, row, size, h))
-    return path
+
+    def strip(row: int, h: int) -> np.ndarray:
+        objects = []
+        for cy in range(20, h - 20, 40):
+            for cx in range(20, size - 20, 40):
+                w, b, a = rng.uniform(8, 24), rng.uniform(4, 10), rng.uniform(-1.5, 1.5)
+                jitter = rng.uniform(-6, 6, 2)
+                objects.append((cx + jitter[0], cy + jitter[1], w, b, a, int(rng.integers(3))))
+        return paint(h, size, objects)
+
+    return _write_strips(path, size, strip)
 
 
 def detect_memory_child(scene: str, tile: int, overlap: int, out: str) -> None:

@@ -25,7 +25,7 @@ from lemevit_geo.errors import InputError
 from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.boxes import BoxMerger, box_features
 from lemevit_geo.pipelines.dense import make_grid, run_summary, source_for
-from lemevit_geo.pipelines.engine import BackgroundSink, Progress, Runtime, TileReader, run_tiles
+from lemevit_geo.pipelines.engine import BackgroundSink, Progress, Runtime, TileReader, eager_model, run_tiles
 from lemevit_geo.pipelines.jobs import GridSpec, Job, bundle_sha, read_bundle, seal
 from lemevit_geo.pipelines.tiling import TileGrid, strips
 from lemevit_geo.raster import SourceInfo, gdal_env, inspect_source
@@ -97,25 +97,26 @@ def detect(
     grid = make_grid(info, tile, overlap)
     if progress:
         progress.start(len(grid))
-    return detect_scene(info, grid, net, config, output, overwrite, inputs, engine, detection, progress)
+    runtime = Runtime.create(engine)
+    model = runtime.prepare(net)
+    return detect_scene(info, grid, model, config, output, overwrite, inputs, runtime, detection, progress)
 
 
 def detect_scene(
     info: SourceInfo,
     grid: TileGrid,
-    net: torch.nn.Module,
+    model: torch.nn.Module,
     config: BundleConfig,
     output: Path,
     overwrite: bool,
     inputs: Sequence[str | Path],
-    engine: Engine,
+    runtime: Runtime,
     detection: Detection,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run the detector over ``grid`` of the checked source ``info`` and write the merged boxes to ``output``
-    (the net's thresholds are set from ``detection``); the run's summary."""
-    settings = configure_detector(net, config, detection)
-    runtime = Runtime.create(engine)
+    """Run the detector ``model`` (prepared for ``runtime``) over ``grid`` of the checked source ``info`` and write
+    the merged boxes to ``output`` (the detector's thresholds are set from ``detection``); the run's summary."""
+    settings = configure_detector(eager_model(model), config, detection)
     classes: Counter[str] = Counter()
 
     def write(rows: np.ndarray) -> None:
@@ -127,7 +128,6 @@ def detect_scene(
     with VectorStream(output, overwrite, template, inputs=inputs) as stream:
         start = time.perf_counter()
         merger = BoxMerger(grid, write, settings["iou_threshold"], settings["keep"], settings["score_threshold"])
-        model = runtime.prepare(net)
         runtime.fit(model, (len(info.bands), grid.tile, grid.tile), row=len(grid.xs))
         reader = TileReader([source_for(info, config)], grid, threads=runtime.threads, prefetch=4 * runtime.batch_size)
         with gdal_env([info], grid.tile):

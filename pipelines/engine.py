@@ -182,6 +182,11 @@ class CompiledModel(torch.nn.Module):
         return self.eager(x)
 
 
+def eager_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself, under a :class:`CompiledModel` wrapper if there is one (its attributes are the model's)."""
+    return model.eager if isinstance(model, CompiledModel) else model
+
+
 class Uploader:
     """Copies batches of tiles (and their valid masks) to the device.
 

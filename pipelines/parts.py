@@ -28,7 +28,7 @@ from lemevit_geo.pipelines.change import change_job_sources
 from lemevit_geo.pipelines.classify import classify_tiles
 from lemevit_geo.pipelines.dense import make_grid, stitch_tiles
 from lemevit_geo.pipelines.detect import detect_scene
-from lemevit_geo.pipelines.engine import Progress, Runtime, SourceSpec
+from lemevit_geo.pipelines.engine import Progress, Runtime, SourceSpec, eager_model
 from lemevit_geo.pipelines.jobs import FORMAT, FORMAT_VERSION, Job, file_sha256, plain, write_json
 from lemevit_geo.pipelines.segment import segment_sources
 from lemevit_geo.pipelines.tiling import TileGrid
@@ -133,14 +133,16 @@ def detect_part(
     info = inspect_source(job.inputs[0], job.bands, config.bands, job.allow_pixel_grid)
     grid = make_grid(info, job.tile, job.overlap)
     _same_grid(job, grid)
-    thresholds = {k: getattr(net, k) for k in ("score_threshold", "iou_threshold", "max_detections", "pre_nms_top_k")}
+    detector = eager_model(net)
+    names = ("score_threshold", "iou_threshold", "max_detections", "pre_nms_top_k")
+    thresholds = {k: getattr(detector, k) for k in names}
     try:  # the cached model serves later jobs with the bundle's thresholds
         inputs = [*job.inputs, job.model]
         part = job.part_file(index)
-        summary = detect_scene(info, grid, net, config, part, True, inputs, job.engine, job.detection, progress)
+        summary = detect_scene(info, grid, net, config, part, True, inputs, runtime, job.detection, progress)
     finally:
         for name, value in thresholds.items():
-            setattr(net, name, value)
+            setattr(detector, name, value)
     return {
         "class_objects": summary["class_objects"],
         **{k: summary[k] for k in ("objects", "boxes_found", "merged_across_tiles", "partial_boxes")},
