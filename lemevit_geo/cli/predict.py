@@ -54,12 +54,23 @@ def run_scaled(pipeline: Callable[..., dict[str, Any]], display: Display, **kwar
     check_failures(summary)
 
 
-def single_process(images: list[Path], output: Path, scale_out: ScaleOut) -> Path | None:
-    """The one input of a run that takes the single-process path (one input, one output, no scale-out)."""
+def run_images(
+    single: Callable[..., dict[str, Any]],
+    scaled: Callable[..., dict[str, Any]],
+    display: Display,
+    images: list[Path],
+    output: Path,
+    scale_out: ScaleOut,
+    **options: Any,
+) -> None:
+    """Run ``single`` in this process on one input to one output without scale-out, else ``scaled`` on them all."""
     from lemevit_geo.pipelines.scale import expand_inputs, single_output
 
     inputs = expand_inputs(images)
-    return Path(inputs[0]) if single_output(inputs, output) and not scale_out.used else None
+    if single_output(inputs, output) and not scale_out.used:
+        run_with_progress(single, display, image=Path(inputs[0]), output=output, **options)
+    else:
+        run_scaled(scaled, display, images=images, output=output, scale_out=scale_out, **options)
 
 
 @app.command()
@@ -86,20 +97,7 @@ def segment(
     from lemevit_geo.pipelines.segment import segment as run
 
     options = dict(bands=bands, overwrite=overwrite, allow_pixel_grid=allow_pixel_grid, engine=engine, tiling=tiling)
-    image = single_process(images, output, scale_out)
-    if image is not None:
-        run_with_progress(run, display, image=image, output=output, model=model, outputs=outputs, **options)
-        return
-    run_scaled(
-        scale_segment,
-        display,
-        images=images,
-        output=output,
-        model=model,
-        outputs=outputs,
-        scale_out=scale_out,
-        **options,
-    )
+    run_images(run, scale_segment, display, images, output, scale_out, model=model, outputs=outputs, **options)
 
 
 @app.command()
@@ -175,11 +173,7 @@ def classify(
         allow_pixel_grid=allow_pixel_grid,
         engine=engine,
     )
-    image = single_process(images, output, scale_out)
-    if image is not None:
-        run_with_progress(run, display, image=image, output=output, **options)
-        return
-    run_scaled(scale_classify, display, images=images, output=output, scale_out=scale_out, **options)
+    run_images(run, scale_classify, display, images, output, scale_out, **options)
 
 
 @app.command()
@@ -233,8 +227,4 @@ def detect(
         engine=engine,
         detection=detection,
     )
-    image = single_process(images, output, scale_out)
-    if image is not None:
-        run_with_progress(run, display, image=image, output=output, **options)
-        return
-    run_scaled(scale_detect, display, images=images, output=output, scale_out=scale_out, **options)
+    run_images(run, scale_detect, display, images, output, scale_out, **options)
