@@ -1,7 +1,7 @@
 """Figures of the fast path (issue 14) on the machine at hand.
 
 1. ``stitch``: the stitcher alone, tiles/s, with no model: the numpy stitcher as it was before issue 14
-   (``tests/numpy_stitch.py``) against the device stitcher (``pipelines/stitch.py``) on the same random
+   (``tests/numpy_stitch.py``) against the device stitcher (``pipelines/inference/stitch.py``) on the same random
    logits, over an 8192 x 8192 scene of 512 px tiles (64 px overlap), 6 classes, blend and crop, class and
    confidence rows (``--probabilities`` adds the probability bands). On a GPU ``--device cuda`` times the
    device stitcher there (logits already on the device, as the model leaves them).
@@ -37,10 +37,10 @@ from benchmarks.pipeline import CLASSES, make_scene  # noqa: E402
 from lemevit_geo.bundle import BundleConfig, build_model  # noqa: E402
 from lemevit_geo.choices import Compile, Stitch  # noqa: E402
 from lemevit_geo.device import precision_name  # noqa: E402
-from lemevit_geo.pipelines import stitch as device_stitch  # noqa: E402
-from lemevit_geo.pipelines.engine import Runtime, SourceSpec, TileData, TileReader, forward  # noqa: E402
-from lemevit_geo.pipelines.segment import segment  # noqa: E402
-from lemevit_geo.pipelines.tiling import TileGrid  # noqa: E402
+from lemevit_geo.pipelines.inference import stitch as device_stitch  # noqa: E402
+from lemevit_geo.pipelines.inference.engine import Runtime, SourceSpec, TileData, TileReader, forward  # noqa: E402
+from lemevit_geo.pipelines.inference.segment import segment  # noqa: E402
+from lemevit_geo.pipelines.inference.tiling import TileGrid  # noqa: E402
 from lemevit_geo.raster import inspect_source  # noqa: E402
 from lemevit_geo.settings import Engine, Tiling  # noqa: E402
 from tests import numpy_stitch  # noqa: E402

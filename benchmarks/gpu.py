@@ -86,7 +86,7 @@ def section_env(args: argparse.Namespace) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
     packages = ["flash_attn", "pynvml", "timm", "einops", "rasterio", "geopandas", "shapely", "torchgeo"]
-    for name in [*packages, "segmentation_models_pytorch", "lemevit_geo.pipelines.segment"]:
+    for name in [*packages, "segmentation_models_pytorch", "lemevit_geo.pipelines.inference.segment"]:
         try:
             module = importlib.import_module(name)
             info[name] = getattr(module, "__version__", "yes")
@@ -210,9 +210,9 @@ def section_segment(args: argparse.Namespace) -> dict[str, Any]:
     from lemevit_geo.bundle import BundleConfig, build_model
     from lemevit_geo.choices import Stitch
     from lemevit_geo.device import precision_name
-    from lemevit_geo.pipelines.engine import Runtime, SourceSpec, TileReader, forward
-    from lemevit_geo.pipelines.segment import segment
-    from lemevit_geo.pipelines.tiling import TileGrid
+    from lemevit_geo.pipelines.inference.engine import Runtime, SourceSpec, TileReader, forward
+    from lemevit_geo.pipelines.inference.segment import segment
+    from lemevit_geo.pipelines.inference.tiling import TileGrid
     from lemevit_geo.raster import inspect_source
     from lemevit_geo.settings import Engine, Tiling
 

@@ -39,12 +39,12 @@ from lemevit_geo.bundle import BundleConfig, build_model, load_bundle, save_bund
 from lemevit_geo.choices import Stitch
 from lemevit_geo.device import precision_name, resolve_device, resolve_precision
 from lemevit_geo.models.factory import head_options
-from lemevit_geo.pipelines.change import change
-from lemevit_geo.pipelines.dense import dense_predict
-from lemevit_geo.pipelines.detect import detect
-from lemevit_geo.pipelines.engine import Runtime, SourceSpec, TileReader, run_model
-from lemevit_geo.pipelines.segment import segment
-from lemevit_geo.pipelines.tiling import TileGrid
+from lemevit_geo.pipelines.inference.change import change
+from lemevit_geo.pipelines.inference.dense import dense_predict
+from lemevit_geo.pipelines.inference.detect import detect
+from lemevit_geo.pipelines.inference.engine import Runtime, SourceSpec, TileReader, run_model
+from lemevit_geo.pipelines.inference.segment import segment
+from lemevit_geo.pipelines.inference.tiling import TileGrid
 from lemevit_geo.raster import inspect_source
 from lemevit_geo.settings import Engine, Tiling
 

@@ -20,7 +20,7 @@ Steps (each a function, and a sub-command):
   internal validation strip), then ``segment`` on TEST, scored with the same code. ``--recipe`` names
   experimental small-data recipes (augmentation, weight decay, drop path, decoder width, warm-up +
   cosine, class-balanced loss, early stopping); these run through this file's own Lightning loop, which
-  reuses the training pipeline's data module and task module and leaves ``pipelines/train.py`` as is.
+  reuses the training pipeline's data module and task module and leaves ``pipelines/training/train.py`` as is.
 
 ``python benchmarks/realdata.py all --json`` runs everything; see ``benchmarks/REALDATA_NOTES.md``.
 """
@@ -515,7 +515,7 @@ def make_run(name: str, overrides: list[str], tag: str, seed: int) -> Run:
 
 def pretrained(scene: Scene, cache: Path, name: str) -> Path:
     """The backbone of ``pretrain`` run ``name`` on TRAIN's image (made once, then reused)."""
-    from lemevit_geo.pipelines.pretrain import pretrain
+    from lemevit_geo.pipelines.training.pretrain import pretrain
     from lemevit_geo.settings import PretrainRecipe
 
     folder = cache / "runs" / scene.name / f"pretrain_{name}"
@@ -541,8 +541,8 @@ def pretrained(scene: Scene, cache: Path, name: str) -> Path:
 
 def deep(scene: Scene, cache: Path, run: Run) -> dict[str, Any]:
     """``train()`` on TRAIN (its own validation strip inside TRAIN), ``segment`` TEST, score it."""
-    from lemevit_geo.pipelines.segment import segment
-    from lemevit_geo.pipelines.train import train
+    from lemevit_geo.pipelines.inference.segment import segment
+    from lemevit_geo.pipelines.training.train import train
 
     folder = cache / "runs" / scene.name / run.name
     folder.mkdir(parents=True, exist_ok=True)

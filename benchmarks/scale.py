@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 
-from lemevit_geo.pipelines import tiling
-from lemevit_geo.pipelines.bundles import init_bundle
-from lemevit_geo.pipelines.scale import scale_segment
-from lemevit_geo.pipelines.segment import segment
+from lemevit_geo.bundle_init import init_bundle
+from lemevit_geo.pipelines.inference import tiling
+from lemevit_geo.pipelines.inference.segment import segment
+from lemevit_geo.pipelines.scaleout.driver import scale_segment
 from lemevit_geo.settings import Engine, ScaleOut, Tiling
 
 try:
@@ -100,14 +100,14 @@ def merge_seconds(summary: dict[str, Any]) -> float:
 
 def import_parts() -> int:
     """What every part does first in a fresh worker: import the engine (torch, rasterio, the model code)."""
-    import lemevit_geo.pipelines.parts  # noqa: F401
+    import lemevit_geo.pipelines.scaleout.parts  # noqa: F401
 
     return os.getpid()
 
 
 def fixed_cost(args: argparse.Namespace, tmp: Path, workers: int) -> float:
     """Seconds to start the executor, import the engine in every worker, and shut it down: no parts."""
-    from lemevit_geo.pipelines.executors import open_executor
+    from lemevit_geo.pipelines.scaleout.executors import open_executor
 
     start = time.perf_counter()
     with executor_for(args, workers, tmp) as spec:

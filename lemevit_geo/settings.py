@@ -288,7 +288,7 @@ EXECUTOR = re.compile(r"^(inline|ray|ray://\S+|dask:local(:[1-9][0-9]*)?|dask://
 
 @dataclass(frozen=True)
 class ScaleOut:
-    """How a job is split into parts and where the parts run (see ``pipelines/scale.py``).
+    """How a job is split into parts and where the parts run (see ``pipelines/scaleout/driver.py``).
 
     Attributes:
         executor: Where parts run: ``inline`` (this process, one after the other), ``ray`` (the Ray cluster

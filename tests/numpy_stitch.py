@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lemevit_geo.choices import Stitch
-from lemevit_geo.pipelines.engine import TileData
-from lemevit_geo.pipelines.tiling import Tile, TileGrid, blend_window, finished_rows, ownership
+from lemevit_geo.pipelines.inference.engine import TileData
+from lemevit_geo.pipelines.inference.tiling import Tile, TileGrid, blend_window, finished_rows, ownership
 
 PROB_SCALE = 254  # probabilities are written as uint8 0..254; 255 is nodata
 FINISH_COLUMNS = 2048

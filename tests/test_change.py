@@ -16,7 +16,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from lemevit_geo.bundle import BundleConfig
 from lemevit_geo.models.factory import build_task_model
-from lemevit_geo.pipelines.change import change
+from lemevit_geo.pipelines.inference.change import change
 from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 from tests.conftest import CRS, GSD, ORIGIN, cli, cli_subprocess, textured_scene, write_raster
 

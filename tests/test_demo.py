@@ -92,7 +92,7 @@ def test_demo_writes_every_output(tmp_path: Path) -> None:
         assert (out / "models" / f"{task}.safetensors").is_file()
     # the same seed gives the same scene
     again = tmp_path / "again"
-    from lemevit_geo.pipelines.scene import make_scene
+    from lemevit_geo.pipelines.apps.synthetic import make_scene
 
     make_scene(again, 384, 0)
     for name in ("scene_before.tif", "labels.tif", "change_labels.tif"):

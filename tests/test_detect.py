@@ -15,10 +15,10 @@ import torch
 from affine import Affine
 
 from lemevit_geo.choices import Precision
-from lemevit_geo.pipelines.boxes import CUT, EDGE_MARGIN, FOREIGN, OWNED, BoxMerger, box_features
-from lemevit_geo.pipelines.detect import detect
-from lemevit_geo.pipelines.engine import TileData
-from lemevit_geo.pipelines.tiling import TileGrid, ownership
+from lemevit_geo.pipelines.inference.boxes import CUT, EDGE_MARGIN, FOREIGN, OWNED, BoxMerger, box_features
+from lemevit_geo.pipelines.inference.detect import detect
+from lemevit_geo.pipelines.inference.engine import TileData
+from lemevit_geo.pipelines.inference.tiling import TileGrid, ownership
 from lemevit_geo.settings import Detection, Engine
 from tests.conftest import CRS, GSD, ORIGIN, cli, cli_error, cli_subprocess, write_raster
 from tests.standins import CLASSES, BlobDetector, add, blob_boxes, blob_config, paint, random_objects
@@ -248,7 +248,7 @@ def test_nodata_tiles_are_skipped_and_memory_bounded_rows(tmp_path: Path) -> Non
             super()._finish_row(limit)
             sizes.append(len(self.pending))
 
-    import lemevit_geo.pipelines.detect as module
+    import lemevit_geo.pipelines.inference.detect as module
 
     original = module.BoxMerger
     module.BoxMerger = Probe  # type: ignore[misc]

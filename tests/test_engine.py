@@ -11,9 +11,9 @@ import rasterio
 import torch
 
 from lemevit_geo.choices import Stitch
-from lemevit_geo.pipelines.dense import dense_predict
-from lemevit_geo.pipelines.engine import Runtime, SourceSpec
-from lemevit_geo.pipelines.tiling import TileGrid, ownership, tile_offsets
+from lemevit_geo.pipelines.inference.dense import dense_predict
+from lemevit_geo.pipelines.inference.engine import Runtime, SourceSpec
+from lemevit_geo.pipelines.inference.tiling import TileGrid, ownership, tile_offsets
 from lemevit_geo.raster import inspect_source
 from lemevit_geo.settings import DenseOutputs
 from tests.conftest import GSD, ORIGIN, textured_scene, write_raster
@@ -221,7 +221,7 @@ def test_polygon_merge_with_small_windows_and_simplify(tmp_path: Path) -> None:
 
 
 def test_batches_stay_in_their_tile_row_and_empty_tiles_pass_straight_through() -> None:
-    from lemevit_geo.pipelines.engine import TileData, run_tiles
+    from lemevit_geo.pipelines.inference.engine import TileData, run_tiles
 
     grid = TileGrid(3 * 64, 4 * 64, 64, 0)
     valid = {0: [1, 0, 0, 1], 1: [0, 0, 0, 0], 2: [1, 1, 1, 1]}
@@ -259,7 +259,7 @@ def test_batches_stay_in_their_tile_row_and_empty_tiles_pass_straight_through() 
 
 
 def test_blend_weights_sum_to_one_across_every_overlap() -> None:
-    from lemevit_geo.pipelines.tiling import blend_window
+    from lemevit_geo.pipelines.inference.tiling import blend_window
 
     for tile, overlap in [(128, 32), (64, 16), (96, 40), (256, 64)]:
         ramp = blend_window(tile, overlap)[tile // 2]

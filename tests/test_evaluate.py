@@ -12,7 +12,7 @@ import rasterio
 import shapely
 from rasterio.transform import from_origin
 
-from lemevit_geo.pipelines.evaluate import evaluate
+from lemevit_geo.pipelines.apps.evaluate import evaluate
 from lemevit_geo.pipelines.metrics import confusion_matrix, segmentation_scores
 from tests.conftest import CRS, GSD, ORIGIN, cli, cli_error
 

@@ -13,9 +13,9 @@ import torch
 from lemevit_geo.choices import Compile, Stitch
 from lemevit_geo.device import cpu_batch_size, resolve_compile, resolve_threads
 from lemevit_geo.errors import InputError, LemevitWarning
-from lemevit_geo.pipelines import stitch
-from lemevit_geo.pipelines.engine import CompiledModel, Runtime, TileData, Uploader, run_tiles
-from lemevit_geo.pipelines.tiling import TileGrid
+from lemevit_geo.pipelines.inference import stitch
+from lemevit_geo.pipelines.inference.engine import CompiledModel, Runtime, TileData, Uploader, run_tiles
+from lemevit_geo.pipelines.inference.tiling import TileGrid
 from lemevit_geo.settings import Engine
 from tests import numpy_stitch
 

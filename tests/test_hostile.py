@@ -22,7 +22,7 @@ from affine import Affine
 from rasterio.transform import from_origin
 
 from lemevit_geo.bundle import BundleConfig
-from lemevit_geo.pipelines.segment import segment
+from lemevit_geo.pipelines.inference.segment import segment
 from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 from tests.conftest import CRS, GSD, ORIGIN, cli, cli_main, textured_scene, write_raster
 
@@ -382,7 +382,7 @@ WRITE_SCRIPT = """
 import sys, torch
 from pathlib import Path
 from lemevit_geo.bundle import BundleConfig
-from lemevit_geo.pipelines.segment import segment
+from lemevit_geo.pipelines.inference.segment import segment
 from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 torch.manual_seed(0)
 config = BundleConfig(task="segment", arch="tiny", classes=["a", "b", "c"], bands=3, mean=[128.0] * 3, std=[60.0] * 3)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from lemevit_geo.errors import BundleError
-from lemevit_geo.pipelines.scene import Scene, make_scene
+from lemevit_geo.pipelines.apps.synthetic import Scene, make_scene
 from lemevit_geo.weights import read_backbone
 from tests.conftest import cli, cli_main
 

@@ -13,10 +13,10 @@ import torch
 
 from lemevit_geo.bundle import load_bundle, read_config
 from lemevit_geo.errors import InputError
-from lemevit_geo.pipelines.datamodules import IGNORE, TileAugmentation
-from lemevit_geo.pipelines.scene import make_scene
-from lemevit_geo.pipelines.tasks import warmup_cosine
-from lemevit_geo.pipelines.train import balanced_weights, make_trainer
+from lemevit_geo.pipelines.apps.synthetic import make_scene
+from lemevit_geo.pipelines.training.datamodules import IGNORE, TileAugmentation
+from lemevit_geo.pipelines.training.tasks import warmup_cosine
+from lemevit_geo.pipelines.training.train import balanced_weights, make_trainer
 from lemevit_geo.settings import Hardware, Recipe
 from tests.conftest import cli
 
@@ -143,7 +143,7 @@ def test_recipe_options_reach_the_optimiser_scheduler_and_model(tmp_path: Path) 
     assert config.head == {"decoder_channels": 48, "pixel_channels": 8} == summary["head"]
     assert type(model).__name__ == "PixelUPerNet" and model.pixel_branch[0][0].out_channels == 8
     assert model.decoder.fusion_block[0].out_channels == 48
-    from lemevit_geo.pipelines.tasks import SegmentationModule
+    from lemevit_geo.pipelines.training.tasks import SegmentationModule
 
     module = SegmentationModule(in_channels=4, num_classes=5, drop_path=0.25, head=config.head)
     drops = [m.drop_prob for m in module.model.modules() if type(m).__name__ == "DropPath"]
@@ -224,7 +224,7 @@ def test_train_prints_the_model_next_to_its_baselines() -> None:
 def test_detection_follows_augment_and_refuses_jitter(tmp_path: Path) -> None:
     """Own detection crops flip and turn with their boxes (``flip_rotate``) unless --no-augment; the pixel-only
     jitters, class balance and the dense tasks' schedule options do not apply to boxes and are refused."""
-    from lemevit_geo.pipelines.train import load_data
+    from lemevit_geo.pipelines.training.train import load_data
 
     scene = make_scene(tmp_path / "scene", size=320, seed=5)
     own = dict(images=str(scene.before), labels=str(scene.objects), label_column=None, classes=None)

@@ -27,13 +27,13 @@ from rasterio.transform import from_origin
 
 from lemevit_geo.bundle import read_config
 from lemevit_geo.choices import Stitch
-from lemevit_geo.pipelines import tiling
-from lemevit_geo.pipelines.dense import dense_predict
-from lemevit_geo.pipelines.engine import Runtime
-from lemevit_geo.pipelines.merge import merge_job
-from lemevit_geo.pipelines.parts import dense_part
-from lemevit_geo.pipelines.segment import segment_job
-from lemevit_geo.pipelines.tiling import TileGrid, finished_rows, strips
+from lemevit_geo.pipelines.inference import tiling
+from lemevit_geo.pipelines.inference.dense import dense_predict
+from lemevit_geo.pipelines.inference.engine import Runtime
+from lemevit_geo.pipelines.inference.segment import segment_job
+from lemevit_geo.pipelines.inference.tiling import TileGrid, finished_rows, strips
+from lemevit_geo.pipelines.scaleout.merge import merge_job
+from lemevit_geo.pipelines.scaleout.parts import dense_part
 from lemevit_geo.raster import inspect_source
 from lemevit_geo.settings import Engine, Tiling
 from tests.conftest import CRS, GSD, ORIGIN, cli, cli_main, textured_scene, write_raster
@@ -177,7 +177,7 @@ def test_every_split_equals_one_run(tmp_path: Path, scene: Path, bundle: Path, s
 
 
 def segment_source(scene: Path, config: object) -> list:
-    from lemevit_geo.pipelines.dense import source_for
+    from lemevit_geo.pipelines.inference.dense import source_for
 
     return [source_for(inspect_source(scene, None, 3), config)]  # type: ignore[arg-type]
 
@@ -269,7 +269,7 @@ def test_ray_gives_the_same_bytes(local_ray: None, tmp_path: Path, scene: Path, 
     summary = run_on("ray", tmp_path, scene, bundle, reference)
     assert {p["device"] for p in summary["parts"]} == {"cpu"}
     # a task that fails with one of our errors comes back wrapped by Ray: its own one line is reported
-    from lemevit_geo.pipelines.executors import RayExecutor, failure
+    from lemevit_geo.pipelines.scaleout.executors import RayExecutor, failure
 
     future = RayExecutor(None, gpus=False).submit(inspect_source, str(tmp_path / "gone.tif"), None, 3)
     with pytest.raises(Exception) as info:

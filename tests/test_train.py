@@ -15,8 +15,8 @@ import torch
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from lemevit_geo.bundle import read_config
-from lemevit_geo.pipelines.data import custom_data
-from lemevit_geo.pipelines.scene import CLASSES, COLORS, make_scene
+from lemevit_geo.pipelines.apps.synthetic import CLASSES, COLORS, make_scene
+from lemevit_geo.pipelines.training.detection_data import custom_data
 from tests.conftest import cli, cli_subprocess, textured_scene, write_raster
 from tests.fake_datasets import FAKE_DATASETS
 
@@ -349,7 +349,7 @@ def test_training_errors_are_clear(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_learning_beats_the_majority_baseline(tmp_path: Path) -> None:
     """A few CPU minutes of training reach a held-out mIoU far above predicting the majority class."""
-    from lemevit_geo.pipelines.demo import evaluate_segmentation
+    from lemevit_geo.pipelines.apps.demo import evaluate_segmentation
 
     scene = make_scene(tmp_path / "scene", size=1024, seed=4)
     bundle = tmp_path / "seg.safetensors"
@@ -424,7 +424,7 @@ def test_label_values_are_checked_and_nodata_is_ignored(tmp_path: Path) -> None:
 def test_scene_labels_ignore_tiles_without_labels() -> None:
     import torch
 
-    from lemevit_geo.pipelines.datamodules import IGNORE, scene_label
+    from lemevit_geo.pipelines.training.datamodules import IGNORE, scene_label
 
     mask = torch.full((3, 8, 8), IGNORE)
     mask[1, :2] = 4
@@ -434,7 +434,7 @@ def test_scene_labels_ignore_tiles_without_labels() -> None:
 
 
 def test_task_modules_keep_true_hyperparameters_and_freeze_what_is_asked() -> None:
-    from lemevit_geo.pipelines.tasks import ChangeModule, ClassificationModule, SegmentationModule
+    from lemevit_geo.pipelines.training.tasks import ChangeModule, ClassificationModule, SegmentationModule
 
     change = ChangeModule(in_channels=3, num_classes=2, freeze_backbone=True)
     assert change.hparams["model"] == "bit" and change.hparams["arch"] == "tiny"
@@ -478,7 +478,7 @@ def test_training_prints_our_lines_only(tmp_path: Path) -> None:
 
 
 def test_demo_trains_on_the_device_it_was_given() -> None:
-    from lemevit_geo.pipelines.demo import lightning_devices
+    from lemevit_geo.pipelines.apps.demo import lightning_devices
 
     assert lightning_devices("cpu") == {"accelerator": "cpu", "devices": 1}
     assert lightning_devices("cuda:1") == {"accelerator": "gpu", "devices": [1]}
@@ -491,10 +491,10 @@ def test_detection_learns_the_scene_objects(tmp_path: Path) -> None:
 
     Chance is about 0: boxes at random places, sizes and angles almost never overlap an object by IoU 0.5.
     """
-    from lemevit_geo.pipelines.demo import DEMO_DETECTOR, DETECT_TILE
-    from lemevit_geo.pipelines.detect import detect
-    from lemevit_geo.pipelines.evaluate import evaluate
-    from lemevit_geo.pipelines.train import train
+    from lemevit_geo.pipelines.apps.demo import DEMO_DETECTOR, DETECT_TILE
+    from lemevit_geo.pipelines.apps.evaluate import evaluate
+    from lemevit_geo.pipelines.inference.detect import detect
+    from lemevit_geo.pipelines.training.train import train
     from lemevit_geo.settings import Engine, Hardware, Recipe
 
     scene = make_scene(tmp_path / "scene", size=1024, seed=4)

@@ -91,7 +91,7 @@ def evaluate(
     display: Display,
 ) -> None:
     """Score an output against reference labels: mIoU, change F1 or detection mAP (the metrics training uses)."""
-    from lemevit_geo.pipelines.evaluate import evaluate as run
+    from lemevit_geo.pipelines.apps.evaluate import evaluate as run
 
     summary = run(
         prediction=prediction, reference=reference, task=task, iou=iou, label_column=label_column, bounds=bounds

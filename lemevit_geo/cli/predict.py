@@ -2,7 +2,7 @@
 
 Without scale-out options and with one input, a command runs in this process exactly as it always has;
 with several inputs or any scale-out option (``--executor``, ``--parts``, ``--part``, ...) it runs as
-parts and a merge (``pipelines/scale.py``).
+parts and a merge (``pipelines/scaleout/driver.py``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def run_with_progress(pipeline: Callable[..., dict[str, Any]], display: Display,
 
 def run_scaled(pipeline: Callable[..., dict[str, Any]], display: Display, **kwargs: Any) -> None:
     """Run a scale-out pipeline like :func:`run_with_progress`, then fail (exit 1) naming every failed scene."""
-    from lemevit_geo.pipelines.scale import check_failures
+    from lemevit_geo.pipelines.scaleout.driver import check_failures
 
     with tile_progress(display) as progress:
         summary = pipeline(progress=progress, **kwargs)
@@ -64,7 +64,7 @@ def run_images(
     **options: Any,
 ) -> None:
     """Run ``single`` in this process on one input to one output without scale-out, else ``scaled`` on them all."""
-    from lemevit_geo.pipelines.scale import expand_inputs, single_output
+    from lemevit_geo.pipelines.scaleout.driver import expand_inputs, single_output
 
     inputs = expand_inputs(images)
     if single_output(inputs, output) and not scale_out.used:
@@ -93,8 +93,8 @@ def segment(
 
     Several inputs (or -o DIR): DIR/<name>.tif each; --probabilities and --vector then name directories.
     """
-    from lemevit_geo.pipelines.scale import scale_segment
-    from lemevit_geo.pipelines.segment import segment as run
+    from lemevit_geo.pipelines.inference.segment import segment as run
+    from lemevit_geo.pipelines.scaleout.driver import scale_segment
 
     options = dict(bands=bands, overwrite=overwrite, allow_pixel_grid=allow_pixel_grid, engine=engine, tiling=tiling)
     run_images(run, scale_segment, display, images, output, scale_out, model=model, outputs=outputs, **options)
@@ -118,8 +118,8 @@ def change(
     display: Display,
 ) -> None:
     """Bitemporal change detection: a change raster on the earlier image's grid, over the overlap."""
-    from lemevit_geo.pipelines.change import change as run
-    from lemevit_geo.pipelines.scale import scale_change
+    from lemevit_geo.pipelines.inference.change import change as run
+    from lemevit_geo.pipelines.scaleout.driver import scale_change
 
     options: dict[str, Any] = {"scale_out": scale_out} if scale_out.used else {}
     (run_scaled if scale_out.used else run_with_progress)(
@@ -160,8 +160,8 @@ def classify(
 
     Several inputs (or -o DIR): DIR/<name>.gpkg each; --raster then names a directory.
     """
-    from lemevit_geo.pipelines.classify import classify as run
-    from lemevit_geo.pipelines.scale import scale_classify
+    from lemevit_geo.pipelines.inference.classify import classify as run
+    from lemevit_geo.pipelines.scaleout.driver import scale_classify
 
     options = dict(
         model=model,
@@ -186,7 +186,7 @@ def merge(
     display: Display,
 ) -> None:
     """Join the parts that array jobs wrote (--part I/N) into the outputs, and remove the parts."""
-    from lemevit_geo.pipelines.scale import merge_parts
+    from lemevit_geo.pipelines.scaleout.driver import merge_parts
 
     run_scaled(
         lambda progress: merge_parts(output, overwrite=overwrite, keep_parts=keep_parts, progress=progress), display
@@ -214,8 +214,8 @@ def detect(
 
     Several inputs (or -o DIR): DIR/<name>.gpkg each, one part per scene.
     """
-    from lemevit_geo.pipelines.detect import detect as run
-    from lemevit_geo.pipelines.scale import scale_detect
+    from lemevit_geo.pipelines.inference.detect import detect as run
+    from lemevit_geo.pipelines.scaleout.driver import scale_detect
 
     options = dict(
         model=model,

@@ -53,7 +53,7 @@ def demo(
     display: Display,
 ) -> None:
     """Run the whole tool offline on a generated georeferenced scene (a few minutes on a CPU)."""
-    from lemevit_geo.pipelines.demo import run_demo
+    from lemevit_geo.pipelines.apps.demo import run_demo
 
     quiet_lightning()
 
@@ -112,7 +112,7 @@ def bundle_init(
     Classes are given in output order (change: 'no change,change', the default).
     """
     from lemevit_geo.bundle import read_config
-    from lemevit_geo.pipelines.bundles import init_bundle
+    from lemevit_geo.bundle_init import init_bundle
 
     path = init_bundle(
         task=task,

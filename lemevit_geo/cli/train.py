@@ -98,7 +98,7 @@ def train(
 
     The summary puts the best validation metrics next to predicting the majority class (and, with --baseline,
     next to a per-pixel classifier)."""
-    from lemevit_geo.pipelines.train import train as run
+    from lemevit_geo.pipelines.training.train import train as run
 
     quiet_lightning()
 
@@ -146,7 +146,7 @@ def pretrain(
     display: Display,
 ) -> None:
     """Pretrain a backbone on unlabelled images (self-supervised); use it with train --backbone-weights."""
-    from lemevit_geo.pipelines.pretrain import pretrain as run
+    from lemevit_geo.pipelines.training.pretrain import pretrain as run
 
     quiet_lightning()
     summary = run(

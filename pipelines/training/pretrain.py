@@ -2,7 +2,7 @@
 
 ``pretrain(images="scenes/*.tif", out="backbone.safetensors")`` draws random tiles from the images (any band
 count, any number of scenes; torchgeo aligns their CRS and resolution), normalises them by per-band statistics
-of random tiles, and trains a backbone with one of the objectives of :mod:`lemevit_geo.pipelines.ssl`. Memory
+of random tiles, and trains a backbone with one of the objectives of :mod:`lemevit_geo.pipelines.training.ssl`. Memory
 is bounded by the batch: tiles are read window by window. The run folder ``<out>.pretrain/`` holds the last
 checkpoint (``--resume`` continues from it) and a CSV of per-epoch losses. The result loads into
 ``train --backbone-weights``.
@@ -21,10 +21,10 @@ from lemevit_geo import __version__
 from lemevit_geo.choices import Arch, PretrainMethod
 from lemevit_geo.errors import InputError
 from lemevit_geo.outputs import check_output
-from lemevit_geo.pipelines.data import expand_paths, raster_dataset, training_stats
-from lemevit_geo.pipelines.datamodules import ImageDataModule
-from lemevit_geo.pipelines.ssl import METHODS
-from lemevit_geo.pipelines.train import make_trainer, run_folder
+from lemevit_geo.pipelines.training.datamodules import ImageDataModule
+from lemevit_geo.pipelines.training.detection_data import expand_paths, raster_dataset, training_stats
+from lemevit_geo.pipelines.training.ssl import METHODS
+from lemevit_geo.pipelines.training.train import make_trainer, run_folder
 from lemevit_geo.settings import Hardware, PretrainRecipe, check_tile_size
 from lemevit_geo.weights import save_backbone
 

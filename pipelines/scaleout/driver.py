@@ -1,14 +1,14 @@
 """Scale-out: many scenes, and one huge scene over many GPUs and machines, as parts and a merge.
 
 A job (one scene, or one change pair) is split into **parts**: full-width strips of tile rows of the
-scene's :class:`~lemevit_geo.pipelines.tiling.TileGrid` (one part per scene by default). A strip that
+scene's :class:`~lemevit_geo.pipelines.inference.tiling.TileGrid` (one part per scene by default). A strip that
 outputs tile rows ``[first, stop)`` also runs the earlier rows whose tiles reach into its first output row
 (its halo: in blend mode, every tile row whose tiles extend past ``ys[first]``; in crop mode none), with
 the same tiles, the same row-aligned batches and the same stitcher state, so every output pixel comes out
 as in a single-process run. Each part runs the streaming engine where an executor puts it
-(:mod:`~lemevit_geo.pipelines.executors`), reads its own windows and writes its own part file and sidecar
-(:mod:`~lemevit_geo.pipelines.parts`); one **merge** in the driver makes the outputs
-(:mod:`~lemevit_geo.pipelines.merge`).
+(:mod:`~lemevit_geo.pipelines.scaleout.executors`), reads its own windows and writes its own part file and sidecar
+(:mod:`~lemevit_geo.pipelines.scaleout.parts`); one **merge** in the driver makes the outputs
+(:mod:`~lemevit_geo.pipelines.scaleout.merge`).
 
 **Resume**: a part whose file and sidecar exist with the job's ``parts_hash`` is not run again, and a scene
 merged by an earlier run of the same command (``done.json`` with the same ``job_hash``, outputs untouched
@@ -33,13 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from lemevit_geo.errors import InputError, LemevitError, OutputError
-from lemevit_geo.pipelines.change import change_job
-from lemevit_geo.pipelines.classify import classify_job
-from lemevit_geo.pipelines.dense import check_outputs
-from lemevit_geo.pipelines.detect import detect_job
-from lemevit_geo.pipelines.engine import Progress
-from lemevit_geo.pipelines.executors import RayExecutor, failure, is_inline, open_executor
-from lemevit_geo.pipelines.jobs import (
+from lemevit_geo.pipelines.inference.change import change_job
+from lemevit_geo.pipelines.inference.classify import classify_job
+from lemevit_geo.pipelines.inference.dense import check_outputs
+from lemevit_geo.pipelines.inference.detect import detect_job
+from lemevit_geo.pipelines.inference.engine import Progress
+from lemevit_geo.pipelines.inference.segment import segment_job
+from lemevit_geo.pipelines.inference.tiling import TileGrid
+from lemevit_geo.pipelines.scaleout.executors import RayExecutor, failure, is_inline, open_executor
+from lemevit_geo.pipelines.scaleout.jobs import (
     Job,
     done_summary,
     finished_part,
@@ -49,10 +51,8 @@ from lemevit_geo.pipelines.jobs import (
     remove_parts,
     write_json,
 )
-from lemevit_geo.pipelines.merge import COUNT_KEYS, counts, merge_job
-from lemevit_geo.pipelines.parts import run_part
-from lemevit_geo.pipelines.segment import segment_job
-from lemevit_geo.pipelines.tiling import TileGrid
+from lemevit_geo.pipelines.scaleout.merge import COUNT_KEYS, counts, merge_job
+from lemevit_geo.pipelines.scaleout.parts import run_part
 from lemevit_geo.settings import DenseOutputs, ScaleOut
 
 #: Names that say "file": with several inputs such an output is refused rather than made a directory.
@@ -407,7 +407,7 @@ def scale_segment(
     **options: Any,
 ) -> dict[str, Any]:
     """``segment`` of one or many scenes through parts; ``options`` as for
-    :func:`~lemevit_geo.pipelines.segment.segment_job`.
+    :func:`~lemevit_geo.pipelines.inference.segment.segment_job`.
 
     With several inputs (or ``output`` a directory) ``output``, ``outputs.probabilities`` and
     ``outputs.vector`` name directories, and each scene writes ``<stem>.tif``, ``<stem>.probabilities.tif``
@@ -435,7 +435,7 @@ def scale_segment(
 
 
 def scale_change(*, scale_out: ScaleOut, progress: Progress | None = None, **options: Any) -> dict[str, Any]:
-    """``change`` of one pair through parts; ``options`` as for :func:`~lemevit_geo.pipelines.change.change_job`."""
+    """``change`` of one pair through parts; options as for ``inference.change.change_job``."""
     parts = default_parts(scale_out, 1)
     name = f"{options['before']} + {options['after']}"
     return run_scenes(plan_scenes([name], lambda _: change_job(parts=parts, **options), True), scale_out, progress)
@@ -452,7 +452,7 @@ def scale_classify(
     **options: Any,
 ) -> dict[str, Any]:
     """``classify`` of one or many scenes through parts; ``options`` as for
-    :func:`~lemevit_geo.pipelines.classify.classify_job`.
+    :func:`~lemevit_geo.pipelines.inference.classify.classify_job`.
 
     With several inputs (or ``output`` a directory) ``output`` and ``raster`` name directories, and each
     scene writes ``<stem>.gpkg`` and ``<stem>.tif`` there.
@@ -483,7 +483,7 @@ def scale_detect(
     **options: Any,
 ) -> dict[str, Any]:
     """``detect`` of one or many scenes, one part each; ``options`` as for
-    :func:`~lemevit_geo.pipelines.detect.detect_job`.
+    :func:`~lemevit_geo.pipelines.inference.detect.detect_job`.
 
     With several inputs (or ``output`` a directory) ``output`` names a directory, and each scene writes
     ``<stem>.gpkg`` there.

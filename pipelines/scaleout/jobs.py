@@ -38,8 +38,8 @@ from lemevit_geo.bundle import BundleConfig, read_config
 from lemevit_geo.choices import Stitch, Task
 from lemevit_geo.errors import BundleError, InputError
 from lemevit_geo.outputs import temporary_sibling
-from lemevit_geo.pipelines.dense import make_grid
-from lemevit_geo.pipelines.tiling import Strip, strips
+from lemevit_geo.pipelines.inference.dense import make_grid
+from lemevit_geo.pipelines.inference.tiling import Strip, strips
 from lemevit_geo.raster import SourceInfo
 from lemevit_geo.settings import DenseOutputs, Detection, Engine, Tiling
 

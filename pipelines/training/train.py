@@ -2,7 +2,7 @@
 
 ``train(dataset="potsdam", root=...)`` trains on a torchgeo dataset through its datamodule;
 ``train(dataset="custom", images=..., labels=...)`` (segmentation) or ``before/after/labels`` (change)
-trains on the user's GeoTIFFs (:mod:`lemevit_geo.pipelines.data`). The result is a bundle that
+trains on the user's GeoTIFFs (:mod:`lemevit_geo.pipelines.training.detection_data`). The result is a bundle that
 ``segment`` / ``change`` / ``classify`` use as is, the best checkpoint, and a CSV of per-epoch metrics.
 """
 
@@ -25,11 +25,17 @@ from lemevit_geo.device import cpu_supports_bf16
 from lemevit_geo.errors import InputError
 from lemevit_geo.models.factory import head_options
 from lemevit_geo.outputs import check_output
-from lemevit_geo.pipelines.baselines import pixel_baseline
-from lemevit_geo.pipelines.callbacks import EpochCSV, MajorityBaseline
-from lemevit_geo.pipelines.data import DATASETS, TrainData, custom_data, detection_data, torchgeo_data
-from lemevit_geo.pipelines.datamodules import TileAugmentation
-from lemevit_geo.pipelines.tasks import TASK_MODULES, LeMeViTTask
+from lemevit_geo.pipelines.training.baselines import pixel_baseline
+from lemevit_geo.pipelines.training.callbacks import EpochCSV, MajorityBaseline
+from lemevit_geo.pipelines.training.datamodules import TileAugmentation
+from lemevit_geo.pipelines.training.detection_data import (
+    DATASETS,
+    TrainData,
+    custom_data,
+    detection_data,
+    torchgeo_data,
+)
+from lemevit_geo.pipelines.training.tasks import TASK_MODULES, LeMeViTTask
 from lemevit_geo.settings import Hardware, Recipe, check_tile_size
 
 
@@ -266,7 +272,7 @@ def train(
 
     The summary reports the best validation metrics next to predicting the majority class (segment, change,
     classify), and with ``baseline`` (own data, segment and change) next to a per-pixel gradient-boosting
-    classifier on the same split (:mod:`lemevit_geo.pipelines.baselines`)."""
+    classifier on the same split (:mod:`lemevit_geo.pipelines.training.baselines`)."""
     start = time.perf_counter()
     out, name, arch = Path(out), dataset.lower(), Arch(arch)
     check_tile_size(tile_size)

@@ -22,8 +22,8 @@ from rasterio.io import DatasetReader, DatasetWriter
 
 from lemevit_geo.errors import OutputError
 from lemevit_geo.outputs import atomic_path, temporary_sibling
-from lemevit_geo.pipelines.stitch import PROB_SCALE, Piece
-from lemevit_geo.pipelines.tiling import Strip
+from lemevit_geo.pipelines.inference.stitch import PROB_SCALE, Piece
+from lemevit_geo.pipelines.inference.tiling import Strip
 from lemevit_geo.raster import (
     SourceInfo,
     class_dtype,
@@ -220,7 +220,7 @@ def read_piece(
     part: DatasetReader, row: int, height: int, x: int, width: int, num_classes: int, with_probabilities: bool
 ) -> Piece:
     """Rows ``[row, row + height)`` of part file ``part`` (rows counted from its first row), columns
-    ``[x, x + width)``, as the :class:`~lemevit_geo.pipelines.stitch.Piece` the stitcher had handed on."""
+    ``[x, x + width)``, as the :class:`~lemevit_geo.pipelines.inference.stitch.Piece` the stitcher had handed on."""
     win = ((row, row + height), (x, x + width))
     probs = None
     if with_probabilities:

@@ -22,14 +22,14 @@ from rasterio.windows import Window, from_bounds
 
 from lemevit_geo.errors import InputError
 from lemevit_geo.outputs import check_output
-from lemevit_geo.pipelines.change import change
-from lemevit_geo.pipelines.classify import classify
-from lemevit_geo.pipelines.detect import detect
-from lemevit_geo.pipelines.evaluate import evaluate_change, evaluate_classes, evaluate_detections
+from lemevit_geo.pipelines.apps.evaluate import evaluate_change, evaluate_classes, evaluate_detections
+from lemevit_geo.pipelines.apps.synthetic import CLASSES, COLORS, OBJECT_CLASSES, OBJECT_COLORS, Scene, make_scene
+from lemevit_geo.pipelines.inference.change import change
+from lemevit_geo.pipelines.inference.classify import classify
+from lemevit_geo.pipelines.inference.detect import detect
+from lemevit_geo.pipelines.inference.segment import segment
 from lemevit_geo.pipelines.metrics import confusion_matrix, segmentation_scores
-from lemevit_geo.pipelines.scene import CLASSES, COLORS, OBJECT_CLASSES, OBJECT_COLORS, Scene, make_scene
-from lemevit_geo.pipelines.segment import segment
-from lemevit_geo.pipelines.train import train
+from lemevit_geo.pipelines.training.train import train
 from lemevit_geo.settings import DenseOutputs, Engine, Hardware, Recipe
 
 PREVIEW = 1024  # longest side of the PNG previews

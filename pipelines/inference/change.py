@@ -21,9 +21,9 @@ from shapely.geometry import mapping, shape
 from lemevit_geo.bundle import BundleConfig, open_model
 from lemevit_geo.choices import Task
 from lemevit_geo.errors import InputError, LemevitWarning
-from lemevit_geo.pipelines.dense import check_dense_outputs, run_dense, source_for
-from lemevit_geo.pipelines.engine import Progress, SourceSpec
-from lemevit_geo.pipelines.jobs import Job, dense_job, read_bundle
+from lemevit_geo.pipelines.inference.dense import check_dense_outputs, run_dense, source_for
+from lemevit_geo.pipelines.inference.engine import Progress, SourceSpec
+from lemevit_geo.pipelines.scaleout.jobs import Job, dense_job, read_bundle
 from lemevit_geo.raster import READ_ERRORS, MaskPlan, SourceInfo, inspect_source, plan_mask
 from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 
@@ -236,7 +236,7 @@ def change_job(
     tiling: Tiling = Tiling(),
     outputs: DenseOutputs = DenseOutputs(),
 ) -> Job:
-    """Plan ``change`` of ``before`` and ``after`` as ``parts`` strips (see :mod:`lemevit_geo.pipelines.scale`)."""
+    """Plan ``change`` of ``before`` and ``after`` as ``parts`` strips (see ``scaleout.driver``)."""
     config = read_bundle(model, Task.change)
     sources, grid, report = change_sources(before, after, config, bands, allow_pixel_grid)
     check_dense_outputs(Path(output), outputs, True, [before, after, model])  # existing: see scale.run_scenes

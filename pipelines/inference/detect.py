@@ -1,7 +1,7 @@
 """``detect``: oriented objects in a scene of any size, as polygons in the scene's CRS.
 
 The engine reads tiles ahead and runs the detector on them in batches (score threshold, then rotated NMS
-per class, within each tile); :class:`~lemevit_geo.pipelines.boxes.BoxMerger` merges the boxes across
+per class, within each tile); :class:`~lemevit_geo.pipelines.inference.boxes.BoxMerger` merges the boxes across
 tiles (ownership of the centre, cut boxes giving way, exact rotated IoU near seams) in a background
 thread and hands every finished tile row to a :class:`~lemevit_geo.vector.VectorStream`: the device does
 not wait for merging and writing, and memory stays bounded whatever the scene size and the number of
@@ -23,11 +23,11 @@ from lemevit_geo.bundle import BundleConfig, open_model
 from lemevit_geo.choices import Stitch, Task
 from lemevit_geo.errors import InputError
 from lemevit_geo.outputs import check_output
-from lemevit_geo.pipelines.boxes import BoxMerger, box_features
-from lemevit_geo.pipelines.dense import make_grid, run_summary, source_for
-from lemevit_geo.pipelines.engine import BackgroundSink, Progress, Runtime, TileReader, eager_model, run_tiles
-from lemevit_geo.pipelines.jobs import GridSpec, Job, bundle_sha, read_bundle, seal
-from lemevit_geo.pipelines.tiling import TileGrid, strips
+from lemevit_geo.pipelines.inference.boxes import BoxMerger, box_features
+from lemevit_geo.pipelines.inference.dense import make_grid, run_summary, source_for
+from lemevit_geo.pipelines.inference.engine import BackgroundSink, Progress, Runtime, TileReader, eager_model, run_tiles
+from lemevit_geo.pipelines.inference.tiling import TileGrid, strips
+from lemevit_geo.pipelines.scaleout.jobs import GridSpec, Job, bundle_sha, read_bundle, seal
 from lemevit_geo.raster import SourceInfo, gdal_env, inspect_source
 from lemevit_geo.settings import Detection, Engine, Tiling
 from lemevit_geo.vector import VectorStream, check_vector_path
@@ -168,7 +168,7 @@ def detect_job(
     engine: Engine = Engine(),
     detection: Detection = Detection(),
 ) -> Job:
-    """Plan ``detect`` of ``image`` as one part (see :mod:`lemevit_geo.pipelines.scale`).
+    """Plan ``detect`` of ``image`` as one part (see :mod:`~lemevit_geo.pipelines.scaleout.driver`).
 
     A scene is one part: boxes are merged across tile rows by a streaming merger whose decisions reach over
     several rows (pieces of long objects), so strips of one scene would not give the boxes of one run.

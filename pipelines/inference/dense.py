@@ -1,10 +1,10 @@
 """Dense runs (``segment``, ``change``): per-pixel logits over co-registered sources, stitched onto one grid.
 
 :func:`run_dense` resolves a bundle's defaults (tile size, overlap) and the device; :func:`dense_predict`
-runs the engine: a :class:`~lemevit_geo.pipelines.engine.TileReader` feeds the model, a
-:class:`~lemevit_geo.pipelines.stitch.DenseStitcher` merges the tiles, and a background
-:class:`~lemevit_geo.pipelines.stitch.BandWriter` hands finished rows to a
-:class:`~lemevit_geo.pipelines.writers.DenseRasterWriter`.
+runs the engine: a :class:`~lemevit_geo.pipelines.inference.engine.TileReader` feeds the model, a
+:class:`~lemevit_geo.pipelines.inference.stitch.DenseStitcher` merges the tiles, and a background
+:class:`~lemevit_geo.pipelines.inference.stitch.BandWriter` hands finished rows to a
+:class:`~lemevit_geo.pipelines.inference.writers.DenseRasterWriter`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from lemevit_geo.bundle import BundleConfig
 from lemevit_geo.choices import Stitch
 from lemevit_geo.errors import InputError
 from lemevit_geo.outputs import check_output
-from lemevit_geo.pipelines.engine import Progress, RunStats, Runtime, SourceSpec, TileReader, run_tiles
-from lemevit_geo.pipelines.stitch import BandWriter, DenseStitcher
-from lemevit_geo.pipelines.tiling import Strip, TileGrid
-from lemevit_geo.pipelines.writers import DenseRasterWriter, RowFiles
+from lemevit_geo.pipelines.inference.engine import Progress, RunStats, Runtime, SourceSpec, TileReader, run_tiles
+from lemevit_geo.pipelines.inference.stitch import BandWriter, DenseStitcher
+from lemevit_geo.pipelines.inference.tiling import Strip, TileGrid
+from lemevit_geo.pipelines.inference.writers import DenseRasterWriter, RowFiles
 from lemevit_geo.raster import SourceInfo, check_raster_path, gdal_env
 from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 from lemevit_geo.vector import check_vector_path

@@ -34,7 +34,7 @@ from lemevit_geo.device import (
     resolve_threads,
 )
 from lemevit_geo.errors import InputError, LemevitWarning
-from lemevit_geo.pipelines.tiling import Tile, TileGrid
+from lemevit_geo.pipelines.inference.tiling import Tile, TileGrid
 from lemevit_geo.raster import READ_ERRORS, MaskPlan, SourceInfo, decode_threads, normalise, open_source, read_error
 from lemevit_geo.settings import Engine
 

@@ -33,9 +33,9 @@ import numpy as np
 import shapely
 from affine import Affine
 
-from lemevit_geo.pipelines.engine import TileData
+from lemevit_geo.pipelines.inference.engine import TileData
+from lemevit_geo.pipelines.inference.tiling import Tile, TileGrid, ownership
 from lemevit_geo.pipelines.metrics import box_polygons
-from lemevit_geo.pipelines.tiling import Tile, TileGrid, ownership
 
 #: Tiers of a box: whole and centred in the tile's own part; whole but centred in a neighbour's; cut.
 OWNED, FOREIGN, CUT = 0, 1, 2

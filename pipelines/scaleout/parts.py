@@ -24,15 +24,15 @@ from lemevit_geo.choices import Task
 from lemevit_geo.device import precision_name
 from lemevit_geo.errors import GDAL_ERRORS, BundleError, InputError
 from lemevit_geo.outputs import atomic_path
-from lemevit_geo.pipelines.change import change_job_sources
-from lemevit_geo.pipelines.classify import classify_tiles
-from lemevit_geo.pipelines.dense import make_grid, stitch_tiles
-from lemevit_geo.pipelines.detect import detect_scene
-from lemevit_geo.pipelines.engine import Progress, Runtime, SourceSpec, eager_model
-from lemevit_geo.pipelines.jobs import FORMAT, FORMAT_VERSION, Job, file_sha256, plain, write_json
-from lemevit_geo.pipelines.segment import segment_sources
-from lemevit_geo.pipelines.tiling import TileGrid
-from lemevit_geo.pipelines.writers import PartRasterWriter
+from lemevit_geo.pipelines.inference.change import change_job_sources
+from lemevit_geo.pipelines.inference.classify import classify_tiles
+from lemevit_geo.pipelines.inference.dense import make_grid, stitch_tiles
+from lemevit_geo.pipelines.inference.detect import detect_scene
+from lemevit_geo.pipelines.inference.engine import Progress, Runtime, SourceSpec, eager_model
+from lemevit_geo.pipelines.inference.segment import segment_sources
+from lemevit_geo.pipelines.inference.tiling import TileGrid
+from lemevit_geo.pipelines.inference.writers import PartRasterWriter
+from lemevit_geo.pipelines.scaleout.jobs import FORMAT, FORMAT_VERSION, Job, file_sha256, plain, write_json
 from lemevit_geo.raster import SourceInfo, gdal_env, inspect_source
 
 #: How each dense task finds its sources and output grid in a worker.

@@ -2,7 +2,7 @@
 
 Dense parts are replayed: the bands each part's stitcher handed on (recorded in its sidecar: first row,
 height, column chunks) are read back from the part file and handed to the same background writer, block
-regrouping and :class:`~lemevit_geo.pipelines.writers.DenseRasterWriter` in the same order as a
+regrouping and :class:`~lemevit_geo.pipelines.inference.writers.DenseRasterWriter` in the same order as a
 single-process run, so GDAL receives the same writes and the merged GeoTIFF has the same bytes. COG,
 category names and polygons are then made from the merged raster as in a single-process run. Memory is
 one tile row of the scene, as in a run. ``classify`` parts are tile tables, concatenated in grid order;
@@ -21,11 +21,11 @@ import rasterio
 
 from lemevit_geo.choices import Task
 from lemevit_geo.errors import InputError
-from lemevit_geo.pipelines.classify import write_grid_raster
-from lemevit_geo.pipelines.jobs import Job
-from lemevit_geo.pipelines.stitch import CHUNK, Band, BandWriter, Piece
-from lemevit_geo.pipelines.tiling import TileGrid
-from lemevit_geo.pipelines.writers import DenseRasterWriter, read_piece
+from lemevit_geo.pipelines.inference.classify import write_grid_raster
+from lemevit_geo.pipelines.inference.stitch import CHUNK, Band, BandWriter, Piece
+from lemevit_geo.pipelines.inference.tiling import TileGrid
+from lemevit_geo.pipelines.inference.writers import DenseRasterWriter, read_piece
+from lemevit_geo.pipelines.scaleout.jobs import Job
 from lemevit_geo.raster import READ_ERRORS, gdal_env, read_error
 from lemevit_geo.vector import write_vector
 

@@ -17,11 +17,11 @@ from affine import Affine
 from lemevit_geo.bundle import BundleConfig, open_model
 from lemevit_geo.choices import Stitch, Task
 from lemevit_geo.outputs import atomic_path
-from lemevit_geo.pipelines.dense import check_outputs, make_grid, run_summary, source_for
-from lemevit_geo.pipelines.engine import Progress, RunStats, Runtime, TileData, TileReader, run_tiles
-from lemevit_geo.pipelines.jobs import GridSpec, Job, bundle_sha, read_bundle, seal
-from lemevit_geo.pipelines.stitch import softmax
-from lemevit_geo.pipelines.tiling import Tile, TileGrid, strips
+from lemevit_geo.pipelines.inference.dense import check_outputs, make_grid, run_summary, source_for
+from lemevit_geo.pipelines.inference.engine import Progress, RunStats, Runtime, TileData, TileReader, run_tiles
+from lemevit_geo.pipelines.inference.stitch import softmax
+from lemevit_geo.pipelines.inference.tiling import Tile, TileGrid, strips
+from lemevit_geo.pipelines.scaleout.jobs import GridSpec, Job, bundle_sha, read_bundle, seal
 from lemevit_geo.raster import (
     SourceInfo,
     check_raster_path,
@@ -189,7 +189,7 @@ def classify_job(
     allow_pixel_grid: bool = False,
     engine: Engine = CLASSIFY_ENGINE,
 ) -> Job:
-    """Plan ``classify`` of ``image`` as ``parts`` strips of tile rows (see :mod:`lemevit_geo.pipelines.scale`)."""
+    """Plan ``classify`` of ``image`` as ``parts`` strips (see :mod:`~lemevit_geo.pipelines.scaleout.driver`)."""
     config = read_bundle(model, Task.classify)
     info = inspect_source(image, bands, config.bands, allow_pixel_grid)
     check_tile_size(tile_size)

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from lemevit_geo.choices import Stitch
-from lemevit_geo.pipelines.engine import TileData
-from lemevit_geo.pipelines.tiling import Tile, TileGrid, blend_window, finished_rows, ownership
+from lemevit_geo.pipelines.inference.engine import TileData
+from lemevit_geo.pipelines.inference.tiling import Tile, TileGrid, blend_window, finished_rows, ownership
 
 PROB_SCALE = 254  # probabilities are written as uint8 0..254; 255 is nodata
 FINISH_COLUMNS = 2048
@@ -496,7 +496,7 @@ class DenseStitcher:
     merge can hand on the same bands in the same order.
     """
 
-    #: :func:`~lemevit_geo.pipelines.engine.run_tiles` hands this sink tensors on the model's device.
+    #: :func:`~lemevit_geo.pipelines.inference.engine.run_tiles` hands this sink tensors on the model's device.
     device_outputs = True
 
     def __init__(

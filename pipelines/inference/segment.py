@@ -10,9 +10,9 @@ import torch
 
 from lemevit_geo.bundle import BundleConfig, open_model
 from lemevit_geo.choices import Task
-from lemevit_geo.pipelines.dense import check_dense_outputs, run_dense, source_for
-from lemevit_geo.pipelines.engine import Progress, SourceSpec
-from lemevit_geo.pipelines.jobs import Job, dense_job, read_bundle
+from lemevit_geo.pipelines.inference.dense import check_dense_outputs, run_dense, source_for
+from lemevit_geo.pipelines.inference.engine import Progress, SourceSpec
+from lemevit_geo.pipelines.scaleout.jobs import Job, dense_job, read_bundle
 from lemevit_geo.raster import SourceInfo, inspect_source
 from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 
@@ -72,7 +72,7 @@ def segment_job(
     tiling: Tiling = Tiling(),
     outputs: DenseOutputs = DenseOutputs(),
 ) -> Job:
-    """Plan ``segment`` of ``image`` as ``parts`` strips (see :mod:`lemevit_geo.pipelines.scale`)."""
+    """Plan ``segment`` of ``image`` as ``parts`` strips (see :mod:`~lemevit_geo.pipelines.scaleout.driver`)."""
     config = read_bundle(model, Task.segment)
     info = inspect_source(image, bands, config.bands, allow_pixel_grid)
     check_dense_outputs(Path(output), outputs, True, [image, model])  # existing: see scale.run_scenes

@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lemevit_geo.errors import InputError
-from lemevit_geo.pipelines.boxes import rectangle_boxes
-from lemevit_geo.pipelines.compat import grid_sampler, random_sampler
+from lemevit_geo.pipelines.inference.boxes import rectangle_boxes
 from lemevit_geo.pipelines.metrics import box_polygons
+from lemevit_geo.pipelines.training.compat import grid_sampler, random_sampler
 
 #: Label value ignored by losses and metrics of own data.
 IGNORE = 255

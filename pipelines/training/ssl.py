@@ -25,9 +25,9 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 
 from lemevit_geo.models import LeMeViT
-from lemevit_geo.pipelines.compat import MoCoTask, SimCLRTask
-from lemevit_geo.pipelines.datamodules import BandJitter
-from lemevit_geo.pipelines.tasks import adamw_cosine
+from lemevit_geo.pipelines.training.compat import MoCoTask, SimCLRTask
+from lemevit_geo.pipelines.training.datamodules import BandJitter
+from lemevit_geo.pipelines.training.tasks import adamw_cosine
 
 #: Side of the square patches SimMIM hides, in pixels (a multiple of the stem's stride, 4).
 MASK_PATCH = 16

@@ -1,7 +1,7 @@
 """Training data: the torchgeo datasets ``train`` knows, and the user's own rasters and label files.
 
 :func:`torchgeo_data` sets up a torchgeo datamodule on a dataset folder; :func:`custom_data` builds an
-:class:`~lemevit_geo.pipelines.datamodules.OwnDataModule` from the user's images and label rasters (or
+:class:`~lemevit_geo.pipelines.training.datamodules.OwnDataModule` from the user's images and label rasters (or
 a vector file) with a spatial train/validation split and band statistics from the training region;
 :func:`detection_data` does the same for oriented detection from the user's images and polygons.
 All return a :class:`TrainData`: the datamodule plus what the bundle must record about the data.
@@ -29,9 +29,9 @@ import torch
 from lemevit_geo.bundle import CHANGE_CLASSES
 from lemevit_geo.choices import Task
 from lemevit_geo.errors import InputError
-from lemevit_geo.pipelines.boxes import overlap_for
-from lemevit_geo.pipelines.compat import random_sampler
-from lemevit_geo.pipelines.datamodules import (
+from lemevit_geo.pipelines.inference.boxes import overlap_for
+from lemevit_geo.pipelines.training.compat import random_sampler
+from lemevit_geo.pipelines.training.datamodules import (
     IGNORE,
     DOTADataModule,
     MillionAIDDataModule,
@@ -601,7 +601,7 @@ def _to_pixels(geoms: np.ndarray, transform: rasterio.Affine) -> np.ndarray:
 
 def pixel_boxes(geoms: np.ndarray, transform: rasterio.Affine) -> np.ndarray:
     """Each polygon's smallest rotated rectangle in the pixel frame of ``transform``, as boxes ``(N, 5)``."""
-    from lemevit_geo.pipelines.boxes import rectangle_boxes
+    from lemevit_geo.pipelines.inference.boxes import rectangle_boxes
 
     rects = shapely.oriented_envelope(_to_pixels(geoms, transform))
     corners = (
@@ -694,7 +694,7 @@ def detection_data(
     ``augment``), validation crops cover the validation region (the same spatial split as for segmentation); a
     box that lies less than 70 % in a crop is ignored there.
     """
-    from lemevit_geo.pipelines.datamodules import DetectionCrops, DetectionDataModule
+    from lemevit_geo.pipelines.training.datamodules import DetectionCrops, DetectionDataModule
     from lemevit_geo.vector import read_polygons
 
     infos = _detection_images(expand_paths(images, "image"))

@@ -25,8 +25,13 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 
 from lemevit_geo.choices import Schedule
 from lemevit_geo.models.factory import backbone_of, build_task_model
-from lemevit_geo.pipelines.compat import BaseTask, ChangeDetectionTask, ClassificationTask, SemanticSegmentationTask
 from lemevit_geo.pipelines.metrics import detection_ap, rows_to_detections
+from lemevit_geo.pipelines.training.compat import (
+    BaseTask,
+    ChangeDetectionTask,
+    ClassificationTask,
+    SemanticSegmentationTask,
+)
 from lemevit_geo.weights import load_backbone_weights
 
 

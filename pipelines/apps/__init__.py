@@ -1,0 +1,1 @@
+"""Applications built on the commands: the offline demo, its synthetic scene, and ``evaluate``."""

@@ -1,0 +1,1 @@
+"""Inference: tiling a scene, reading windows, running a model, stitching and writing, and one runner per command."""

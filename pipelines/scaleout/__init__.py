@@ -1,0 +1,1 @@
+"""Scale-out: a scene's work as parts (strips of tile rows, or whole scenes), their executors and the merge."""

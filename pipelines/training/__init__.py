@@ -1,0 +1,1 @@
+"""Training: datasets and datamodules, Lightning task modules, callbacks, ``train``, ``pretrain`` and baselines."""
