@@ -30,8 +30,9 @@ from lemevit_geo.choices import Stitch
 from lemevit_geo.pipelines.inference import tiling
 from lemevit_geo.pipelines.inference.dense import dense_predict
 from lemevit_geo.pipelines.inference.engine import Runtime
-from lemevit_geo.pipelines.inference.segment import segment_job
+from lemevit_geo.pipelines.inference.segment import plan_segment
 from lemevit_geo.pipelines.inference.tiling import TileGrid, finished_rows, strips
+from lemevit_geo.pipelines.scaleout.jobs import plan_job
 from lemevit_geo.pipelines.scaleout.merge import merge_job
 from lemevit_geo.pipelines.scaleout.parts import dense_part
 from lemevit_geo.raster import inspect_source
@@ -167,9 +168,10 @@ def test_every_split_equals_one_run(tmp_path: Path, scene: Path, bundle: Path, s
     )
     for n in range(1, 9):
         out = tmp_path / f"merged{n}.tif"
-        job = segment_job(
-            image=scene, output=out, model=bundle, parts=n, engine=Engine(batch_size=3), tiling=Tiling(None, 16, stitch)
+        plan = plan_segment(
+            image=scene, output=out, model=bundle, engine=Engine(batch_size=3), tiling=Tiling(None, 16, stitch)
         )
+        job = plan_job(plan, n)
         job.parts_dir.mkdir()
         sidecars = [dense_part(job, i, model, config, runtime, None) for i in range(job.count)]
         merge_job(job, sidecars)
@@ -177,7 +179,7 @@ def test_every_split_equals_one_run(tmp_path: Path, scene: Path, bundle: Path, s
 
 
 def segment_source(scene: Path, config: object) -> list:
-    from lemevit_geo.pipelines.inference.dense import source_for
+    from lemevit_geo.pipelines.inference.plan import source_for
 
     return [source_for(inspect_source(scene, None, 3), config)]  # type: ignore[arg-type]
 

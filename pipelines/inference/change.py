@@ -11,19 +11,18 @@ from typing import Any
 
 import rasterio
 import shapely
-import torch
 from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_geom
 from shapely.geometry import mapping, shape
 
-from lemevit_geo.bundle import BundleConfig, open_model
+from lemevit_geo.bundle import BundleConfig
 from lemevit_geo.choices import Task
 from lemevit_geo.errors import InputError, LemevitWarning
-from lemevit_geo.pipelines.inference.dense import check_dense_outputs, run_dense, source_for
-from lemevit_geo.pipelines.inference.engine import Progress, SourceSpec
-from lemevit_geo.pipelines.scaleout.jobs import Job, dense_job, read_bundle
+from lemevit_geo.pipelines.inference.dense import plan_dense, run_dense
+from lemevit_geo.pipelines.inference.engine import Progress
+from lemevit_geo.pipelines.inference.plan import ModelArg, Plan, Sources, bundle_config, source_for
 from lemevit_geo.raster import READ_ERRORS, MaskPlan, SourceInfo, inspect_source, plan_mask
 from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 
@@ -147,10 +146,11 @@ def _check_band_counts(before: str | Path, after: str | Path) -> None:
 
 
 def change_sources(
-    before: str | Path, after: str | Path, config: BundleConfig, bands: Sequence[int] | None, allow_pixel_grid: bool
-) -> tuple[list[SourceSpec], SourceInfo, dict[str, Any]]:
-    """The two dates as sources on the output grid (the ``before`` grid cropped to the overlap), and the
-    alignment report."""
+    inputs: Sequence[str | Path], config: BundleConfig, bands: Sequence[int] | None, allow_pixel_grid: bool
+) -> Sources:
+    """The two dates ``inputs`` (before, after) as sources on the output grid (the ``before`` grid cropped to the
+    overlap), with their alignment and masks as the report."""
+    before, after = inputs
     for path in (before, after):
         if not Path(path).exists():
             raise InputError(f"{path} does not exist")
@@ -174,86 +174,38 @@ def change_sources(
         src_a.opener = lambda: WarpedSource(info_a.path, grid.crs, grid.transform, grid.width, grid.height)
         with rasterio.open(info_a.path) as src:
             src_a.mask = WarpedSource.mask_plan(info_a, src.count)
-    return [src_b, src_a], grid, alignment.report
+    masks = [s.mask_plan.describe() for s in (src_b, src_a)]
+    return Sources([src_b, src_a], grid, {"alignment": alignment.report, "mask": masks})
 
 
-def change(
+def plan_change(
     *,
     before: str | Path,
     after: str | Path,
     output: str | Path,
-    model: str | Path | tuple[torch.nn.Module, BundleConfig],
+    model: ModelArg,
     bands: Sequence[int] | None = None,
     overwrite: bool = False,
     allow_pixel_grid: bool = False,
     engine: Engine = Engine(),
     tiling: Tiling = Tiling(),
     outputs: DenseOutputs = DenseOutputs(),
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Change map of ``before`` and ``after`` on the ``before`` grid, cropped to their overlap.
+    defer_existing: bool = False,
+) -> Plan:
+    """Plan ``change`` of ``before`` and ``after`` with the change bundle ``model`` (a path, or a loaded
+    ``(model, config)`` pair): the dates aligned on the ``before`` grid cropped to their overlap, the tile grid
+    laid out, the outputs checked. No polygons are made of class 0 (no change)."""
+    config = bundle_config(model, Task.change)
+    found = change_sources([before, after], config, bands, allow_pixel_grid)
+    asked = dict(bands=bands, overwrite=overwrite, allow_pixel_grid=allow_pixel_grid, engine=engine, outputs=outputs)
+    fields = dict(task=Task.change, model=model, config=config, inputs=[before, after], output=output, **asked)
+    return plan_dense(found, tiling, defer_existing, vector_skip=(0,), **fields)
 
-    ``model`` is a change bundle (a path, or a loaded ``(model, config)`` pair) whose model maps both
-    dates stacked on the channel axis to per-pixel change logits; the options are those of ``segment``.
+
+def change(*, progress: Progress | None = None, **options: Any) -> dict[str, Any]:
+    """Change map of ``before`` and ``after`` on the ``before`` grid, cropped to their overlap, in this process;
+    ``options`` are those of :func:`plan_change` (and of ``segment``).
+
+    The bundle's model maps both dates stacked on the channel axis to per-pixel change logits.
     """
-    net, config = open_model(model, Task.change)
-    sources, grid, report = change_sources(before, after, config, bands, allow_pixel_grid)
-    summary = run_dense(
-        net=net,
-        config=config,
-        sources=sources,
-        grid_info=grid,
-        output=output,
-        engine=engine,
-        tiling=tiling,
-        outputs=outputs,
-        overwrite=overwrite,
-        vector_skip_classes=(0,),
-        progress=progress,
-        inputs=[] if isinstance(model, tuple) else [model],
-    )
-    summary["alignment"] = report
-    return summary
-
-
-def change_job_sources(job: Job, config: BundleConfig) -> tuple[list[SourceSpec], SourceInfo]:
-    """The sources and output grid of a ``change`` job (in the worker that runs one of its parts)."""
-    sources, grid, _ = change_sources(job.inputs[0], job.inputs[1], config, job.bands, job.allow_pixel_grid)
-    return sources, grid
-
-
-def change_job(
-    *,
-    before: str | Path,
-    after: str | Path,
-    output: str | Path,
-    model: str | Path,
-    parts: int,
-    bands: Sequence[int] | None = None,
-    overwrite: bool = False,
-    allow_pixel_grid: bool = False,
-    engine: Engine = Engine(),
-    tiling: Tiling = Tiling(),
-    outputs: DenseOutputs = DenseOutputs(),
-) -> Job:
-    """Plan ``change`` of ``before`` and ``after`` as ``parts`` strips (see ``scaleout.driver``)."""
-    config = read_bundle(model, Task.change)
-    sources, grid, report = change_sources(before, after, config, bands, allow_pixel_grid)
-    check_dense_outputs(Path(output), outputs, True, [before, after, model])  # existing: see scale.run_scenes
-    return dense_job(
-        task=Task.change,
-        inputs=(str(before), str(after)),
-        grid_info=grid,
-        model=model,
-        config=config,
-        output=output,
-        parts=parts,
-        bands=tuple(bands) if bands else None,
-        overwrite=overwrite,
-        allow_pixel_grid=allow_pixel_grid,
-        engine=engine,
-        tiling=tiling,
-        outputs=outputs,
-        vector_skip=(0,),
-        report={"alignment": report, "mask": [s.mask_plan.describe() for s in sources]},
-    )
+    return run_dense(plan_change(**options), progress)

@@ -14,26 +14,32 @@ import shapely
 import torch
 from affine import Affine
 
-from lemevit_geo.bundle import BundleConfig, open_model
+from lemevit_geo.bundle import BundleConfig
 from lemevit_geo.choices import Stitch, Task
 from lemevit_geo.outputs import atomic_path
-from lemevit_geo.pipelines.inference.dense import check_outputs, make_grid, run_summary, source_for
+from lemevit_geo.pipelines.inference.dense import run_summary
 from lemevit_geo.pipelines.inference.engine import Progress, RunStats, Runtime, TileData, TileReader, run_tiles
+from lemevit_geo.pipelines.inference.plan import (
+    ModelArg,
+    Plan,
+    bundle_config,
+    make_grid,
+    planned,
+    scene_sources,
+    source_for,
+)
 from lemevit_geo.pipelines.inference.stitch import softmax
-from lemevit_geo.pipelines.inference.tiling import Tile, TileGrid, strips
-from lemevit_geo.pipelines.scaleout.jobs import GridSpec, Job, bundle_sha, read_bundle, seal
+from lemevit_geo.pipelines.inference.tiling import Tile, TileGrid
 from lemevit_geo.raster import (
     SourceInfo,
-    check_raster_path,
     class_dtype,
     gdal_env,
-    inspect_source,
     output_profile,
     write_category_names,
     write_class_metadata,
 )
 from lemevit_geo.settings import CLASSIFY_ENGINE, Engine, check_tile_size
-from lemevit_geo.vector import check_vector_path, write_vector
+from lemevit_geo.vector import write_vector
 
 
 class TileLabels:
@@ -106,14 +112,6 @@ def write_grid_raster(
         write_category_names(tmp, classes)
 
 
-def check_classify_outputs(output: Path, raster: Path | None, overwrite: bool, inputs: Sequence[str | Path]) -> None:
-    """Check the outputs of ``classify`` before any work."""
-    check_outputs([output, raster], overwrite, inputs=inputs)
-    check_vector_path(output)
-    if raster is not None:
-        check_raster_path(raster)
-
-
 def classify_tiles(
     info: SourceInfo,
     grid: TileGrid,
@@ -135,11 +133,11 @@ def classify_tiles(
     return tile_table(sink, config, info, top_k), stats
 
 
-def classify(
+def plan_classify(
     *,
     image: str | Path,
     output: str | Path,
-    model: str | Path | tuple[torch.nn.Module, BundleConfig],
+    model: ModelArg,
     bands: Sequence[int] | None = None,
     tile_size: int | None = None,
     raster: str | Path | None = None,
@@ -147,74 +145,37 @@ def classify(
     overwrite: bool = False,
     allow_pixel_grid: bool = False,
     engine: Engine = CLASSIFY_ENGINE,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Scene classes per tile of ``image`` with the classification bundle ``model``.
-
-    Tiles of ``tile_size`` (default: the bundle's) on a regular grid; edge tiles are padded and masked.
-    """
-    net, config = open_model(model, Task.classify)
-    info = inspect_source(image, bands, config.bands, allow_pixel_grid)
+    defer_existing: bool = False,
+) -> Plan:
+    """Plan ``classify`` of ``image`` with the classification bundle ``model`` (a path, or a loaded
+    ``(model, config)`` pair): tiles of ``tile_size`` (default: the bundle's) on a regular grid without
+    overlap (edge tiles padded and masked), the outputs checked."""
+    config = bundle_config(model, Task.classify)
+    found = scene_sources([image], config, bands, allow_pixel_grid)
     check_tile_size(tile_size)
-    runtime = Runtime.create(engine)
-    output, raster = Path(output), Path(raster) if raster else None
-    check_classify_outputs(output, raster, overwrite, [info.path, *([] if isinstance(model, tuple) else [model])])
-    grid = make_grid(info, tile_size or config.tile_size, 0, fit=False)
+    grid = make_grid(found.info, tile_size or config.tile_size, 0, fit=False)
+    asked = dict(bands=bands, overwrite=overwrite, allow_pixel_grid=allow_pixel_grid, engine=engine, top_k=top_k)
+    fields = dict(task=Task.classify, model=model, config=config, inputs=[image], output=output, **asked)
+    raster = Path(raster) if raster else None
+    return planned(found, grid, defer_existing=defer_existing, stitch=Stitch.crop, raster=raster, **fields)
+
+
+def classify(*, progress: Progress | None = None, **options: Any) -> dict[str, Any]:
+    """Scene classes per tile of ``image`` with the classification bundle ``model``, in this process;
+    ``options`` are those of :func:`plan_classify`. Returns the run's summary."""
+    plan = plan_classify(**options)
+    net, config = plan.load()
+    runtime = Runtime.create(plan.engine)
+    info, grid = plan.info, plan.grid
     if progress:
         progress.start(len(grid))
     start = time.perf_counter()
-    table, stats = classify_tiles(info, grid, runtime.prepare(net), config, runtime, top_k, progress)
-    written: dict[str, Any] = {"vector": str(write_vector(table, output, overwrite))}
-    if raster is not None:
+    table, stats = classify_tiles(info, grid, runtime.prepare(net), config, runtime, plan.top_k, progress)
+    written: dict[str, Any] = {"vector": str(write_vector(table, plan.output, plan.overwrite))}
+    if plan.raster is not None:
         shape = (len(grid.ys), len(grid.xs))
-        write_grid_raster(raster, table, config.classes, config.colors, info, shape, grid.tile, overwrite)
-        written["raster"] = str(raster)
+        write_grid_raster(plan.raster, table, config.classes, config.colors, info, shape, grid.tile, plan.overwrite)
+        written["raster"] = str(plan.raster)
     summary = run_summary(stats, runtime, grid, info, time.perf_counter() - start, written)
     summary["class_tiles"] = {c: int((table["class_name"] == c).sum()) for c in config.classes}
-    summary["mask"] = [info.mask.describe()]
-    return summary
-
-
-def classify_job(
-    *,
-    image: str | Path,
-    output: str | Path,
-    model: str | Path,
-    parts: int,
-    bands: Sequence[int] | None = None,
-    tile_size: int | None = None,
-    raster: str | Path | None = None,
-    top_k: int = 3,
-    overwrite: bool = False,
-    allow_pixel_grid: bool = False,
-    engine: Engine = CLASSIFY_ENGINE,
-) -> Job:
-    """Plan ``classify`` of ``image`` as ``parts`` strips (see :mod:`~lemevit_geo.pipelines.scaleout.driver`)."""
-    config = read_bundle(model, Task.classify)
-    info = inspect_source(image, bands, config.bands, allow_pixel_grid)
-    check_tile_size(tile_size)
-    raster = Path(raster) if raster else None
-    check_classify_outputs(Path(output), raster, True, [image, model])  # existing: see scale.run_scenes
-    grid = make_grid(info, tile_size or config.tile_size, 0, fit=False)
-    job = Job(
-        task=Task.classify,
-        inputs=(str(image),),
-        model=str(model),
-        bundle_sha=bundle_sha(model),
-        output=Path(output),
-        grid=GridSpec.of(info),
-        classes=tuple(config.classes),
-        colors=tuple(config.colors),
-        tile=grid.tile,
-        overlap=0,
-        stitch=Stitch.crop,
-        strips=tuple(strips(grid, parts, Stitch.crop)),
-        engine=engine,
-        bands=tuple(bands) if bands else None,
-        allow_pixel_grid=allow_pixel_grid,
-        raster=raster,
-        top_k=top_k,
-        overwrite=overwrite,
-        report={"mask": [info.mask.describe()]},
-    )
-    return seal(job)
+    return {**summary, **plan.report}

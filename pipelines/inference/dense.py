@@ -1,7 +1,8 @@
 """Dense runs (``segment``, ``change``): per-pixel logits over co-registered sources, stitched onto one grid.
 
-:func:`run_dense` resolves a bundle's defaults (tile size, overlap) and the device; :func:`dense_predict`
-runs the engine: a :class:`~lemevit_geo.pipelines.inference.engine.TileReader` feeds the model, a
+:func:`plan_dense` resolves a bundle's defaults (tile size, overlap) into a plan, :func:`run_dense` executes
+it on the device the plan names, and :func:`write_dense` runs the engine: a
+:class:`~lemevit_geo.pipelines.inference.engine.TileReader` feeds the model, a
 :class:`~lemevit_geo.pipelines.inference.stitch.DenseStitcher` merges the tiles, and a background
 :class:`~lemevit_geo.pipelines.inference.stitch.BandWriter` hands finished rows to a
 :class:`~lemevit_geo.pipelines.inference.writers.DenseRasterWriter`.
@@ -14,53 +15,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from lemevit_geo.bundle import BundleConfig
 from lemevit_geo.choices import Stitch
-from lemevit_geo.errors import InputError
-from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.inference.engine import Progress, RunStats, Runtime, SourceSpec, TileReader, run_tiles
+from lemevit_geo.pipelines.inference.plan import (
+    Plan,
+    Sources,
+    check_formats,
+    check_outputs,
+    make_grid,
+    planned,
+)
 from lemevit_geo.pipelines.inference.stitch import BandWriter, DenseStitcher
 from lemevit_geo.pipelines.inference.tiling import Strip, TileGrid
 from lemevit_geo.pipelines.inference.writers import DenseRasterWriter, RowFiles
-from lemevit_geo.raster import SourceInfo, check_raster_path, gdal_env
-from lemevit_geo.settings import DenseOutputs, Engine, Tiling
-from lemevit_geo.vector import check_vector_path
-
-
-def source_for(info: SourceInfo, config: BundleConfig) -> SourceSpec:
-    """Read ``info`` with the bundle's normalisation."""
-    return SourceSpec(info, np.asarray(config.mean, dtype=np.float32), np.asarray(config.std, dtype=np.float32))
-
-
-def check_outputs(paths: Sequence[Path | None], overwrite: bool, inputs: Sequence[str | Path] = ()) -> None:
-    """Check every output can be written, is none of the ``inputs``, and that no path is named twice."""
-    seen = set()
-    for p in paths:
-        if p is None:
-            continue
-        check_output(p, overwrite, inputs)
-        if p.resolve() in seen:
-            raise InputError(f"{p} is named for two outputs")
-        seen.add(p.resolve())
-
-
-def make_grid(info: SourceInfo, tile_size: int, overlap: int, fit: bool = True) -> TileGrid:
-    """The tile grid over ``info``, with grid errors as input errors.
-
-    A tile larger than the scene is shrunk to the smallest multiple of 32 that covers it (the overlap
-    with it), so a huge tile size costs no memory on a small scene.
-    """
-    cover = 32 * -(-max(info.height, info.width) // 32)
-    if tile_size > cover:
-        overlap = min(overlap, cover // 2)
-        tile_size = cover
-    try:
-        return TileGrid(info.height, info.width, tile_size, overlap, fit=fit)
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc
+from lemevit_geo.raster import SourceInfo, gdal_env
+from lemevit_geo.settings import DenseOutputs, Tiling
 
 
 def run_summary(
@@ -80,16 +51,6 @@ def run_summary(
         **runtime.summary(),
         "outputs": outputs,
     }
-
-
-def check_dense_outputs(output: Path, outputs: DenseOutputs, overwrite: bool, inputs: Sequence[str | Path]) -> None:
-    """Check the outputs of a dense run before any work: writable, none of the inputs, known formats."""
-    check_outputs([output, outputs.probabilities, outputs.vector], overwrite, inputs)
-    for raster in (output, outputs.probabilities):
-        if raster is not None:
-            check_raster_path(raster)
-    if outputs.vector is not None:
-        check_vector_path(outputs.vector)
 
 
 def stitch_tiles(
@@ -129,6 +90,37 @@ def stitch_tiles(
     return stats, stitcher
 
 
+def write_dense(
+    sources: Sequence[SourceSpec],
+    grid: TileGrid,
+    model: torch.nn.Module,
+    runtime: Runtime,
+    stitch: Stitch,
+    writer: DenseRasterWriter,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run ``model`` over ``grid`` of the co-registered ``sources`` into ``writer``'s files; the run's summary."""
+    if progress:
+        progress.start(len(grid))
+    start = time.perf_counter()
+    with gdal_env([s.info for s in sources], grid.tile), writer as files:
+        stats, stitcher = stitch_tiles(
+            sources=sources,
+            grid=grid,
+            model=model,
+            runtime=runtime,
+            stitch=stitch,
+            num_classes=len(writer.classes),
+            files=files,
+            progress=progress,
+        )
+        written = files.finish()
+    summary = run_summary(stats, runtime, grid, writer.grid, time.perf_counter() - start, written)
+    summary["class_pixels"] = dict(zip(writer.classes, stitcher.counts.tolist(), strict=True))
+    summary["mask"] = [s.mask_plan.describe() for s in sources]
+    return summary
+
+
 def dense_predict(
     *,
     sources: Sequence[SourceSpec],
@@ -147,65 +139,36 @@ def dense_predict(
     progress: Progress | None = None,
     inputs: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
-    """Run a per-pixel model (already on ``runtime``'s device) over co-registered ``sources`` and write a
-    class raster on ``grid_info``'s grid, plus the optional ``outputs``."""
+    """Run a per-pixel model (already on ``runtime``'s device, no bundle needed) over co-registered ``sources``
+    and write a class raster on ``grid_info``'s grid, plus the optional ``outputs``.
+
+    The commands plan with :func:`plan_dense` and run with :func:`run_dense`; this is the same engine for a
+    model of one's own (tests, benchmarks).
+    """
     output = Path(output)
-    check_dense_outputs(output, outputs, overwrite, [*inputs, *(s.info.path for s in sources)])
+    rasters = [output, outputs.probabilities]
+    check_outputs([*rasters, outputs.vector], overwrite, [*inputs, *(s.info.path for s in sources)])
+    check_formats(rasters, [outputs.vector])
     grid = make_grid(grid_info, tile_size, overlap)
-    if progress:
-        progress.start(len(grid))
-    start = time.perf_counter()
     writer = DenseRasterWriter(grid_info, classes, colors, output, outputs, overwrite, vector_skip_classes)
-    with gdal_env([s.info for s in sources], grid.tile), writer as files:
-        stats, stitcher = stitch_tiles(
-            sources=sources,
-            grid=grid,
-            model=model,
-            runtime=runtime,
-            stitch=stitch,
-            num_classes=len(classes),
-            files=files,
-            progress=progress,
-        )
-        written = files.finish()
-    summary = run_summary(stats, runtime, grid, grid_info, time.perf_counter() - start, written)
-    summary["class_pixels"] = dict(zip(classes, stitcher.counts.tolist(), strict=True))
-    summary["mask"] = [s.mask_plan.describe() for s in sources]
-    return summary
+    return write_dense(sources, grid, model, runtime, stitch, writer, progress)
 
 
-def run_dense(
-    *,
-    net: torch.nn.Module,
-    config: BundleConfig,
-    sources: Sequence[SourceSpec],
-    grid_info: SourceInfo,
-    output: str | Path,
-    engine: Engine,
-    tiling: Tiling,
-    outputs: DenseOutputs,
-    overwrite: bool,
-    vector_skip_classes: Sequence[int] = (),
-    progress: Progress | None = None,
-    inputs: Sequence[str | Path] = (),
-) -> dict[str, Any]:
-    """:func:`dense_predict` with the bundle's model and defaults on the device ``engine`` names."""
-    runtime = Runtime.create(engine)
-    tile, overlap = tiling.resolve(config.tile_size)
-    return dense_predict(
-        sources=sources,
-        grid_info=grid_info,
-        model=runtime.prepare(net),
-        classes=config.classes,
-        colors=config.colors,
-        output=Path(output),
-        runtime=runtime,
-        tile_size=tile,
-        overlap=overlap,
-        stitch=tiling.stitch,
-        outputs=outputs,
-        overwrite=overwrite,
-        vector_skip_classes=vector_skip_classes,
-        progress=progress,
-        inputs=inputs,
+def plan_dense(found: Sources, tiling: Tiling, defer_existing: bool, **fields: Any) -> Plan:
+    """The plan of a ``segment`` or ``change`` run (``fields``: see :class:`~.plan.Plan`) over the inspected
+    inputs ``found``: the bundle's tile size and an eighth of it as overlap unless ``tiling`` says otherwise."""
+    tile, overlap = tiling.resolve(fields["config"].tile_size)
+    grid = make_grid(found.info, tile, overlap)
+    return planned(found, grid, defer_existing=defer_existing, stitch=tiling.stitch, **fields)
+
+
+def run_dense(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
+    """Execute a ``segment`` or ``change`` plan in this process: load the model onto the device ``plan.engine``
+    names, run it over the plan's grid and write the outputs; the run's summary (with what planning found)."""
+    net, config = plan.load()
+    runtime = Runtime.create(plan.engine)
+    writer = DenseRasterWriter(
+        plan.info, config.classes, config.colors, plan.output, plan.outputs, plan.overwrite, plan.vector_skip
     )
+    summary = write_dense(plan.sources, plan.grid, runtime.prepare(net), runtime, plan.stitch, writer, progress)
+    return {**summary, **plan.report}

@@ -19,18 +19,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from lemevit_geo.bundle import BundleConfig, open_model
+from lemevit_geo.bundle import BundleConfig
 from lemevit_geo.choices import Stitch, Task
 from lemevit_geo.errors import InputError
-from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.inference.boxes import BoxMerger, box_features
-from lemevit_geo.pipelines.inference.dense import make_grid, run_summary, source_for
+from lemevit_geo.pipelines.inference.dense import run_summary
 from lemevit_geo.pipelines.inference.engine import BackgroundSink, Progress, Runtime, TileReader, eager_model, run_tiles
-from lemevit_geo.pipelines.inference.tiling import TileGrid, strips
-from lemevit_geo.pipelines.scaleout.jobs import GridSpec, Job, bundle_sha, read_bundle, seal
-from lemevit_geo.raster import SourceInfo, gdal_env, inspect_source
+from lemevit_geo.pipelines.inference.plan import (
+    ModelArg,
+    Plan,
+    bundle_config,
+    make_grid,
+    planned,
+    scene_sources,
+    source_for,
+)
+from lemevit_geo.pipelines.inference.tiling import TileGrid
+from lemevit_geo.raster import SourceInfo, gdal_env
 from lemevit_geo.settings import Detection, Engine, Tiling
-from lemevit_geo.vector import VectorStream, check_vector_path
+from lemevit_geo.vector import VectorStream
 
 
 def configure_detector(net: torch.nn.Module, config: BundleConfig, detection: Detection) -> dict[str, Any]:
@@ -65,11 +72,11 @@ def kept_classes(config: BundleConfig, detection: Detection) -> list[int] | None
     return sorted(config.classes.index(c) for c in detection.classes)
 
 
-def detect(
+def plan_detect(
     *,
     image: str | Path,
     output: str | Path,
-    model: str | Path | tuple[torch.nn.Module, BundleConfig],
+    model: ModelArg,
     bands: Sequence[int] | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
@@ -77,29 +84,42 @@ def detect(
     allow_pixel_grid: bool = False,
     engine: Engine = Engine(),
     detection: Detection = Detection(),
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Oriented objects of ``image`` found by the detection bundle ``model``, written to ``output`` as
-    polygons in the scene's CRS (GeoPackage, GeoParquet or GeoJSON by extension).
+    defer_existing: bool = False,
+) -> Plan:
+    """Plan ``detect`` of ``image`` with the detection bundle ``model`` (a path, or a loaded ``(model, config)``
+    pair): the scene inspected, the tile grid laid out, the classes to keep and the output checked.
 
     ``tile_size`` and ``overlap`` default to the bundle's (the overlap to at least the largest object it
-    was trained for, so each object lies whole in the tile that owns its centre). Columns: ``class_id``,
-    ``class_name``, ``score``, ``angle`` (degrees counter-clockwise from east, of the longer side, in
-    [0, 180)), ``length``, ``width`` and ``area`` in CRS units. Returns the run's summary.
+    was trained for, so each object lies whole in the tile that owns its centre).
     """
-    output = Path(output)
-    inputs = [image, *([] if isinstance(model, tuple) else [model])]
-    check_vector_path(output)
-    check_output(output, overwrite, inputs)
-    net, config = open_model(model, Task.detect)
-    info = inspect_source(image, bands, config.bands, allow_pixel_grid)
+    config = bundle_config(model, Task.detect)
+    found = scene_sources([image], config, bands, allow_pixel_grid)
     tile, overlap = Tiling(tile_size=tile_size, overlap=overlap).resolve(config.tile_size, config.overlap)
-    grid = make_grid(info, tile, overlap)
+    grid = make_grid(found.info, tile, overlap)
+    kept_classes(config, detection)
+    asked = dict(bands=bands, overwrite=overwrite, allow_pixel_grid=allow_pixel_grid, engine=engine)
+    fields = dict(task=Task.detect, model=model, config=config, inputs=[image], output=output, **asked)
+    return planned(found, grid, defer_existing=defer_existing, stitch=Stitch.crop, detection=detection, **fields)
+
+
+def detect(*, progress: Progress | None = None, **options: Any) -> dict[str, Any]:
+    """Oriented objects of ``image`` found by the detection bundle ``model``, written to ``output`` as
+    polygons in the scene's CRS (GeoPackage, GeoParquet or GeoJSON by extension), in this process;
+    ``options`` are those of :func:`plan_detect`.
+
+    Columns: ``class_id``, ``class_name``, ``score``, ``angle`` (degrees counter-clockwise from east, of the
+    longer side, in [0, 180)), ``length``, ``width`` and ``area`` in CRS units. Returns the run's summary.
+    """
+    plan = plan_detect(**options)
+    net, config = plan.load()
     if progress:
-        progress.start(len(grid))
-    runtime = Runtime.create(engine)
+        progress.start(len(plan.grid))
+    runtime = Runtime.create(plan.engine)
     model = runtime.prepare(net)
-    return detect_scene(info, grid, model, config, output, overwrite, inputs, runtime, detection, progress)
+    inputs = plan.files_read
+    return detect_scene(
+        plan.info, plan.grid, model, config, plan.output, plan.overwrite, inputs, runtime, plan.detection, progress
+    )
 
 
 def detect_scene(
@@ -152,54 +172,3 @@ def box_summary(
         "bundle_overlap": config.overlap,
         **{k: v for k, v in settings.items() if k != "keep"},
     }
-
-
-def detect_job(
-    *,
-    image: str | Path,
-    output: str | Path,
-    model: str | Path,
-    parts: int,
-    bands: Sequence[int] | None = None,
-    tile_size: int | None = None,
-    overlap: int | None = None,
-    overwrite: bool = False,
-    allow_pixel_grid: bool = False,
-    engine: Engine = Engine(),
-    detection: Detection = Detection(),
-) -> Job:
-    """Plan ``detect`` of ``image`` as one part (see :mod:`~lemevit_geo.pipelines.scaleout.driver`).
-
-    A scene is one part: boxes are merged across tile rows by a streaming merger whose decisions reach over
-    several rows (pieces of long objects), so strips of one scene would not give the boxes of one run.
-    """
-    if parts > 1:
-        raise InputError("`parts`: detect runs every scene as one part (scenes are not cut into strips)")
-    output = Path(output)
-    check_vector_path(output)
-    config = read_bundle(model, Task.detect)
-    info = inspect_source(image, bands, config.bands, allow_pixel_grid)
-    tile, overlap = Tiling(tile_size=tile_size, overlap=overlap).resolve(config.tile_size, config.overlap)
-    grid = make_grid(info, tile, overlap)
-    kept_classes(config, detection)
-    job = Job(
-        task=Task.detect,
-        inputs=(str(image),),
-        model=str(model),
-        bundle_sha=bundle_sha(model),
-        output=output,
-        grid=GridSpec.of(info),
-        classes=tuple(config.classes),
-        colors=tuple(config.colors),
-        tile=grid.tile,
-        overlap=grid.overlap,
-        stitch=Stitch.crop,
-        strips=tuple(strips(grid, 1, Stitch.crop)),
-        engine=engine,
-        bands=tuple(bands) if bands else None,
-        allow_pixel_grid=allow_pixel_grid,
-        detection=detection,
-        overwrite=overwrite,
-        report={"mask": [info.mask.describe()]},
-    )
-    return seal(job)

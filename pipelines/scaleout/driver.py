@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from lemevit_geo.errors import InputError, LemevitError, OutputError
-from lemevit_geo.pipelines.inference.change import change_job
-from lemevit_geo.pipelines.inference.classify import classify_job
-from lemevit_geo.pipelines.inference.dense import check_outputs
-from lemevit_geo.pipelines.inference.detect import detect_job
+from lemevit_geo.pipelines.inference.change import plan_change
+from lemevit_geo.pipelines.inference.classify import plan_classify
+from lemevit_geo.pipelines.inference.detect import plan_detect
 from lemevit_geo.pipelines.inference.engine import Progress
-from lemevit_geo.pipelines.inference.segment import segment_job
+from lemevit_geo.pipelines.inference.plan import check_outputs
+from lemevit_geo.pipelines.inference.segment import plan_segment
 from lemevit_geo.pipelines.inference.tiling import TileGrid
 from lemevit_geo.pipelines.scaleout.executors import RayExecutor, failure, is_inline, open_executor
 from lemevit_geo.pipelines.scaleout.jobs import (
@@ -47,6 +47,7 @@ from lemevit_geo.pipelines.scaleout.jobs import (
     finished_part,
     mark_done,
     parts_dir,
+    plan_job,
     read_json,
     remove_parts,
     write_json,
@@ -407,7 +408,7 @@ def scale_segment(
     **options: Any,
 ) -> dict[str, Any]:
     """``segment`` of one or many scenes through parts; ``options`` as for
-    :func:`~lemevit_geo.pipelines.inference.segment.segment_job`.
+    :func:`~lemevit_geo.pipelines.inference.segment.plan_segment`.
 
     With several inputs (or ``output`` a directory) ``output``, ``outputs.probabilities`` and
     ``outputs.vector`` name directories, and each scene writes ``<stem>.tif``, ``<stem>.probabilities.tif``
@@ -429,16 +430,24 @@ def scale_segment(
 
     def plan(i: int) -> Job:
         main, scene_outputs = targets[i]
-        return segment_job(image=inputs[i], output=main, model=model, parts=parts, outputs=scene_outputs, **options)
+        plan = plan_segment(
+            image=inputs[i], output=main, model=model, outputs=scene_outputs, defer_existing=True, **options
+        )
+        return plan_job(plan, parts)
 
     return run_scenes(plan_scenes(inputs, plan, single), scale_out, progress)
 
 
 def scale_change(*, scale_out: ScaleOut, progress: Progress | None = None, **options: Any) -> dict[str, Any]:
-    """``change`` of one pair through parts; options as for ``inference.change.change_job``."""
+    """``change`` of one pair through parts; ``options`` as for
+    :func:`~lemevit_geo.pipelines.inference.change.plan_change`."""
     parts = default_parts(scale_out, 1)
     name = f"{options['before']} + {options['after']}"
-    return run_scenes(plan_scenes([name], lambda _: change_job(parts=parts, **options), True), scale_out, progress)
+
+    def plan(_: int) -> Job:
+        return plan_job(plan_change(defer_existing=True, **options), parts)
+
+    return run_scenes(plan_scenes([name], plan, True), scale_out, progress)
 
 
 def scale_classify(
@@ -452,7 +461,7 @@ def scale_classify(
     **options: Any,
 ) -> dict[str, Any]:
     """``classify`` of one or many scenes through parts; ``options`` as for
-    :func:`~lemevit_geo.pipelines.inference.classify.classify_job`.
+    :func:`~lemevit_geo.pipelines.inference.classify.plan_classify`.
 
     With several inputs (or ``output`` a directory) ``output`` and ``raster`` name directories, and each
     scene writes ``<stem>.gpkg`` and ``<stem>.tif`` there.
@@ -468,7 +477,10 @@ def scale_classify(
 
     def plan(i: int) -> Job:
         main, grid_raster = targets[i]
-        return classify_job(image=inputs[i], output=main, model=model, parts=parts, raster=grid_raster, **options)
+        plan = plan_classify(
+            image=inputs[i], output=main, model=model, raster=grid_raster, defer_existing=True, **options
+        )
+        return plan_job(plan, parts)
 
     return run_scenes(plan_scenes(inputs, plan, single), scale_out, progress)
 
@@ -483,7 +495,7 @@ def scale_detect(
     **options: Any,
 ) -> dict[str, Any]:
     """``detect`` of one or many scenes, one part each; ``options`` as for
-    :func:`~lemevit_geo.pipelines.inference.detect.detect_job`.
+    :func:`~lemevit_geo.pipelines.inference.detect.plan_detect`.
 
     With several inputs (or ``output`` a directory) ``output`` names a directory, and each scene writes
     ``<stem>.gpkg`` there.
@@ -494,6 +506,8 @@ def scale_detect(
     parts = scale_out.parts or 1
 
     def plan(i: int) -> Job:
-        return detect_job(image=inputs[i], output=targets[i], model=model, parts=parts, **options)
+        return plan_job(
+            plan_detect(image=inputs[i], output=targets[i], model=model, defer_existing=True, **options), parts
+        )
 
     return run_scenes(plan_scenes(inputs, plan, single), scale_out, progress)

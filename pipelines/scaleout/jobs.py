@@ -1,9 +1,10 @@
 """Scale-out jobs: one scene's work split into parts, what each part and the merge need, and the files that
 record it in the scene's parts directory.
 
-A :class:`Job` is planned once by the driver (inputs inspected, grid and strips laid out) and sent as it is
-to every worker; it holds plain values only (paths, numbers, WKT), so it pickles for Ray and Dask and is
-written to ``job.json`` for ``lemevit-geo merge``. Two hashes decide what a rerun may reuse:
+A :class:`Job` is planned once by the driver (the command's :class:`~lemevit_geo.pipelines.inference.plan.Plan`
+in strips: :func:`plan_job`) and sent as it is to every worker; it holds plain values only (paths, numbers,
+WKT), so it pickles for Ray and Dask and is written to ``job.json`` for ``lemevit-geo merge``. Two hashes
+decide what a rerun may reuse:
 
 - ``parts_hash`` covers everything that changes the bytes of a part file: the tool version, the task, the
   bundle file's SHA-256, the inputs (path, size, modification time), bands, tiling, the strips, device
@@ -34,14 +35,13 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from lemevit_geo import __version__
-from lemevit_geo.bundle import BundleConfig, read_config
 from lemevit_geo.choices import Stitch, Task
-from lemevit_geo.errors import BundleError, InputError
+from lemevit_geo.errors import InputError
 from lemevit_geo.outputs import temporary_sibling
-from lemevit_geo.pipelines.inference.dense import make_grid
+from lemevit_geo.pipelines.inference.plan import Plan
 from lemevit_geo.pipelines.inference.tiling import Strip, strips
 from lemevit_geo.raster import SourceInfo
-from lemevit_geo.settings import DenseOutputs, Detection, Engine, Tiling
+from lemevit_geo.settings import DenseOutputs, Detection, Engine
 
 FORMAT = "lemevit-geo-parts"
 FORMAT_VERSION = 1
@@ -246,57 +246,31 @@ def bundle_sha(path: str | Path) -> str:
     return _SHAS[key]
 
 
-def read_bundle(model: str | Path | tuple[Any, BundleConfig], task: Task) -> BundleConfig:
-    """The config of the bundle file ``model`` for ``task`` (metadata only: the driver never loads weights)."""
-    if isinstance(model, tuple):
+#: The fields a job takes over from its plan as they are.
+PLANNED = ("task", "inputs", "output", "stitch", "engine", "bands", "allow_pixel_grid", "overwrite", "report")
+PLANNED_OUTPUTS = ("outputs", "vector_skip", "raster", "top_k", "detection")
+
+
+def plan_job(plan: Plan, parts: int) -> Job:
+    """The scale-out job of ``plan`` (made with ``defer_existing``) in ``parts`` strips, sealed with its hashes.
+
+    A ``detect`` scene is one part: boxes are merged across tile rows by a streaming merger whose decisions
+    reach over several rows (pieces of long objects), so strips of one scene would not give the boxes of one run.
+    """
+    if plan.task is Task.detect and parts > 1:
+        raise InputError("`parts`: detect runs every scene as one part (scenes are not cut into strips)")
+    if plan.bundle is None:
         raise InputError("scale-out runs load the model in each worker: pass a bundle path as `model`")
-    config = read_config(model)
-    if config.task != Task(task):
-        raise BundleError(f"{model} is a {config.task.value} model; this needs a {Task(task).value} model")
-    return config
-
-
-def dense_job(
-    *,
-    task: Task,
-    inputs: tuple[str, ...],
-    grid_info: SourceInfo,
-    model: str | Path,
-    config: BundleConfig,
-    output: str | Path,
-    parts: int,
-    bands: tuple[int, ...] | None,
-    overwrite: bool,
-    allow_pixel_grid: bool,
-    engine: Engine,
-    tiling: Tiling,
-    outputs: DenseOutputs,
-    vector_skip: tuple[int, ...] = (),
-    report: dict[str, Any] | None = None,
-) -> Job:
-    """A ``segment`` or ``change`` job on ``grid_info``'s grid in ``parts`` strips, sealed with its hashes."""
-    tile, overlap = tiling.resolve(config.tile_size)
-    grid = make_grid(grid_info, tile, overlap)
     job = Job(
-        task=task,
-        inputs=inputs,
-        model=str(model),
-        bundle_sha=bundle_sha(model),
-        output=Path(output),
-        grid=GridSpec.of(grid_info),
-        classes=tuple(config.classes),
-        colors=tuple(config.colors),
-        tile=grid.tile,
-        overlap=grid.overlap,
-        stitch=tiling.stitch,
-        strips=tuple(strips(grid, parts, tiling.stitch)),
-        engine=engine,
-        bands=tuple(bands) if bands else None,
-        allow_pixel_grid=allow_pixel_grid,
-        outputs=outputs,
-        vector_skip=vector_skip,
-        overwrite=overwrite,
-        report=report or {},
+        model=str(plan.model),
+        bundle_sha=bundle_sha(plan.bundle),
+        grid=GridSpec.of(plan.info),
+        classes=tuple(plan.config.classes),
+        colors=tuple(plan.config.colors),
+        tile=plan.grid.tile,
+        overlap=plan.grid.overlap,
+        strips=tuple(strips(plan.grid, parts, plan.stitch)),
+        **{name: getattr(plan, name) for name in PLANNED + PLANNED_OUTPUTS},
     )
     return seal(job)
 

@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import geopandas as gpd
@@ -24,21 +24,23 @@ from lemevit_geo.choices import Task
 from lemevit_geo.device import precision_name
 from lemevit_geo.errors import GDAL_ERRORS, BundleError, InputError
 from lemevit_geo.outputs import atomic_path
-from lemevit_geo.pipelines.inference.change import change_job_sources
+from lemevit_geo.pipelines.inference.change import change_sources
 from lemevit_geo.pipelines.inference.classify import classify_tiles
-from lemevit_geo.pipelines.inference.dense import make_grid, stitch_tiles
+from lemevit_geo.pipelines.inference.dense import stitch_tiles
 from lemevit_geo.pipelines.inference.detect import detect_scene
-from lemevit_geo.pipelines.inference.engine import Progress, Runtime, SourceSpec, eager_model
-from lemevit_geo.pipelines.inference.segment import segment_sources
+from lemevit_geo.pipelines.inference.engine import Progress, Runtime, eager_model
+from lemevit_geo.pipelines.inference.plan import Sources, make_grid, scene_sources
 from lemevit_geo.pipelines.inference.tiling import TileGrid
 from lemevit_geo.pipelines.inference.writers import PartRasterWriter
 from lemevit_geo.pipelines.scaleout.jobs import FORMAT, FORMAT_VERSION, Job, file_sha256, plain, write_json
-from lemevit_geo.raster import SourceInfo, gdal_env, inspect_source
+from lemevit_geo.raster import gdal_env
 
-#: How each dense task finds its sources and output grid in a worker.
-DENSE_SOURCES: dict[Task, Callable[[Job, BundleConfig], tuple[list[SourceSpec], SourceInfo]]] = {
-    Task.segment: segment_sources,
-    Task.change: change_job_sources,
+#: How each task finds its sources and output grid (in the worker, as its planner did in the driver).
+SOURCES: dict[Task, Callable[[Sequence[str], BundleConfig, Sequence[int] | None, bool], Sources]] = {
+    Task.segment: scene_sources,
+    Task.change: change_sources,
+    Task.classify: scene_sources,
+    Task.detect: scene_sources,
 }
 
 _models: dict[tuple[str, str, str], tuple[torch.nn.Module, BundleConfig]] = {}
@@ -65,23 +67,25 @@ def worker_model(job: Job, runtime: Runtime) -> tuple[torch.nn.Module, BundleCon
         return _models[key]
 
 
-def _same_grid(job: Job, grid: TileGrid) -> None:
+def job_sources(job: Job, config: BundleConfig) -> tuple[Sources, TileGrid]:
+    """The inputs of ``job`` inspected again in the worker, and its tile grid; refused if the inputs changed."""
+    found = SOURCES[job.task](job.inputs, config, job.bands, job.allow_pixel_grid)
+    grid = make_grid(found.info, job.tile, job.overlap, fit=job.task is not Task.classify)
     if (grid.height, grid.width, grid.tile) != (job.grid.height, job.grid.width, job.tile):
         raise InputError(f"{job.name} changed since the run was planned: run the command again")
+    return found, grid
 
 
 def dense_part(
     job: Job, index: int, net: torch.nn.Module, config: BundleConfig, runtime: Runtime, progress: Progress | None
 ) -> dict[str, Any]:
     """Run strip ``index`` of a ``segment`` or ``change`` job into its part file; the sidecar's counts."""
-    sources, grid_info = DENSE_SOURCES[job.task](job, config)
-    grid = make_grid(grid_info, job.tile, job.overlap)
-    _same_grid(job, grid)
+    found, grid = job_sources(job, config)
     strip, path, k = job.strips[index], job.part_file(index), len(job.classes)
-    files_for = PartRasterWriter(grid_info, strip, k, job.outputs.probabilities is not None, path)
-    with gdal_env([s.info for s in sources], grid.tile), files_for as files:
+    files_for = PartRasterWriter(found.info, strip, k, job.outputs.probabilities is not None, path)
+    with gdal_env([s.info for s in found.sources], grid.tile), files_for as files:
         stats, stitcher = stitch_tiles(
-            sources=sources,
+            sources=found.sources,
             grid=grid,
             model=net,
             runtime=runtime,
@@ -109,11 +113,11 @@ def classify_part(
     job: Job, index: int, net: torch.nn.Module, config: BundleConfig, runtime: Runtime, progress: Progress | None
 ) -> dict[str, Any]:
     """Classify the tiles of strip ``index`` into a GeoParquet part file; the sidecar's counts."""
-    info = inspect_source(job.inputs[0], job.bands, config.bands, job.allow_pixel_grid)
-    grid = make_grid(info, job.tile, 0, fit=False)
-    _same_grid(job, grid)
+    found, grid = job_sources(job, config)
     strip = job.strips[index]
-    table, stats = classify_tiles(info, grid, net, config, runtime, job.top_k, progress, (strip.first, strip.stop))
+    table, stats = classify_tiles(
+        found.info, grid, net, config, runtime, job.top_k, progress, (strip.first, strip.stop)
+    )
     with atomic_path(job.part_file(index), overwrite=True) as tmp:
         gpd.GeoDataFrame(table).to_parquet(tmp)
     return {
@@ -130,16 +134,14 @@ def detect_part(
     job: Job, index: int, net: torch.nn.Module, config: BundleConfig, runtime: Runtime, progress: Progress | None
 ) -> dict[str, Any]:
     """Detect the objects of the job's scene (one part: the whole scene) into a GeoParquet part file."""
-    info = inspect_source(job.inputs[0], job.bands, config.bands, job.allow_pixel_grid)
-    grid = make_grid(info, job.tile, job.overlap)
-    _same_grid(job, grid)
+    found, grid = job_sources(job, config)
     detector = eager_model(net)
     names = ("score_threshold", "iou_threshold", "max_detections", "pre_nms_top_k")
     thresholds = {k: getattr(detector, k) for k in names}
     try:  # the cached model serves later jobs with the bundle's thresholds
         inputs = [*job.inputs, job.model]
         part = job.part_file(index)
-        summary = detect_scene(info, grid, net, config, part, True, inputs, runtime, job.detection, progress)
+        summary = detect_scene(found.info, grid, net, config, part, True, inputs, runtime, job.detection, progress)
     finally:
         for name, value in thresholds.items():
             setattr(detector, name, value)
