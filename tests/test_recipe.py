@@ -17,7 +17,7 @@ from lemevit_geo.pipelines.apps.synthetic import make_scene
 from lemevit_geo.pipelines.training.datamodules import IGNORE, TileAugmentation
 from lemevit_geo.pipelines.training.tasks import warmup_cosine
 from lemevit_geo.pipelines.training.train import balanced_weights, make_trainer
-from lemevit_geo.settings import Hardware, Recipe
+from lemevit_geo.settings import Hardware, Recipe, TrainSpec
 from tests.conftest import cli
 
 
@@ -227,12 +227,11 @@ def test_detection_follows_augment_and_refuses_jitter(tmp_path: Path) -> None:
     from lemevit_geo.pipelines.training.train import load_data
 
     scene = make_scene(tmp_path / "scene", size=320, seed=5)
-    own = dict(images=str(scene.before), labels=str(scene.objects), label_column=None, classes=None)
-    common = dict(name="custom", root=None, own=own, task="detect", tile_size=64, val_fraction=0.25)
-    common.update(hardware=Hardware(accelerator="cpu"), work_dir=tmp_path)
+    common = dict(dataset="custom", images=str(scene.before), labels=str(scene.objects), task="detect")
+    common.update(tile_size=64, val_fraction=0.25, hardware=Hardware(accelerator="cpu"))
     for augment in (True, False):
-        data, _ = load_data(**common, recipe=Recipe(augment=augment))
+        data, _ = load_data(TrainSpec(**common, recipe=Recipe(augment=augment)), tmp_path)
         assert data.datamodule.train_dataset.augment is augment and not data.datamodule.val_dataset.augment
     for bad in (dict(band_jitter=0.1), dict(scale_jitter=0.1), dict(class_balance=0.5), dict(warmup=0.2)):
         with pytest.raises(InputError, match=next(iter(bad))):
-            load_data(**common, recipe=Recipe(**bad))
+            load_data(TrainSpec(**common, recipe=Recipe(**bad)), tmp_path)

@@ -10,7 +10,7 @@ import torch
 
 from lemevit_geo.pipelines.apps.synthetic import make_scene
 from lemevit_geo.pipelines.training.compat import grid_sampler, random_sampler
-from lemevit_geo.pipelines.training.detection_data import custom_data, raster_dataset
+from lemevit_geo.pipelines.training.train_data import custom_data, raster_dataset
 from tests.fake_datasets import DOTA_OBJECTS, make_dota_versions
 
 

@@ -16,7 +16,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from lemevit_geo.bundle import read_config
 from lemevit_geo.pipelines.apps.synthetic import CLASSES, COLORS, make_scene
-from lemevit_geo.pipelines.training.detection_data import custom_data
+from lemevit_geo.pipelines.training.train_data import custom_data
 from tests.conftest import cli, cli_subprocess, textured_scene, write_raster
 from tests.fake_datasets import FAKE_DATASETS
 

@@ -12,7 +12,7 @@ from lemevit_geo.choices import PretrainMethod
 from lemevit_geo.cli.app import app, quiet_lightning
 from lemevit_geo.cli.display import report, report_baselines
 from lemevit_geo.options import Display, grouped
-from lemevit_geo.settings import Hardware, PretrainRecipe, Recipe
+from lemevit_geo.settings import Hardware, PretrainRecipe, Recipe, TrainSpec
 
 Dataset = Annotated[
     str,
@@ -102,7 +102,7 @@ def train(
 
     quiet_lightning()
 
-    summary = run(
+    spec = TrainSpec(
         dataset=dataset,
         out=out,
         root=root,
@@ -123,9 +123,9 @@ def train(
         resume=resume,
         fast_dev_run=fast_dev_run,
         overwrite=overwrite,
-        progress=display.progress,
         baseline=baseline,
     )
+    summary = run(spec, progress=display.progress)
     report(summary, display)
     report_baselines(summary, display)
 

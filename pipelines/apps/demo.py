@@ -23,7 +23,14 @@ from rasterio.windows import Window, from_bounds
 from lemevit_geo.errors import InputError
 from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.apps.evaluate import evaluate_change, evaluate_classes, evaluate_detections
-from lemevit_geo.pipelines.apps.synthetic import CLASSES, COLORS, OBJECT_CLASSES, OBJECT_COLORS, Scene, make_scene
+from lemevit_geo.pipelines.apps.synthetic import (
+    CLASSES,
+    COLORS,
+    OBJECT_CLASSES,
+    OBJECT_COLORS,
+    GeneratedScene,
+    make_scene,
+)
 from lemevit_geo.pipelines.inference.change import change
 from lemevit_geo.pipelines.inference.classify import classify
 from lemevit_geo.pipelines.inference.detect import detect
@@ -112,7 +119,7 @@ class DemoRun:
 
     models: Path
     results: Path
-    scene: Scene
+    scene: GeneratedScene
     recipe: Recipe
     hardware: Hardware
     engine: Engine
@@ -264,7 +271,7 @@ def boxes_preview(image: Path, vector: Path, png: Path) -> Path:
     return png
 
 
-def _previews(scene: Scene, results: Path) -> dict[str, str]:
+def _previews(scene: GeneratedScene, results: Path) -> dict[str, str]:
     pairs = {
         "image": (scene.before, "image_before.png"),
         "image_after": (scene.after, "image_after.png"),

@@ -45,7 +45,7 @@ _OBJECT_SPACING = 80  # one object per this many pixels squared of the scene, on
 
 
 @dataclass(frozen=True)
-class Scene:
+class GeneratedScene:
     """Paths of a generated scene."""
 
     before: Path
@@ -212,7 +212,7 @@ def _write(path: Path, data: np.ndarray, **extra: object) -> Path:
     return path
 
 
-def make_scene(out_dir: Path, size: int = 2048, seed: int = 0) -> Scene:
+def make_scene(out_dir: Path, size: int = 2048, seed: int = 0) -> GeneratedScene:
     """Write the two dates (4-band uint8), their labels, the change mask and the objects into ``out_dir``.
 
     The same ``size`` and ``seed`` give the same files.
@@ -226,7 +226,7 @@ def make_scene(out_dir: Path, size: int = 2048, seed: int = 0) -> Scene:
     things = np.random.default_rng([seed, 7])  # its own stream: the land cover stays as it was
     objects = _objects(things, lab_after)
     _paint_objects(things, [img, img_after], objects)
-    return Scene(
+    return GeneratedScene(
         before=_write(out_dir / "scene_before.tif", img),
         after=_write(out_dir / "scene_after.tif", img_after),
         labels=_write(out_dir / "labels.tif", lab[None]),

@@ -61,7 +61,7 @@ FILE_SUFFIXES = (".tif", ".tiff", ".gpkg", ".parquet", ".geojson", ".json", ".vr
 
 
 @dataclass
-class Scene:
+class SceneRun:
     """The driver's record of one scene: its job (or why it could not be planned), parts and outcome.
 
     ``state`` is ``planned``, ``done`` (merged now), ``done earlier`` (merged by an earlier run), ``parts``
@@ -116,17 +116,17 @@ def outputs_in(folder: Path, inputs: Sequence[str], suffix: str) -> list[Path]:
     return outputs
 
 
-def plan_scenes(names: Sequence[str], plan: Callable[[int], Job], single: bool) -> list[Scene]:
+def plan_scenes(names: Sequence[str], plan: Callable[[int], Job], single: bool) -> list[SceneRun]:
     """Plan each scene with ``plan(i)``; with several scenes one that cannot be planned is failed, not fatal."""
     scenes = []
     for i, name in enumerate(names):
         if single:
-            scenes.append(Scene(name, plan(i)))
+            scenes.append(SceneRun(name, plan(i)))
             continue
         try:
-            scenes.append(Scene(name, plan(i)))
+            scenes.append(SceneRun(name, plan(i)))
         except LemevitError as exc:
-            scenes.append(Scene(name, error=str(exc), state="failed"))
+            scenes.append(SceneRun(name, error=str(exc), state="failed"))
     return scenes
 
 
@@ -143,7 +143,7 @@ def _part_tiles(job: Job, index: int) -> int:
     return (strip.stop - strip.halo) * len(grid.xs)
 
 
-def _check_new(scene: Scene, single: bool) -> bool:
+def _check_new(scene: SceneRun, single: bool) -> bool:
     """Refuse outputs that exist (without ``overwrite``) for a scene not merged earlier: fatal for a single
     scene, a failed scene among several."""
     job = scene.job
@@ -158,7 +158,7 @@ def _check_new(scene: Scene, single: bool) -> bool:
     return True
 
 
-def _prepare(scenes: list[Scene], scale_out: ScaleOut) -> list[tuple[Scene, int]]:
+def _prepare(scenes: list[SceneRun], scale_out: ScaleOut) -> list[tuple[SceneRun, int]]:
     """Skip scenes merged earlier, check the others' outputs, write their ``job.json``, collect finished parts;
     return the parts to run."""
     todo = []
@@ -194,7 +194,7 @@ def _placed(job: Job, executor: cf.Executor) -> Job:
     return job
 
 
-def _merge(scene: Scene, keep_parts: bool) -> None:
+def _merge(scene: SceneRun, keep_parts: bool) -> None:
     """Merge a scene whose parts are all finished, and record it as done."""
     job = scene.job
     assert job is not None
@@ -211,7 +211,7 @@ def _merge(scene: Scene, keep_parts: bool) -> None:
 
 
 def _collect(
-    future: cf.Future[dict[str, Any]], scene: Scene, i: int, scale_out: ScaleOut, progress: Progress | None
+    future: cf.Future[dict[str, Any]], scene: SceneRun, i: int, scale_out: ScaleOut, progress: Progress | None
 ) -> None:
     """Take the sidecar (or the failure) of part ``i`` of ``scene``; merge the scene once its parts are all in."""
     job = scene.job
@@ -229,12 +229,12 @@ def _collect(
 
 
 def _run_parts(
-    executor: cf.Executor, todo: list[tuple[Scene, int]], scale_out: ScaleOut, progress: Progress | None
+    executor: cf.Executor, todo: list[tuple[SceneRun, int]], scale_out: ScaleOut, progress: Progress | None
 ) -> None:
     """Run the parts and collect them as they finish (inline: each as it is submitted, so a scene is merged
     before the next one runs)."""
     inline = is_inline(executor)
-    pending: dict[cf.Future[dict[str, Any]], tuple[Scene, int]] = {}
+    pending: dict[cf.Future[dict[str, Any]], tuple[SceneRun, int]] = {}
     for scene, i in todo:
         assert scene.job is not None
         job = _placed(scene.job, executor)
@@ -247,7 +247,7 @@ def _run_parts(
         _collect(future, *pending[future], scale_out, progress)
 
 
-def run_scenes(scenes: list[Scene], scale_out: ScaleOut, progress: Progress | None = None) -> dict[str, Any]:
+def run_scenes(scenes: list[SceneRun], scale_out: ScaleOut, progress: Progress | None = None) -> dict[str, Any]:
     """Run the parts of every planned scene on the executor ``scale_out`` names, merge them, clean up.
 
     Returns the summary: one scene's own summary for a single scene, else every scene's, with failures
@@ -292,7 +292,7 @@ def merge_parts(
         if data is None:
             raise InputError(f"{folder} holds no job.json: run the parts first (`part` i/N)")
         job = Job.from_dict(data)
-        scene = Scene(job.name, dataclasses.replace(job, overwrite=job.overwrite or overwrite))
+        scene = SceneRun(job.name, dataclasses.replace(job, overwrite=job.overwrite or overwrite))
         missing = []
         for i in range(job.count):
             side = finished_part(job, i)
@@ -309,7 +309,7 @@ def merge_parts(
 
 
 def job_summary(
-    scene: Scene, sidecars: Sequence[dict[str, Any]], written: dict[str, Any], merge_seconds: float
+    scene: SceneRun, sidecars: Sequence[dict[str, Any]], written: dict[str, Any], merge_seconds: float
 ) -> dict[str, Any]:
     """The summary of a merged scene: the single-process fields, plus its parts and the merge time."""
     job = scene.job
@@ -346,7 +346,7 @@ def job_summary(
     }
 
 
-def parts_summary(scene: Scene) -> dict[str, Any]:
+def parts_summary(scene: SceneRun) -> dict[str, Any]:
     """What a run of some parts (``part`` ``i/N``) of a scene did."""
     job = scene.job
     assert job is not None
@@ -359,7 +359,7 @@ def parts_summary(scene: Scene) -> dict[str, Any]:
     }
 
 
-def scenes_summary(scenes: list[Scene], seconds: float) -> dict[str, Any]:
+def scenes_summary(scenes: list[SceneRun], seconds: float) -> dict[str, Any]:
     """One scene's summary (with its state), or all of them with counts; failures under ``failed``."""
     failed = {s.name: s.error or "failed" for s in scenes if s.state == "failed"}
     if len(scenes) == 1:

@@ -17,7 +17,7 @@ import torch
 
 from lemevit_geo.errors import InputError
 from lemevit_geo.pipelines.training.compat import random_sampler
-from lemevit_geo.pipelines.training.detection_data import TrainData
+from lemevit_geo.pipelines.training.train_data import TrainData
 from lemevit_geo.pipelines.training.tasks import dense_metrics
 
 #: Windows (pixels) whose per-band mean and standard deviation describe a pixel next to its own values.

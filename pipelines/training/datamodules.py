@@ -1,5 +1,6 @@
 """Lightning datamodules torchgeo does not have: the user's own rasters, MillionAID, and oriented-box
-detection crops (own rasters with polygons, and DOTA read through torchgeo's dataset).
+detection crops (own rasters with polygons, and DOTA read through torchgeo's dataset). Which one a run uses,
+and with what, is decided in :mod:`lemevit_geo.pipelines.training.train_data`.
 
 Also :class:`TileAugmentation` (kornia) for own data, and :class:`FrameMask`, which lets torchgeo's change
 datamodules run their kornia augmentations on two-date images with a one-frame mask.

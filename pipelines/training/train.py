@@ -2,7 +2,7 @@
 
 ``train(dataset="potsdam", root=...)`` trains on a torchgeo dataset through its datamodule;
 ``train(dataset="custom", images=..., labels=...)`` (segmentation) or ``before/after/labels`` (change)
-trains on the user's GeoTIFFs (:mod:`lemevit_geo.pipelines.training.detection_data`). The result is a bundle that
+trains on the user's GeoTIFFs (:mod:`lemevit_geo.pipelines.training.train_data`). The result is a bundle that
 ``segment`` / ``change`` / ``classify`` use as is, the best checkpoint, and a CSV of per-epoch metrics.
 """
 
@@ -28,7 +28,7 @@ from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.training.baselines import pixel_baseline
 from lemevit_geo.pipelines.training.callbacks import EpochCSV, MajorityBaseline
 from lemevit_geo.pipelines.training.datamodules import TileAugmentation
-from lemevit_geo.pipelines.training.detection_data import (
+from lemevit_geo.pipelines.training.train_data import (
     DATASETS,
     TrainData,
     custom_data,
@@ -36,7 +36,7 @@ from lemevit_geo.pipelines.training.detection_data import (
     torchgeo_data,
 )
 from lemevit_geo.pipelines.training.tasks import TASK_MODULES, LeMeViTTask
-from lemevit_geo.settings import Hardware, Recipe, check_tile_size
+from lemevit_geo.settings import Hardware, Recipe, TrainSpec
 
 
 def lightning_precision(precision: Precision | str) -> str:
@@ -49,28 +49,19 @@ def lightning_precision(precision: Precision | str) -> str:
     return {Precision.fp32: "32-true", Precision.bf16: "bf16-mixed", Precision.fp16: "16-mixed"}[precision]
 
 
-def load_data(
-    *,
-    name: str,
-    root: str | Path | None,
-    own: dict[str, Any],
-    task: Task | str | None,
-    tile_size: int | None,
-    val_fraction: float,
-    recipe: Recipe,
-    hardware: Hardware,
-    work_dir: Path,
-) -> tuple[TrainData, int]:
-    """The training data of a torchgeo dataset (``name``) or of own rasters (``own``), and the tile size."""
+def load_data(spec: TrainSpec, work_dir: Path) -> tuple[TrainData, int]:
+    """The training data of ``spec``: a torchgeo dataset, or own rasters (``work_dir`` holds rasterised
+    labels); and the tile size."""
+    name, recipe, hardware, tile_size, own = spec.dataset, spec.recipe, spec.hardware, spec.tile_size, spec.own
     if name != "custom":
         if name not in DATASETS:
             raise InputError(f"unknown dataset {name!r}; choose one of custom, {', '.join(DATASETS)}")
-        if root is None:
+        if spec.root is None:
             raise InputError(f"dataset {name} needs `root`, the folder holding it ({DATASETS[name].expects})")
         check_torchgeo_recipe(recipe)
         tile = tile_size or DEFAULT_TILE[DATASETS[name].task]
-        return torchgeo_data(name, Path(root), recipe.batch_size, tile, hardware.num_workers), tile
-    wanted = Task(task) if task else Task.change if own.get("before") is not None else Task.segment
+        return torchgeo_data(name, Path(spec.root), recipe.batch_size, tile, hardware.num_workers), tile
+    wanted = spec.task or (Task.change if own.get("before") is not None else Task.segment)
     if wanted == Task.detect:
         if own.get("before") is not None or own.get("after") is not None:
             raise InputError("detection training takes `images` and `labels` (polygons), not `before`/`after`")
@@ -93,7 +84,7 @@ def load_data(
             tile_size=tile,
             batch_size=recipe.batch_size,
             num_workers=hardware.num_workers,
-            val_fraction=val_fraction,
+            val_fraction=spec.val_fraction,
             length=recipe.steps_per_epoch * recipe.batch_size,
             augment=recipe.augment,
         )
@@ -107,7 +98,7 @@ def load_data(
         default_tile=DEFAULT_TILE[wanted],
         batch_size=recipe.batch_size,
         num_workers=hardware.num_workers,
-        val_fraction=val_fraction,
+        val_fraction=spec.val_fraction,
         length=recipe.steps_per_epoch * recipe.batch_size,
         work_dir=work_dir,
         scene_labels=wanted == Task.classify,
@@ -159,30 +150,24 @@ def head_for(data: TrainData, recipe: Recipe, head: dict[str, Any] | None = None
     return options
 
 
-def make_module(
-    data: TrainData,
-    arch: Arch,
-    backbone_weights: str | Path | None,
-    freeze_backbone: bool,
-    recipe: Recipe,
-    head: dict[str, Any] | None = None,
-) -> LeMeViTTask:
-    """The Lightning module of the data's task."""
+def make_module(data: TrainData, spec: TrainSpec) -> LeMeViTTask:
+    """The Lightning module of the data's task, as ``spec`` asks for it."""
+    recipe = spec.recipe
     weights = data.class_weights
     if recipe.class_balance:
         if not data.class_counts:
             raise InputError("`class_balance` needs the training labels' class counts (own data)")
         weights = balanced_weights(data.class_counts, recipe.class_balance)
     kwargs: dict[str, Any] = dict(
-        arch=arch.value,
+        arch=spec.arch.value,
         in_channels=data.bands,
         num_classes=len(data.classes),
-        backbone_weights=str(backbone_weights) if backbone_weights else None,
-        head=head_for(data, recipe, head),
+        backbone_weights=str(spec.backbone_weights) if spec.backbone_weights else None,
+        head=head_for(data, recipe, spec.head),
         class_weights=weights,
         ignore_index=data.ignore_index,
         lr=recipe.lr,
-        freeze_backbone=freeze_backbone,
+        freeze_backbone=spec.freeze_backbone,
         weight_decay=recipe.weight_decay,
         schedule=recipe.schedule.value,
         warmup=recipe.warmup,
@@ -238,72 +223,24 @@ def make_trainer(
     return trainer, checkpoint, epoch_csv
 
 
-def train(
-    *,
-    dataset: str,
-    out: str | Path,
-    root: str | Path | None = None,
-    images: Any = None,
-    labels: Any = None,
-    before: Any = None,
-    after: Any = None,
-    label_column: str | None = None,
-    classes: Sequence[str] | None = None,
-    task: Task | str | None = None,
-    arch: Arch | str = Arch.tiny,
-    backbone_weights: str | Path | None = None,
-    freeze_backbone: bool = False,
-    tile_size: int | None = None,
-    val_fraction: float = 0.2,
-    recipe: Recipe = Recipe(),
-    hardware: Hardware = Hardware(),
-    resume: bool = False,
-    fast_dev_run: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    head: dict[str, Any] | None = None,
-    baseline: bool = False,
-) -> dict[str, Any]:
-    """Train a model on ``dataset`` (a torchgeo dataset name, or ``custom`` for own rasters) into the bundle
-    ``out``; returns a summary. Own data: ``images`` + ``labels`` (+ ``label_column`` for vector labels),
-    or ``before`` + ``after`` + ``labels`` for change; ``task="classify"`` trains scene labels,
-    ``task="detect"`` an oriented detector from polygons. ``head`` overrides head options (e.g. a small
-    detector for a quick run: ``{"fpn_channels": 64, "num_convs": 2}``).
+def train(spec: TrainSpec | None = None, /, *, progress: bool = True, **options: Any) -> dict[str, Any]:
+    """Train a model as ``spec`` (or a :class:`~lemevit_geo.settings.TrainSpec` of ``options``) asks: on a
+    torchgeo dataset, or ``custom`` own rasters, into the bundle ``out``; returns a summary.
+
+    Own data: ``images`` + ``labels`` (+ ``label_column`` for vector labels), or ``before`` + ``after`` +
+    ``labels`` for change; ``task="classify"`` trains scene labels, ``task="detect"`` an oriented detector
+    from polygons. ``head`` overrides head options (e.g. a small detector for a quick run:
+    ``{"fpn_channels": 64, "num_convs": 2}``).
 
     The summary reports the best validation metrics next to predicting the majority class (segment, change,
     classify), and with ``baseline`` (own data, segment and change) next to a per-pixel gradient-boosting
     classifier on the same split (:mod:`lemevit_geo.pipelines.training.baselines`)."""
     start = time.perf_counter()
-    out, name, arch = Path(out), dataset.lower(), Arch(arch)
-    check_tile_size(tile_size)
-    if not resume:
-        given = [images, labels, before, after]
-        inputs = [p for g in given if g is not None for p in ([g] if isinstance(g, str | Path) else g)]
-        check_output(out, overwrite, inputs)
-    with run_folder(out) as run_dir:
-        return _train(
-            name=name,
-            out=out,
-            run_dir=run_dir,
-            own=dict(
-                images=images, before=before, after=after, labels=labels, label_column=label_column, classes=classes
-            ),
-            root=root,
-            task=task,
-            arch=arch,
-            backbone_weights=backbone_weights,
-            freeze_backbone=freeze_backbone,
-            tile_size=tile_size,
-            val_fraction=val_fraction,
-            recipe=recipe,
-            hardware=hardware,
-            resume=resume,
-            fast_dev_run=fast_dev_run,
-            progress=progress,
-            baseline=baseline,
-            start=start,
-            head=head,
-        )
+    spec = spec or TrainSpec(**options)
+    if not spec.resume:
+        check_output(spec.out, spec.overwrite, spec.inputs)
+    with run_folder(spec.out) as run_dir:
+        return _train(spec, run_dir, progress, start)
 
 
 @contextlib.contextmanager
@@ -321,44 +258,14 @@ def run_folder(out: Path, suffix: str = ".train") -> Iterator[Path]:
         raise
 
 
-def _train(
-    *,
-    name: str,
-    out: Path,
-    run_dir: Path,
-    own: dict[str, Any],
-    root: str | Path | None,
-    task: Task | str | None,
-    arch: Arch,
-    backbone_weights: str | Path | None,
-    freeze_backbone: bool,
-    tile_size: int | None,
-    val_fraction: float,
-    recipe: Recipe,
-    hardware: Hardware,
-    resume: bool,
-    fast_dev_run: bool,
-    progress: bool,
-    baseline: bool,
-    start: float,
-    head: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+def _train(spec: TrainSpec, run_dir: Path, progress: bool, start: float) -> dict[str, Any]:
     """The four steps of :func:`train` in its run folder: data, module, trainer, bundle (and the baselines)."""
+    recipe = spec.recipe
     L.seed_everything(recipe.seed, workers=True, verbose=False)
-    data, tile = load_data(
-        name=name,
-        root=root,
-        own=own,
-        task=task,
-        tile_size=tile_size,
-        val_fraction=val_fraction,
-        recipe=recipe,
-        hardware=hardware,
-        work_dir=run_dir,
-    )
-    if baseline and name != "custom":
+    data, tile = load_data(spec, run_dir)
+    if spec.baseline and spec.dataset != "custom":
         raise InputError("`baseline` applies to own data (`dataset` custom)")
-    module = make_module(data, arch, backbone_weights, freeze_backbone, recipe, head)
+    module = make_module(data, spec)
     extra: list[L.Callback] = []
     majority = None
     if data.task != Task.detect:
@@ -368,24 +275,24 @@ def _train(
         run_dir,
         type(module).monitor_metric,
         recipe.epochs,
-        hardware,
+        spec.hardware,
         early_stop=recipe.early_stop,
-        fast_dev_run=fast_dev_run,
+        fast_dev_run=spec.fast_dev_run,
         progress=progress,
         extra=extra,
     )
     last = run_dir / "checkpoints" / "last.ckpt"
-    if resume and not last.is_file():
+    if spec.resume and not last.is_file():
         raise InputError(f"`resume`: no checkpoint to continue from at {last}")
-    trainer.fit(module, datamodule=data.datamodule, ckpt_path=str(last) if resume else None)
-    summary = export_bundle(out, module, data, arch, tile, trainer, checkpoint)
+    trainer.fit(module, datamodule=data.datamodule, ckpt_path=str(last) if spec.resume else None)
+    summary = export_bundle(spec.out, module, data, spec.arch, tile, trainer, checkpoint)
     baselines: dict[str, Any] = {}
     if majority is not None and majority.result:
         baselines["majority"] = {**majority.result, "class": data.classes[majority.result["class"]]}
-    if baseline and trainer.is_global_zero:
+    if spec.baseline and trainer.is_global_zero:
         baselines["pixel_classifier"] = pixel_baseline(data, seed=recipe.seed)
     return {
-        "dataset": name,
+        "dataset": spec.dataset,
         **summary,
         "validation": best_row(epochs, summary["best_epoch"]),
         "baselines": baselines,

@@ -1,4 +1,7 @@
-"""Training data: the torchgeo datasets ``train`` knows, and the user's own rasters and label files.
+"""What ``train`` trains on: the torchgeo datasets it knows, and the user's own rasters and label files.
+
+The datamodules themselves (and the datasets, crops and augmentations they read with) live in
+:mod:`lemevit_geo.pipelines.training.datamodules`; this module chooses and configures them.
 
 :func:`torchgeo_data` sets up a torchgeo datamodule on a dataset folder; :func:`custom_data` builds an
 :class:`~lemevit_geo.pipelines.training.datamodules.OwnDataModule` from the user's images and label rasters (or
