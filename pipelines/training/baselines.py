@@ -17,8 +17,8 @@ import torch
 
 from lemevit_geo.errors import InputError
 from lemevit_geo.pipelines.training.compat import random_sampler
-from lemevit_geo.pipelines.training.train_data import TrainData
 from lemevit_geo.pipelines.training.tasks import dense_metrics
+from lemevit_geo.pipelines.training.train_data import TrainData
 
 #: Windows (pixels) whose per-band mean and standard deviation describe a pixel next to its own values.
 WINDOWS = (5, 15)

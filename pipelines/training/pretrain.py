@@ -22,9 +22,9 @@ from lemevit_geo.choices import Arch, PretrainMethod
 from lemevit_geo.errors import InputError
 from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.training.datamodules import ImageDataModule
-from lemevit_geo.pipelines.training.train_data import expand_paths, raster_dataset, training_stats
 from lemevit_geo.pipelines.training.ssl import METHODS
 from lemevit_geo.pipelines.training.train import make_trainer, run_folder
+from lemevit_geo.pipelines.training.train_data import expand_paths, raster_dataset, training_stats
 from lemevit_geo.settings import Hardware, PretrainRecipe, check_tile_size
 from lemevit_geo.weights import save_backbone
 

@@ -28,6 +28,7 @@ from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.training.baselines import pixel_baseline
 from lemevit_geo.pipelines.training.callbacks import EpochCSV, MajorityBaseline
 from lemevit_geo.pipelines.training.datamodules import TileAugmentation
+from lemevit_geo.pipelines.training.tasks import TASK_MODULES, LeMeViTTask
 from lemevit_geo.pipelines.training.train_data import (
     DATASETS,
     TrainData,
@@ -35,7 +36,6 @@ from lemevit_geo.pipelines.training.train_data import (
     detection_data,
     torchgeo_data,
 )
-from lemevit_geo.pipelines.training.tasks import TASK_MODULES, LeMeViTTask
 from lemevit_geo.settings import Hardware, Recipe, TrainSpec
 
 
