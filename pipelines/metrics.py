@@ -10,8 +10,7 @@
 - Segmentation: confusion matrix, overall accuracy, per-class IoU and mean IoU.
 - Change: precision, recall, F1 and IoU of the change class.
 
-Rotated boxes ``(cx, cy, w, h, angle)`` follow :mod:`lemevit_geo.models.rotated`: radians, the ``w`` side
-along ``(cos a, sin a)`` in a frame with y pointing down.
+Rotated boxes ``(cx, cy, w, h, angle)`` are those of :mod:`lemevit_geo.pipelines.geometry`.
 """
 
 from __future__ import annotations
@@ -24,11 +23,12 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
+from lemevit_geo.pipelines.geometry import box_polygons
+
 __all__ = [
     "average_precision",
     "best_matches",
     "binary_scores",
-    "box_polygons",
     "change_scores",
     "confusion_matrix",
     "detection_ap",
@@ -39,18 +39,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------- detection
-
-
-def box_polygons(boxes: np.ndarray) -> np.ndarray:
-    """Corners ``(N, 4, 2)`` of rotated boxes ``(N, 5)`` ``(cx, cy, w, h, angle)``."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
-    cx, cy, w, h, a = boxes.T
-    cos, sin = np.cos(a), np.sin(a)
-    u = w[:, None] * np.array([-0.5, 0.5, 0.5, -0.5])
-    v = h[:, None] * np.array([-0.5, -0.5, 0.5, 0.5])
-    x = cx[:, None] + u * cos[:, None] - v * sin[:, None]
-    y = cy[:, None] + u * sin[:, None] + v * cos[:, None]
-    return np.stack([x, y], axis=-1)
 
 
 def _geometry(record: Mapping[str, Any]) -> Polygon:

@@ -15,7 +15,8 @@ import torch
 from affine import Affine
 
 from lemevit_geo.choices import Precision
-from lemevit_geo.pipelines.inference.boxes import CUT, EDGE_MARGIN, FOREIGN, OWNED, BoxMerger, box_features
+from lemevit_geo.pipelines.geometry import EDGE_MARGIN, box_features
+from lemevit_geo.pipelines.inference.boxes import CUT, FOREIGN, OWNED, BoxMerger
 from lemevit_geo.pipelines.inference.detect import detect
 from lemevit_geo.pipelines.inference.engine import TileData
 from lemevit_geo.pipelines.inference.tiling import TileGrid, ownership

@@ -12,7 +12,7 @@ import shapely
 import torch
 from affine import Affine
 
-from lemevit_geo.pipelines.metrics import box_polygons
+from lemevit_geo.pipelines.geometry import box_polygons, pixel_boxes
 from lemevit_geo.pipelines.training.datamodules import (
     KEEP_INSIDE,
     DetectionCrops,
@@ -21,7 +21,7 @@ from lemevit_geo.pipelines.training.datamodules import (
     flip_rotate,
     read_dota_annotation,
 )
-from lemevit_geo.pipelines.training.train_data import detection_data, pixel_boxes
+from lemevit_geo.pipelines.training.train_data import detection_data
 from tests.conftest import CRS, GSD, ORIGIN, cli_error, write_raster
 from tests.fake_datasets import DOTA_CLASSES, make_dota
 from tests.standins import blob_boxes, paint

@@ -27,7 +27,8 @@ from lemevit_geo.models.rotated import (
     probiou_loss,
     regularize_boxes,
 )
-from lemevit_geo.pipelines.metrics import box_polygons, detection_ap, rows_to_detections
+from lemevit_geo.pipelines.geometry import box_polygons
+from lemevit_geo.pipelines.metrics import detection_ap, rows_to_detections
 
 TINY_HEAD = dict(fpn_channels=32, num_convs=1)
 

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+from lemevit_geo.pipelines.geometry import box_polygons
 from lemevit_geo.pipelines.metrics import (
     average_precision,
-    box_polygons,
     change_scores,
     confusion_matrix,
     detection_ap,

@@ -169,7 +169,7 @@ def _write_objects(path: Path, objects: list[tuple]) -> Path:
     import geopandas as gpd
     import shapely
 
-    from lemevit_geo.pipelines.metrics import box_polygons
+    from lemevit_geo.pipelines.geometry import box_polygons
 
     transform = from_origin(*ORIGIN, GSD, GSD)
     boxes = np.array([o[:5] for o in objects], dtype=np.float64).reshape(-1, 5)

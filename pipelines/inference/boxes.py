@@ -1,4 +1,4 @@
-"""Oriented boxes across tiles: the sink of ``detect``, and box geometry in map terms.
+"""Oriented boxes across tiles: the sink of ``detect`` (box geometry: :mod:`lemevit_geo.pipelines.geometry`).
 
 Within a tile the model has already dropped low scores and run rotated NMS per class. :class:`BoxMerger`
 puts the tiles' boxes together on the scene's grid, in grid order, holding at most two tile rows of boxes:
@@ -24,30 +24,23 @@ puts the tiles' boxes together on the scene's grid, in grid order, holding at mo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import geopandas as gpd
 import numpy as np
 import shapely
-from affine import Affine
 
+from lemevit_geo.pipelines.geometry import EDGE_MARGIN, box_polygons, rectangle_boxes
 from lemevit_geo.pipelines.inference.engine import TileData
 from lemevit_geo.pipelines.inference.tiling import Tile, TileGrid, ownership
-from lemevit_geo.pipelines.metrics import box_polygons
 
 #: Tiers of a box: whole and centred in the tile's own part; whole but centred in a neighbour's; cut.
 OWNED, FOREIGN, CUT = 0, 1, 2
-#: A box reaching this close (px) to an inner tile edge may be cut by it.
-EDGE_MARGIN = 2.0
 #: A cut box more than this share of which lies in a better box is a fragment of it.
 FRAGMENT = 0.5
 #: Overlapping cut boxes of one class are pieces of one object when their union fills this share of the
 #: smallest rectangle around it.
 PIECES = 0.9
-#: Columns of the vector output, besides the geometry.
-COLUMNS = ["class_id", "class_name", "score", "angle", "length", "width", "area"]
 
 
 @dataclass
@@ -115,24 +108,6 @@ class Axis:
     def inner(self, i: int) -> tuple[bool, bool]:
         """Whether the tile's low and high edges on this axis are inner edges (a neighbour lies beyond)."""
         return i > 0, i < len(self.offsets) - 1
-
-
-def overlap_for(extent: float, tile: int) -> int:
-    """The tile overlap (px) that lets one tile see an object of ``extent`` px along x and y whole and away
-    from its edges (:data:`EDGE_MARGIN`), rounded up to 8 px, at most half the tile."""
-    need = math.ceil((extent + 2 * EDGE_MARGIN + 2) / 8) * 8
-    return int(min(max(need, 8), tile // 2))
-
-
-def rectangle_boxes(corners: np.ndarray) -> np.ndarray:
-    """Boxes ``(N, 5)`` of rectangles given by their corners ``(N, 4, 2)`` (in ring order), named with
-    ``w >= h`` and the angle in ``[-pi/2, pi/2)``."""
-    s1, s2 = corners[:, 1] - corners[:, 0], corners[:, 3] - corners[:, 0]
-    w, h = np.hypot(s1[:, 0], s1[:, 1]), np.hypot(s2[:, 0], s2[:, 1])
-    side = np.where((w >= h)[:, None], s1, s2)
-    angle = (np.arctan2(side[:, 1], side[:, 0]) + np.pi / 2) % np.pi - np.pi / 2
-    centre = corners.mean(1)
-    return np.stack([centre[:, 0], centre[:, 1], np.maximum(w, h), np.minimum(w, h), angle], axis=1)
 
 
 def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -331,39 +306,3 @@ class BoxMerger:
             self.counts["written"] += len(out)
             self.counts["partial"] += int((out.tier == CUT).sum())
             self.write(out.rows)
-
-
-# ------------------------------------------------------------------------------------------ map geometry
-
-
-def box_features(rows: np.ndarray, transform: Affine, classes: Sequence[str], crs: object | None) -> gpd.GeoDataFrame:
-    """Boxes ``(N, 7)`` in scene pixels as polygons in map coordinates, with their measures.
-
-    The corners are mapped through ``transform`` (any affine grid: north-up, y-flipped, rotated or with
-    non-square pixels) and measured there: ``length`` is the longer side, ``width`` the area divided by it
-    (the shorter side for a rectangle; grids with non-square pixels turn rotated rectangles into
-    parallelograms), ``area`` in CRS units squared, and ``angle`` the direction of the longer side in
-    degrees counter-clockwise from the map's x axis (east), in ``[0, 180)``. Rings run counter-clockwise.
-    """
-    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 7)
-    px = box_polygons(rows[:, :5])
-    a, b, c, d, e, f = (transform.a, transform.b, transform.c, transform.d, transform.e, transform.f)
-    pts = np.stack([a * px[..., 0] + b * px[..., 1] + c, d * px[..., 0] + e * px[..., 1] + f], axis=-1)
-    s1, s2 = pts[:, 1] - pts[:, 0], pts[:, 3] - pts[:, 0]
-    l1, l2 = np.hypot(s1[:, 0], s1[:, 1]), np.hypot(s2[:, 0], s2[:, 1])
-    cross = s1[:, 0] * s2[:, 1] - s1[:, 1] * s2[:, 0]
-    length = np.maximum(l1, l2)
-    long_side = np.where((l1 >= l2)[:, None], s1, s2)
-    angle = np.degrees(np.arctan2(long_side[:, 1], long_side[:, 0])) % 180.0
-    pts = np.where((cross < 0)[:, None, None], pts[:, ::-1], pts)  # counter-clockwise rings
-    ids = rows[:, 6].astype(np.int64)
-    table = {
-        "class_id": ids,
-        "class_name": [classes[i] for i in ids],
-        "score": rows[:, 5],
-        "angle": np.where(angle >= 180.0 - 1e-9, 0.0, angle),
-        "length": length,
-        "width": np.abs(cross) / np.maximum(length, 1e-300),
-        "area": np.abs(cross),
-    }
-    return gpd.GeoDataFrame(table, columns=COLUMNS, geometry=shapely.polygons(pts), crs=crs)

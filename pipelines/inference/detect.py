@@ -22,7 +22,8 @@ import torch
 from lemevit_geo.bundle import BundleConfig
 from lemevit_geo.choices import Stitch, Task
 from lemevit_geo.errors import InputError
-from lemevit_geo.pipelines.inference.boxes import BoxMerger, box_features
+from lemevit_geo.pipelines.geometry import box_features
+from lemevit_geo.pipelines.inference.boxes import BoxMerger
 from lemevit_geo.pipelines.inference.dense import run_summary
 from lemevit_geo.pipelines.inference.engine import BackgroundSink, Progress, Runtime, TileReader, eager_model, run_tiles
 from lemevit_geo.pipelines.inference.plan import (

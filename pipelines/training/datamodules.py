@@ -19,8 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lemevit_geo.errors import InputError
-from lemevit_geo.pipelines.inference.boxes import rectangle_boxes
-from lemevit_geo.pipelines.metrics import box_polygons
+from lemevit_geo.pipelines.geometry import box_polygons, rectangle_boxes
 from lemevit_geo.pipelines.training.compat import grid_sampler, random_sampler
 
 #: Label value ignored by losses and metrics of own data.

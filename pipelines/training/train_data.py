@@ -32,7 +32,7 @@ import torch
 from lemevit_geo.bundle import CHANGE_CLASSES
 from lemevit_geo.choices import Task
 from lemevit_geo.errors import InputError
-from lemevit_geo.pipelines.inference.boxes import overlap_for
+from lemevit_geo.pipelines.geometry import largest_extent, overlap_for, pixel_boxes, to_pixels
 from lemevit_geo.pipelines.training.compat import random_sampler
 from lemevit_geo.pipelines.training.datamodules import (
     IGNORE,
@@ -591,31 +591,9 @@ def _detection_images(files: list[str]) -> list[dict[str, Any]]:
     return infos
 
 
-def _to_pixels(geoms: np.ndarray, transform: rasterio.Affine) -> np.ndarray:
-    """Geometries in map coordinates to the pixel frame of ``transform``."""
-    inv = ~transform
-    return shapely.transform(
-        geoms,
-        lambda xy: np.column_stack(
-            [inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c, inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f]
-        ),
-    )
-
-
-def pixel_boxes(geoms: np.ndarray, transform: rasterio.Affine) -> np.ndarray:
-    """Each polygon's smallest rotated rectangle in the pixel frame of ``transform``, as boxes ``(N, 5)``."""
-    from lemevit_geo.pipelines.inference.boxes import rectangle_boxes
-
-    rects = shapely.oriented_envelope(_to_pixels(geoms, transform))
-    corners = (
-        np.stack([np.asarray(shapely.get_coordinates(r))[:4] for r in rects]) if len(rects) else np.zeros((0, 4, 2))
-    )
-    return rectangle_boxes(corners)
-
-
 def _pixel_region(info: dict[str, Any], roi: shapely.Polygon, tile: int) -> tuple[int, int, int, int] | None:
     """The whole-pixel rectangle of an image inside ``roi`` (map coordinates), if at least a tile wide."""
-    part = _to_pixels(np.array([roi]), info["transform"])[0]
+    part = to_pixels(np.array([roi]), info["transform"])[0]
     x0, y0, x1, y1 = part.bounds
     x0, y0 = max(0, math.ceil(x0 - 1e-6)), max(0, math.ceil(y0 - 1e-6))
     x1, y1 = min(info["width"], math.floor(x1 + 1e-6)), min(info["height"], math.floor(y1 + 1e-6))
@@ -668,13 +646,6 @@ def _objects(polys: Any, infos: list[dict[str, Any]], names: list[str]) -> tuple
         footprints.append(footprint)
         found |= inside
     return objects, footprints, found
-
-
-def largest_extent(boxes: Sequence[np.ndarray]) -> float:
-    """The largest extent along x or y (px) of any of the boxes ``(N, 5)``."""
-    from lemevit_geo.pipelines.metrics import box_polygons
-
-    return max((float(np.ptp(box_polygons(b), axis=1).max()) for b in boxes if len(b)), default=0.0)
 
 
 def detection_data(
