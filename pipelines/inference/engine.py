@@ -411,14 +411,6 @@ def forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype
     return out.float()
 
 
-def run_model(model: torch.nn.Module, batch: np.ndarray, device: torch.device, dtype: torch.dtype) -> np.ndarray:
-    """Run ``model`` on a float32 numpy batch and return float32 numpy outputs."""
-    x = torch.from_numpy(batch)
-    if device.type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
-    return forward(model, x, device, dtype).cpu().numpy()
-
-
 def run_tiles(
     reader: Iterator[TileData],
     model: torch.nn.Module,
