@@ -479,7 +479,6 @@ RUNS: dict[str, dict[str, Any]] = {
     "new_lr3e-4": {"recipe": {**NEW, "lr": 3e-4}},
     "new_lr2e-3": {"recipe": {**NEW, "lr": 2e-3}},
     "new_wd01": {"recipe": {**NEW, "weight_decay": 0.01}},
-    "new_jitter": {"recipe": {**NEW, "scale_jitter": 0.2, "band_jitter": 0.1}},
     "new_dp02": {"recipe": {**NEW, "drop_path": 0.2}},
     "new_t128": {"tile_size": 128, "batch_size": 4, "recipe": NEW},
     # after pretraining

@@ -177,13 +177,9 @@ class Recipe:
             head next to the decoder (0: none, the plain UPerNet).
         class_balance: Loss weight per class ``(median frequency / frequency) ** class_balance`` from the
             training region's labels (0: plain cross-entropy; own data only).
-        early_stop: Stop after this many epochs without a better validation metric (0: never).
         augment: Random flips and 90-degree rotations of training tiles (own data: the same for the image,
             both dates of a change pair and the mask; detection crops turn with their boxes). torchgeo datasets
             keep their datamodules' augmentations, so ``False`` is refused there.
-        scale_jitter: Random zoom of training tiles by up to this share (own data; not detection).
-        band_jitter: Random per-band brightness and contrast change of up to this many standard deviations /
-            this share (own data).
         seed: Random seed of sampling, augmentation and initialisation.
     """
 
@@ -198,10 +194,7 @@ class Recipe:
     decoder_channels: int = 256
     pixel_channels: int = 0
     class_balance: float = 0.0
-    early_stop: int = 0
     augment: bool = True
-    scale_jitter: float = 0.0
-    band_jitter: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -211,10 +204,10 @@ class Recipe:
                 raise InputError(f"`{name}` must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise InputError(f"`lr` must be positive, got {self.lr}")
-        for name in ("weight_decay", "class_balance", "pixel_channels", "early_stop", "scale_jitter", "band_jitter"):
+        for name in ("weight_decay", "class_balance", "pixel_channels"):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise InputError(f"`{name}` must be at least 0, got {getattr(self, name)}")
-        for name in ("warmup", "drop_path", "scale_jitter"):
+        for name in ("warmup", "drop_path"):
             if not 0 <= getattr(self, name) < 1:
                 raise InputError(f"`{name}` must be at least 0 and below 1, got {getattr(self, name)}")
 

@@ -26,7 +26,6 @@ from timm.layers import trunc_normal_
 
 from lemevit_geo.models import LeMeViT
 from lemevit_geo.pipelines.training.compat import MoCoTask, SimCLRTask
-from lemevit_geo.pipelines.training.datamodules import BandJitter
 from lemevit_geo.pipelines.training.tasks import adamw_cosine
 
 #: Side of the square patches SimMIM hides, in pixels (a multiple of the stem's stride, 4).
@@ -94,6 +93,20 @@ class SimMIM(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         return adamw_cosine(self, hp["lr"], hp["weight_decay"], hp["warmup"])
+
+
+class BandJitter(torch.nn.Module):
+    """Per-band brightness and contrast of normalised images ``(B, C, H, W)``: ``x * (1 + a) + b`` with ``a`` and
+    ``b`` drawn uniformly from ``[-amount, amount]`` for each band of each image."""
+
+    def __init__(self, amount: float) -> None:
+        super().__init__()
+        self.amount = amount
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        uniform = 2 * torch.rand(2, *image.shape[:2], 1, 1, device=image.device, dtype=image.dtype) - 1
+        gain, bias = (self.amount * uniform).unbind()
+        return image * (1 + gain) + bias
 
 
 def contrastive_views(size: int) -> nn.Module:
