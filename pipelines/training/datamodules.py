@@ -134,6 +134,16 @@ class MillionAIDDataModule(L.LightningDataModule):
         return batch
 
 
+def sampled_loader(dm: Any, sampler: Any) -> DataLoader:
+    """A loader of the samples a torchgeo ``sampler`` picks from a datamodule's geospatial ``dataset``, in
+    batches of its ``batch_size`` (:class:`OwnDataModule`, :class:`ImageDataModule`)."""
+    from torchgeo.datasets import stack_samples
+
+    return DataLoader(
+        dm.dataset, batch_size=dm.batch_size, sampler=sampler, num_workers=dm.num_workers, collate_fn=stack_samples
+    )
+
+
 class OwnDataModule(L.LightningDataModule):
     """The user's rasters: random tiles from a training region, a tile grid over a disjoint validation region.
 
@@ -177,22 +187,11 @@ class OwnDataModule(L.LightningDataModule):
         self.mean = torch.zeros(1)
         self.std = torch.ones(1)
 
-    def _loader(self, sampler: Any) -> DataLoader:
-        from torchgeo.datasets import stack_samples
-
-        return DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=stack_samples,
-        )
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader(random_sampler(self.dataset, self.tile_size, self.length, self.train_roi))
+        return sampled_loader(self, random_sampler(self.dataset, self.tile_size, self.length, self.train_roi))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_sampler())
+        return sampled_loader(self, self.val_sampler())
 
     def val_sampler(self) -> Any:
         """A tile grid that covers the validation region and stays inside it (neighbours overlap as needed)."""
@@ -265,16 +264,7 @@ class ImageDataModule(L.LightningDataModule):
         self.augmentation = TileAugmentation()
 
     def train_dataloader(self) -> DataLoader:
-        from torchgeo.datasets import stack_samples
-
-        sampler = random_sampler(self.dataset, self.tile_size, self.length, self.train_roi)
-        return DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=stack_samples,
-        )
+        return sampled_loader(self, random_sampler(self.dataset, self.tile_size, self.length, self.train_roi))
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         image = batch["image"].float()
