@@ -72,8 +72,32 @@ def load_data(
         return torchgeo_data(name, Path(root), recipe.batch_size, tile, hardware.num_workers), tile
     wanted = Task(task) if task else Task.change if own.get("before") is not None else Task.segment
     if wanted == Task.detect:
+        if own.get("before") is not None or own.get("after") is not None:
+            raise InputError("detection training takes `images` and `labels` (polygons), not `before`/`after`")
+        if recipe.class_balance:
+            raise InputError(
+                "`class_balance` applies to segment, change and classify: it weighs pixel classes, and detection "
+                "training has boxes"
+            )
+        if recipe.schedule != Schedule.cosine or recipe.warmup != Recipe().warmup:
+            raise InputError(
+                "`schedule` and `warmup` do not apply to detection training: it warms up over 10 % of the steps "
+                "(at most 500) and decays by cosine"
+            )
         tile = tile_size or DEFAULT_TILE[wanted]
-        return own_detection_data(own, tile, val_fraction, recipe, hardware), tile
+        data = detection_data(
+            images=own.get("images"),
+            labels=own.get("labels"),
+            label_column=own.get("label_column"),
+            classes=own.get("classes"),
+            tile_size=tile,
+            batch_size=recipe.batch_size,
+            num_workers=hardware.num_workers,
+            val_fraction=val_fraction,
+            length=recipe.steps_per_epoch * recipe.batch_size,
+            augment=recipe.augment,
+        )
+        return data, tile
     augmentation = TileAugmentation() if recipe.augment else None
     data = custom_data(
         **own,
@@ -90,36 +114,6 @@ def load_data(
     if data.task != wanted:
         raise InputError(f"`task` {wanted.value} does not fit the data given (it makes a {data.task.value} model)")
     return data, int(data.tile_size or tile_size or DEFAULT_TILE[wanted])
-
-
-def own_detection_data(
-    own: dict[str, Any], tile: int, val_fraction: float, recipe: Recipe, hardware: Hardware
-) -> TrainData:
-    """Detection training data from own images and polygons; refuses the options that only dense tasks have."""
-    if own.get("before") is not None or own.get("after") is not None:
-        raise InputError("detection training takes `images` and `labels` (polygons), not `before`/`after`")
-    if recipe.class_balance:
-        raise InputError(
-            "`class_balance` applies to segment, change and classify: it weighs pixel classes, and detection "
-            "training has boxes"
-        )
-    if recipe.schedule != Schedule.cosine or recipe.warmup != Recipe().warmup:
-        raise InputError(
-            "`schedule` and `warmup` do not apply to detection training: it warms up over 10 % of the steps "
-            "(at most 500) and decays by cosine"
-        )
-    return detection_data(
-        images=own.get("images"),
-        labels=own.get("labels"),
-        label_column=own.get("label_column"),
-        classes=own.get("classes"),
-        tile_size=tile,
-        batch_size=recipe.batch_size,
-        num_workers=hardware.num_workers,
-        val_fraction=val_fraction,
-        length=recipe.steps_per_epoch * recipe.batch_size,
-        augment=recipe.augment,
-    )
 
 
 def check_torchgeo_recipe(recipe: Recipe) -> None:
@@ -358,7 +352,11 @@ def _train(
     if baseline and name != "custom":
         raise InputError("`baseline` applies to own data (`dataset` custom)")
     module = make_module(data, arch, backbone_weights, freeze_backbone, recipe, head)
-    majority = majority_baseline(data)
+    extra: list[L.Callback] = []
+    majority = None
+    if data.task != Task.detect:
+        majority = MajorityBaseline(len(data.classes), data.ignore_index, dense=data.task != Task.classify)
+        extra.append(majority)
     trainer, checkpoint, epochs = make_trainer(
         run_dir,
         type(module).monitor_metric,
@@ -366,44 +364,26 @@ def _train(
         hardware,
         fast_dev_run=fast_dev_run,
         progress=progress,
-        extra=[majority] if majority is not None else [],
+        extra=extra,
     )
-    trainer.fit(module, datamodule=data.datamodule, ckpt_path=resume_checkpoint(run_dir) if resume else None)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise InputError(f"`resume`: no checkpoint to continue from at {last}")
+    trainer.fit(module, datamodule=data.datamodule, ckpt_path=str(last) if resume else None)
     summary = export_bundle(out, module, data, arch, tile, trainer, checkpoint)
+    baselines: dict[str, Any] = {}
+    if majority is not None and majority.result:
+        baselines["majority"] = {**majority.result, "class": data.classes[majority.result["class"]]}
+    if baseline and trainer.is_global_zero:
+        baselines["pixel_classifier"] = pixel_baseline(data, seed=recipe.seed)
     return {
         "dataset": name,
         **summary,
         "validation": best_row(epochs, summary["best_epoch"]),
-        "baselines": run_baselines(data, majority, baseline and trainer.is_global_zero, recipe.seed),
+        "baselines": baselines,
         "metrics_csv": str(epochs.path) if epochs.path.exists() else None,
         "seconds": round(time.perf_counter() - start, 1),
     }
-
-
-def majority_baseline(data: TrainData) -> MajorityBaseline | None:
-    """The callback that scores predicting the training labels' majority class (not for detection)."""
-    if data.task == Task.detect:
-        return None
-    return MajorityBaseline(len(data.classes), data.ignore_index, dense=data.task != Task.classify)
-
-
-def resume_checkpoint(run_dir: Path) -> str:
-    """The run folder's last checkpoint, to resume from; refused if there is none."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise InputError(f"`resume`: no checkpoint to continue from at {last}")
-    return str(last)
-
-
-def run_baselines(data: TrainData, majority: MajorityBaseline | None, pixel: bool, seed: int) -> dict[str, Any]:
-    """What the model is compared with: the majority class on the validation pixels (its callback's result) and,
-    with ``pixel``, the per-pixel classifier fitted now."""
-    baselines: dict[str, Any] = {}
-    if majority is not None and majority.result:
-        baselines["majority"] = {**majority.result, "class": data.classes[majority.result["class"]]}
-    if pixel:
-        baselines["pixel_classifier"] = pixel_baseline(data, seed=seed)
-    return baselines
 
 
 def best_row(epochs: EpochCSV, epoch: int | None) -> dict[str, float]:
