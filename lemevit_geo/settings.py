@@ -8,8 +8,10 @@ rasterio) so ``--help`` stays fast.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lemevit_geo.choices import Compile, Precision, Schedule, Stitch
 from lemevit_geo.errors import InputError
@@ -153,6 +155,23 @@ class Detection:
             object.__setattr__(self, "classes", tuple(self.classes))
 
 
+def check_recipe(recipe: Any, counts: Sequence[str], at_least_zero: Sequence[str], shares: Sequence[str]) -> None:
+    """Refuse a recipe (:class:`Recipe`, :class:`PretrainRecipe`) whose ``counts`` are below 1, whose ``lr`` is
+    not positive, whose ``at_least_zero`` fields are negative, or whose ``shares`` are outside [0, 1) (NaN
+    fails every test)."""
+    for name in counts:
+        if getattr(recipe, name) < 1:
+            raise InputError(f"`{name}` must be at least 1, got {getattr(recipe, name)}")
+    if not recipe.lr > 0:
+        raise InputError(f"`lr` must be positive, got {recipe.lr}")
+    for name in at_least_zero:
+        if not getattr(recipe, name) >= 0:  # also refuses NaN
+            raise InputError(f"`{name}` must be at least 0, got {getattr(recipe, name)}")
+    for name in shares:
+        if not 0 <= getattr(recipe, name) < 1:
+            raise InputError(f"`{name}` must be at least 0 and below 1, got {getattr(recipe, name)}")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How a model is trained.
@@ -199,17 +218,12 @@ class Recipe:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schedule", Schedule(self.schedule))
-        for name in ("epochs", "steps_per_epoch", "batch_size", "decoder_channels"):
-            if getattr(self, name) < 1:
-                raise InputError(f"`{name}` must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise InputError(f"`lr` must be positive, got {self.lr}")
-        for name in ("weight_decay", "class_balance", "pixel_channels"):
-            if not getattr(self, name) >= 0:  # also refuses NaN
-                raise InputError(f"`{name}` must be at least 0, got {getattr(self, name)}")
-        for name in ("warmup", "drop_path"):
-            if not 0 <= getattr(self, name) < 1:
-                raise InputError(f"`{name}` must be at least 0 and below 1, got {getattr(self, name)}")
+        check_recipe(
+            self,
+            counts=("epochs", "steps_per_epoch", "batch_size", "decoder_channels"),
+            at_least_zero=("weight_decay", "class_balance", "pixel_channels"),
+            shares=("warmup", "drop_path"),
+        )
 
 
 @dataclass(frozen=True)
@@ -237,16 +251,12 @@ class PretrainRecipe:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "steps_per_epoch", "batch_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"`{name}` must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise InputError(f"`lr` must be positive, got {self.lr}")
-        if not self.weight_decay >= 0:
-            raise InputError(f"`weight_decay` must be at least 0, got {self.weight_decay}")
-        for name in ("warmup", "mask_ratio"):
-            if not 0 <= getattr(self, name) < 1:
-                raise InputError(f"`{name}` must be at least 0 and below 1, got {getattr(self, name)}")
+        check_recipe(
+            self,
+            counts=("epochs", "steps_per_epoch", "batch_size"),
+            at_least_zero=("weight_decay",),
+            shares=("warmup", "mask_ratio"),
+        )
 
 
 @dataclass(frozen=True)
