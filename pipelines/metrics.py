@@ -124,46 +124,6 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, use_07: bool = 
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
-def _best_overlaps(
-    ranked: Sequence[Mapping[str, Any]], polys: Mapping[Hashable, list[Polygon]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """For each detection, the index of the best-overlapping ground truth of its image (-1: none) and its IoU."""
-    rows: dict[Hashable, list[int]] = defaultdict(list)
-    for k, d in enumerate(ranked):
-        rows[d["image"]].append(k)
-    best = np.full(len(ranked), -1)
-    best_iou = np.zeros(len(ranked))
-    for im, ks in rows.items():
-        if polys.get(im):
-            best[ks], best_iou[ks] = best_matches([_geometry(ranked[k]) for k in ks], polys[im])
-    return best, best_iou
-
-
-def _hits(
-    ranked: Sequence[Mapping[str, Any]],
-    polys: Mapping[Hashable, list[Polygon]],
-    difficult: Mapping[Hashable, np.ndarray],
-    iou: float,
-) -> tuple[list[int], list[int]]:
-    """True and false positive flags of the detections of one class, best score first (a detection matched
-    to a difficult ground truth is left out of both; a second detection of an object is a false positive)."""
-    best, best_iou = _best_overlaps(ranked, polys)
-    tp, fp = [], []
-    matched = {im: np.zeros(len(p), dtype=bool) for im, p in polys.items()}
-    for k, d in enumerate(ranked):
-        j = best[k]
-        if j < 0 or best_iou[k] <= iou:
-            tp.append(0), fp.append(1)
-        elif difficult[d["image"]][j]:
-            continue  # matched to a difficult object: neither true nor false positive
-        elif not matched[d["image"]][j]:
-            matched[d["image"]][j] = True
-            tp.append(1), fp.append(0)
-        else:
-            tp.append(0), fp.append(1)  # a duplicate
-    return tp, fp
-
-
 def detection_ap(
     detections: Iterable[Mapping[str, Any]],
     ground_truths: Iterable[Mapping[str, Any]],
@@ -201,7 +161,28 @@ def detection_ap(
         npos = int(sum((~f).sum() for f in difficult.values()))
         ranked = sorted(dets.get(c, []), key=lambda d: -float(d["score"]))
         num_gt[c], num_det[c] = npos, len(ranked)
-        tp, fp = _hits(ranked, polys, difficult, iou)
+        # the best-overlapping ground truth of its image for each detection
+        rows: dict[Hashable, list[int]] = defaultdict(list)
+        for k, d in enumerate(ranked):
+            rows[d["image"]].append(k)
+        best = np.full(len(ranked), -1)
+        best_iou = np.zeros(len(ranked))
+        for im, ks in rows.items():
+            if polys.get(im):
+                best[ks], best_iou[ks] = best_matches([_geometry(ranked[k]) for k in ks], polys[im])
+        tp, fp = [], []
+        matched = {im: np.zeros(len(p), dtype=bool) for im, p in polys.items()}
+        for k, d in enumerate(ranked):
+            j = best[k]
+            if j < 0 or best_iou[k] <= iou:
+                tp.append(0), fp.append(1)
+            elif difficult[d["image"]][j]:
+                continue  # matched to a difficult object: neither true nor false positive
+            elif not matched[d["image"]][j]:
+                matched[d["image"]][j] = True
+                tp.append(1), fp.append(0)
+            else:
+                tp.append(0), fp.append(1)  # a duplicate
         ctp, cfp = np.cumsum(tp), np.cumsum(fp)
         if npos == 0:
             ap[c], recall[c] = float("nan"), float("nan")
