@@ -8,6 +8,7 @@ finds nothing is caught too."""
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,9 @@ class Module:
     tree: ast.Module
 
 
-def library_modules(root: Path) -> list[Module]:
-    """Every ``.py`` file of the library folders under ``root``, parsed."""
+@functools.cache
+def library_modules(root: Path) -> tuple[Module, ...]:
+    """Every ``.py`` file of the library folders under ``root``, parsed (once per root)."""
     modules = []
     for folder, package in LIBRARY.items():
         for path in sorted((root / folder).rglob("*.py")):
@@ -58,7 +60,7 @@ def library_modules(root: Path) -> list[Module]:
                 parts = parts[:-1]
             name = ".".join([package, *parts])
             modules.append(Module(path.relative_to(root), name, ast.parse(path.read_text(), str(path))))
-    return modules
+    return tuple(modules)
 
 
 # -- long functions ---------------------------------------------------------------------------------------------
