@@ -42,7 +42,7 @@ from lemevit_geo.models.factory import head_options
 from lemevit_geo.pipelines.inference.change import change
 from lemevit_geo.pipelines.inference.dense import dense_predict
 from lemevit_geo.pipelines.inference.detect import detect
-from lemevit_geo.pipelines.inference.engine import Runtime, SourceSpec, TileReader, run_model
+from lemevit_geo.pipelines.inference.engine import Runtime, SourceSpec, TileReader, forward
 from lemevit_geo.pipelines.inference.segment import segment
 from lemevit_geo.pipelines.inference.tiling import TileGrid
 from lemevit_geo.raster import inspect_source
@@ -53,6 +53,15 @@ from tests.standins import CLASSES as OBJECT_CLASSES  # noqa: E402
 from tests.standins import BlobDetector, blob_config  # noqa: E402
 
 CLASSES = ["water", "vegetation", "built-up", "bare", "road", "other"]
+
+
+def run_model(model: torch.nn.Module, batch: np.ndarray, device: torch.device, dtype: torch.dtype) -> np.ndarray:
+    """Run ``model`` on a float32 numpy batch and return float32 numpy outputs (the model-only timing: no
+    reader, stitcher or writer; the tool itself runs batches through ``engine.run_tiles``)."""
+    x = torch.from_numpy(batch)
+    if device.type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    return forward(model, x, device, dtype).cpu().numpy()
 
 
 def _write_strips(path: Path, size: int, strip: Callable[[int, int], np.ndarray]) -> Path:

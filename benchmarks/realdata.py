@@ -17,10 +17,12 @@ Steps (each a function, and a sub-command):
 - ``baselines``: majority class and per-pixel random forests, trained on TRAIN's labelled pixels and
   scored on TEST's.
 - ``deep``: today's ``train --dataset custom`` (the ``train()`` function) on TRAIN only (its own
-  internal validation strip), then ``segment`` on TEST, scored with the same code. ``--recipe`` names
-  experimental small-data recipes (augmentation, weight decay, drop path, decoder width, warm-up +
-  cosine, class-balanced loss, early stopping); these run through this file's own Lightning loop, which
-  reuses the training pipeline's data module and task module and leaves ``pipelines/training/train.py`` as is.
+  internal validation strip), then ``segment`` on TEST, scored with the same code. ``--run`` names
+  recipes of ``train`` (:data:`RUNS`: augmentation, weight decay, drop path, decoder width, warm-up +
+  cosine, class-balanced loss, pretrained backbones).
+
+Scores come from the library's metrics (``pipelines/metrics.py``) and the context forest's features from
+``train --baseline``'s (``pipelines/training/baselines.py``), so the figures here and the tool's agree.
 
 ``python benchmarks/realdata.py all --json`` runs everything; see ``benchmarks/REALDATA_NOTES.md``.
 """
@@ -344,23 +346,22 @@ def prepare(cache: Path = DEFAULT_CACHE, scenes: list[str] | None = None) -> lis
 
 
 def score(pred: np.ndarray, truth: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """OA, per-class IoU and mIoU over the labelled pixels of ``truth`` (unknown = 255 is skipped).
+    """OA, per-class IoU and mIoU over the labelled pixels of ``truth`` (unknown = 255 is skipped), with the
+    library's metrics (``pipelines/metrics.py``, as ``evaluate`` and training use them).
 
-    A predicted nodata pixel (255) on a labelled pixel counts as wrong. mIoU averages the classes
-    present in ``truth``.
+    A predicted nodata pixel (255) on a labelled pixel counts as wrong: it is scored as an extra class that
+    no truth has. mIoU averages the classes present in ``truth``.
     """
-    keep = truth != UNKNOWN
-    t, p = truth[keep].astype(np.int64), pred[keep].astype(np.int64)
+    from lemevit_geo.pipelines.metrics import confusion_matrix, segmentation_scores
+
     k = len(classes)
-    p = np.where(p < k, p, k)  # nodata / out of range: an extra "wrong" column
-    cm = np.bincount(t * (k + 1) + p, minlength=k * (k + 1)).reshape(k, k + 1)
-    tp = np.diag(cm[:, :k])
-    fp = cm[:, :k].sum(0) - tp
-    fn = cm.sum(1) - tp
-    present = cm.sum(1) > 0
-    iou = np.where(present, tp / np.maximum(tp + fp + fn, 1), np.nan)
+    wrong = np.where(pred < k, pred, k)  # nodata / out of range: an extra "wrong" class
+    cm = confusion_matrix(wrong, np.where(truth < k, truth, UNKNOWN), k + 1)
+    scores = segmentation_scores(cm)
+    present = cm[:k].sum(1) > 0
+    iou = np.where(present, np.asarray(scores["IoU"][:k], dtype=float), np.nan)
     return {
-        "OA": round(float(tp.sum() / max(cm.sum(), 1)), 4),
+        "OA": round(scores["OA"], 4),
         "mIoU": round(float(np.nanmean(iou)), 4),
         "IoU": {n: (None if math.isnan(v) else round(float(v), 4)) for n, v in zip(classes, iou, strict=True)},
         "pixels": int(cm.sum()),
@@ -385,18 +386,13 @@ def _read(path: Path) -> np.ndarray:
 
 
 def pixel_features(image: np.ndarray, context: bool) -> np.ndarray:
-    """(H*W, F) per-pixel features: raw band values, plus (``context``) 5x5 and 15x15 local mean and std."""
-    feats = [image.astype(np.float32)]
+    """(H*W, F) per-pixel features: raw band values, plus (``context``) the 5x5 and 15x15 local mean and std
+    of ``train --baseline`` (:func:`lemevit_geo.pipelines.training.baselines.pixel_features`)."""
     if context:
-        from scipy.ndimage import uniform_filter
+        from lemevit_geo.pipelines.training.baselines import pixel_features as context_features
 
-        for size in (5, 15):
-            x = image.astype(np.float32)
-            mean = uniform_filter(x, size=(1, size, size), mode="reflect")
-            sq = uniform_filter(x * x, size=(1, size, size), mode="reflect")
-            feats += [mean, np.sqrt(np.maximum(sq - mean * mean, 0))]
-    stack = np.concatenate(feats)
-    return stack.reshape(stack.shape[0], -1).T
+        return context_features(image)
+    return image.astype(np.float32).reshape(image.shape[0], -1).T
 
 
 RF_SETTINGS = {"n_estimators": 100, "max_features": "sqrt", "min_samples_leaf": 1, "n_jobs": 2, "random_state": 0}
@@ -483,7 +479,6 @@ RUNS: dict[str, dict[str, Any]] = {
     "new_lr3e-4": {"recipe": {**NEW, "lr": 3e-4}},
     "new_lr2e-3": {"recipe": {**NEW, "lr": 2e-3}},
     "new_wd01": {"recipe": {**NEW, "weight_decay": 0.01}},
-    "new_jitter": {"recipe": {**NEW, "scale_jitter": 0.2, "band_jitter": 0.1}},
     "new_dp02": {"recipe": {**NEW, "drop_path": 0.2}},
     "new_t128": {"tile_size": 128, "batch_size": 4, "recipe": NEW},
     # after pretraining

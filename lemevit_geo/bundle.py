@@ -160,18 +160,23 @@ def save_bundle(path: str | Path, model: torch.nn.Module, config: BundleConfig) 
     return Path(path)
 
 
-def read_config(path: str | Path) -> BundleConfig:
-    """Read and validate a bundle's metadata (no tensors are loaded)."""
+def safetensors_metadata(path: Path, what: str) -> dict[str, str]:
+    """The metadata of a safetensors file, read without its tensors; ``what`` names the kind of file in errors."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
     if not path.is_file():
-        raise BundleError(f"model bundle {path} does not exist")
+        raise BundleError(f"{what} {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise BundleError(f"{path} is not a lemevit-geo model bundle (not a safetensors file: {exc})") from exc
+        raise BundleError(f"{path} is not a {what} (not a safetensors file: {exc})") from exc
+
+
+def read_config(path: str | Path) -> BundleConfig:
+    """Read and validate a bundle's metadata (no tensors are loaded)."""
+    path = Path(path)
+    meta = safetensors_metadata(path, "lemevit-geo model bundle")
     if meta.get("format") != FORMAT:
         raise BundleError(f"{path} is a safetensors file but not a lemevit-geo model bundle")
     version = meta.get("format_version", "?")

@@ -193,15 +193,8 @@ ClassBalance = Annotated[
         "--class-balance", help="Class weights (median freq / freq) ** this, from the training labels (0: none)."
     ),
 ]
-EarlyStop = Annotated[
-    int, typer.Option("--early-stop", help="Stop after this many epochs without a better val metric (0: never).")
-]
 Augment = Annotated[
     bool, typer.Option("--augment/--no-augment", help="Random flips and 90-degree rotations of training tiles.")
-]
-ScaleJitter = Annotated[float, typer.Option("--scale-jitter", help="Random zoom of training tiles by up to this.")]
-BandJitter = Annotated[
-    float, typer.Option("--band-jitter", help="Random per-band brightness/contrast change of up to this.")
 ]
 MaskRatio = Annotated[float, typer.Option("--mask-ratio", help="Share of 16 px patches hidden (simmim).")]
 Devices = Annotated[
@@ -274,10 +267,7 @@ FIELD_OPTIONS: dict[str, Any] = {
     "decoder_channels": DecoderChannels,
     "pixel_channels": PixelChannels,
     "class_balance": ClassBalance,
-    "early_stop": EarlyStop,
     "augment": Augment,
-    "scale_jitter": ScaleJitter,
-    "band_jitter": BandJitter,
     "mask_ratio": MaskRatio,
     "seed": Seed,
     "accelerator": Accelerator,

@@ -155,6 +155,23 @@ class Detection:
             object.__setattr__(self, "classes", tuple(self.classes))
 
 
+def check_recipe(recipe: Any, counts: Sequence[str], at_least_zero: Sequence[str], shares: Sequence[str]) -> None:
+    """Refuse a recipe (:class:`Recipe`, :class:`PretrainRecipe`) whose ``counts`` are below 1, whose ``lr`` is
+    not positive, whose ``at_least_zero`` fields are negative, or whose ``shares`` are outside [0, 1) (NaN
+    fails every test)."""
+    for name in counts:
+        if getattr(recipe, name) < 1:
+            raise InputError(f"`{name}` must be at least 1, got {getattr(recipe, name)}")
+    if not recipe.lr > 0:
+        raise InputError(f"`lr` must be positive, got {recipe.lr}")
+    for name in at_least_zero:
+        if not getattr(recipe, name) >= 0:  # also refuses NaN
+            raise InputError(f"`{name}` must be at least 0, got {getattr(recipe, name)}")
+    for name in shares:
+        if not 0 <= getattr(recipe, name) < 1:
+            raise InputError(f"`{name}` must be at least 0 and below 1, got {getattr(recipe, name)}")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How a model is trained.
@@ -179,13 +196,9 @@ class Recipe:
             head next to the decoder (0: none, the plain UPerNet).
         class_balance: Loss weight per class ``(median frequency / frequency) ** class_balance`` from the
             training region's labels (0: plain cross-entropy; own data only).
-        early_stop: Stop after this many epochs without a better validation metric (0: never).
         augment: Random flips and 90-degree rotations of training tiles (own data: the same for the image,
             both dates of a change pair and the mask; detection crops turn with their boxes). torchgeo datasets
             keep their datamodules' augmentations, so ``False`` is refused there.
-        scale_jitter: Random zoom of training tiles by up to this share (own data; not detection).
-        band_jitter: Random per-band brightness and contrast change of up to this many standard deviations /
-            this share (own data).
         seed: Random seed of sampling, augmentation and initialisation.
     """
 
@@ -200,25 +213,17 @@ class Recipe:
     decoder_channels: int = 256
     pixel_channels: int = 0
     class_balance: float = 0.0
-    early_stop: int = 0
     augment: bool = True
-    scale_jitter: float = 0.0
-    band_jitter: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schedule", Schedule(self.schedule))
-        for name in ("epochs", "steps_per_epoch", "batch_size", "decoder_channels"):
-            if getattr(self, name) < 1:
-                raise InputError(f"`{name}` must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise InputError(f"`lr` must be positive, got {self.lr}")
-        for name in ("weight_decay", "class_balance", "pixel_channels", "early_stop", "scale_jitter", "band_jitter"):
-            if not getattr(self, name) >= 0:  # also refuses NaN
-                raise InputError(f"`{name}` must be at least 0, got {getattr(self, name)}")
-        for name in ("warmup", "drop_path", "scale_jitter"):
-            if not 0 <= getattr(self, name) < 1:
-                raise InputError(f"`{name}` must be at least 0 and below 1, got {getattr(self, name)}")
+        check_recipe(
+            self,
+            counts=("epochs", "steps_per_epoch", "batch_size", "decoder_channels"),
+            at_least_zero=("weight_decay", "class_balance", "pixel_channels"),
+            shares=("warmup", "drop_path"),
+        )
 
 
 @dataclass(frozen=True)
@@ -246,16 +251,12 @@ class PretrainRecipe:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "steps_per_epoch", "batch_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"`{name}` must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise InputError(f"`lr` must be positive, got {self.lr}")
-        if not self.weight_decay >= 0:
-            raise InputError(f"`weight_decay` must be at least 0, got {self.weight_decay}")
-        for name in ("warmup", "mask_ratio"):
-            if not 0 <= getattr(self, name) < 1:
-                raise InputError(f"`{name}` must be at least 0 and below 1, got {getattr(self, name)}")
+        check_recipe(
+            self,
+            counts=("epochs", "steps_per_epoch", "batch_size"),
+            at_least_zero=("weight_decay",),
+            shares=("warmup", "mask_ratio"),
+        )
 
 
 @dataclass(frozen=True)

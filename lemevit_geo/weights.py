@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lemevit_geo.bundle import safetensors_metadata
 from lemevit_geo.errors import BundleError
 
 if TYPE_CHECKING:
@@ -60,17 +61,10 @@ def save_backbone(path: str | Path, backbone: torch.nn.Module, config: dict[str,
 
 def read_backbone(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The state dict and config of a pretrained backbone file (no pickled code is run)."""
-    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise BundleError(f"backbone weights {path} do not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise BundleError(f"{path} is not a safetensors file: {exc}") from exc
+    meta = safetensors_metadata(path, "backbone weights file")
     if meta.get("format") != BACKBONE_FORMAT:
         raise BundleError(f"{path} is not a pretrained backbone (`pretrain` writes them) nor a .pth checkpoint")
     if meta.get("format_version") != str(BACKBONE_VERSION):

@@ -149,6 +149,19 @@ class Targets(NamedTuple):
     ignored: torch.Tensor  # (L,) bool: assigned to an ignored box (no loss at all)
 
 
+def _no_targets(points: torch.Tensor) -> Targets:
+    """Targets of an image without boxes: every location negative."""
+    num = points.shape[0]
+    false = torch.zeros(num, dtype=torch.bool, device=points.device)
+    return Targets(
+        torch.zeros(num, dtype=torch.long, device=points.device),
+        points.new_zeros(num, 5),
+        points.new_zeros(num),
+        false,
+        false.clone(),
+    )
+
+
 def assign_targets(
     points: torch.Tensor,
     strides: torch.Tensor,
@@ -175,14 +188,7 @@ def assign_targets(
     if ignore is None:
         ignore = torch.zeros(n, dtype=torch.bool, device=boxes.device)
     if n == 0:
-        false = torch.zeros(num, dtype=torch.bool, device=points.device)
-        return Targets(
-            torch.zeros(num, dtype=torch.long, device=points.device),
-            points.new_zeros(num, 5),
-            points.new_zeros(num),
-            false,
-            false.clone(),
-        )
+        return _no_targets(points)
     boxes = boxes.float().clone()
     if angle_free is not None and angle_free.numel():
         boxes[:, 4] = torch.where(torch.isin(labels, angle_free), torch.zeros_like(boxes[:, 4]), boxes[:, 4])

@@ -215,6 +215,58 @@ def _conv_bn(dim_in: int, dim_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(dim_in, dim_out, 3, stride=2, padding=1), nn.BatchNorm2d(dim_out))
 
 
+def _stem(in_chans: int, dim: int) -> nn.Sequential:
+    """Two stride-2 convolutions: the image to stride-4 tokens of width ``dim``."""
+    return nn.Sequential(
+        nn.Conv2d(in_chans, dim // 2, 3, stride=2, padding=1),
+        nn.BatchNorm2d(dim // 2),
+        nn.GELU(),
+        nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1),
+        nn.BatchNorm2d(dim),
+    )
+
+
+def _stages(
+    depths: Sequence[int],
+    embed_dims: Sequence[int],
+    head_dim: int,
+    mlp_ratio: float,
+    drop_rate: float,
+    attn_drop_rate: float,
+    drop_path_rate: float,
+) -> nn.ModuleList:
+    """The blocks of every stage (attention type from :data:`ATTN_TYPES`), with stochastic depth increasing
+    linearly over all blocks."""
+    dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
+    stages, cur = nn.ModuleList(), 0
+    for depth, dim, attn_type in zip(depths, embed_dims, ATTN_TYPES, strict=True):
+        blocks = [
+            LeMeBlock(
+                dim,
+                dim // head_dim,
+                attn_type,
+                mlp_ratio=mlp_ratio,
+                attn_drop=attn_drop_rate,
+                proj_drop=drop_rate,
+                drop_path=dpr[cur + j],
+            )
+            for j in range(depth)
+        ]
+        stages.append(nn.ModuleList(blocks))
+        cur += depth
+    return stages
+
+
+def _feature_info(embed_dims: Sequence[int]) -> list[dict[str, Any]]:
+    """timm's ``feature_info`` of the four dense stages: every stage after the first (cross-attention) one,
+    whose successor keeps its resolution."""
+    info, reduction = [], 4
+    for i in range(1, len(ATTN_TYPES)):
+        reduction = reduction if ATTN_TYPES[i - 1] == "C" else reduction * 2
+        info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=f"stages.{i}"))
+    return info
+
+
 class LeMeViT(nn.Module):
     """LeMeViT backbone and classifier.
 
@@ -258,14 +310,7 @@ class LeMeViT(nn.Module):
 
         self.meta_tokens = nn.Parameter(torch.randn(num_meta_tokens, embed_dims[0]))
         d0 = embed_dims[0]
-        stem = nn.Sequential(
-            nn.Conv2d(in_chans, d0 // 2, 3, stride=2, padding=1),
-            nn.BatchNorm2d(d0 // 2),
-            nn.GELU(),
-            nn.Conv2d(d0 // 2, d0, 3, stride=2, padding=1),
-            nn.BatchNorm2d(d0),
-        )
-        self.downsample_layers = nn.ModuleList([stem])
+        self.downsample_layers = nn.ModuleList([_stem(in_chans, d0)])
         self.meta_token_downsample = nn.ModuleList([_meta_projection(d0, d0)])
         for i in range(len(ATTN_TYPES) - 1):
             # the cross-attention stage does not change resolution: no downsampling after it
@@ -273,28 +318,8 @@ class LeMeViT(nn.Module):
             self.downsample_layers.append(nn.Identity() if keep else _conv_bn(embed_dims[i], embed_dims[i + 1]))
             self.meta_token_downsample.append(_meta_projection(embed_dims[i], embed_dims[i + 1]))
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
-        self.stages = nn.ModuleList()
-        self.feature_info: list[dict[str, Any]] = []
-        cur, reduction = 0, 4
-        for i, (depth, dim, attn_type) in enumerate(zip(depths, embed_dims, ATTN_TYPES, strict=True)):
-            blocks = [
-                LeMeBlock(
-                    dim,
-                    dim // head_dim,
-                    attn_type,
-                    mlp_ratio=mlp_ratio,
-                    attn_drop=attn_drop_rate,
-                    proj_drop=drop_rate,
-                    drop_path=dpr[cur + j],
-                )
-                for j in range(depth)
-            ]
-            self.stages.append(nn.ModuleList(blocks))
-            cur += depth
-            if i > 0:
-                reduction = reduction if ATTN_TYPES[i - 1] == "C" else reduction * 2
-                self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f"stages.{i}"))
+        self.stages = _stages(depths, embed_dims, head_dim, mlp_ratio, drop_rate, attn_drop_rate, drop_path_rate)
+        self.feature_info: list[dict[str, Any]] = _feature_info(embed_dims)
 
         self.norm = nn.BatchNorm2d(embed_dims[-1])
         self.norm_c = nn.LayerNorm(embed_dims[-1])

@@ -1,71 +1,28 @@
 """The numpy stitcher as it was before issue 14 (commit 2cd9c67): the oracle of the bit-identity tests and the
-baseline of ``benchmarks/fastpath.py``. Not used by the tool."""
+baseline of ``benchmarks/fastpath.py``. Not used by the tool.
 
-# ruff: noqa
+Only the merging is its own (numpy ``OutputRows``, ``CropMerge``, ``BlendMerge``, ``DenseStitcher``); the
+containers it hands on (``Piece``, ``Band``), the constants and the host softmax are the library's, so the
+oracle and the tool cannot drift apart in what they produce."""
+
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 import numpy as np
 
 from lemevit_geo.choices import Stitch
 from lemevit_geo.pipelines.inference.engine import TileData
+from lemevit_geo.pipelines.inference.stitch import (
+    CHUNK,
+    FINISH_COLUMNS,
+    PROB_SCALE,
+    Band,
+    BandWriter,
+    Piece,
+    softmax,
+)
 from lemevit_geo.pipelines.inference.tiling import Tile, TileGrid, blend_window, finished_rows, ownership
-
-PROB_SCALE = 254  # probabilities are written as uint8 0..254; 255 is nodata
-FINISH_COLUMNS = 2048
-#: Columns per output chunk: a multiple of the output's 256 px blocks, so chunks never share a block.
-CHUNK = 2048
-
-
-def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Numerically stable softmax of float32 logits."""
-    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-@dataclass
-class Piece:
-    """Finished output rows of one column chunk, starting at scene column ``x``."""
-
-    x: int
-    classes: np.ndarray  # (h, w) class ids, nodata where invalid
-    confidence: np.ndarray  # (h, w) uint8 probability of the chosen class, 255 where invalid
-    probs: np.ndarray | None  # (K, h, w) uint8 probabilities, 255 where invalid
-
-    @property
-    def height(self) -> int:
-        return self.classes.shape[0]
-
-    def rows(self, a: int, b: int) -> Piece:
-        return Piece(
-            self.x, self.classes[a:b], self.confidence[a:b], None if self.probs is None else self.probs[:, a:b]
-        )
-
-    @staticmethod
-    def stack(pieces: list[Piece]) -> Piece:
-        """Consecutive row ranges of one chunk as one piece."""
-        if len(pieces) == 1:
-            return pieces[0]
-        probs = None if pieces[0].probs is None else np.concatenate([p.probs for p in pieces], axis=1)  # type: ignore[misc]
-        return Piece(
-            pieces[0].x,
-            np.concatenate([p.classes for p in pieces]),
-            np.concatenate([p.confidence for p in pieces]),
-            probs,
-        )
-
-
-@dataclass
-class Band:
-    """Finished output rows ``[row, row + height)``: pieces by chunk index; absent chunks are nodata."""
-
-    row: int
-    height: int
-    pieces: dict[int, Piece] = field(default_factory=dict)
 
 
 class OutputRows:

@@ -99,3 +99,17 @@ def test_backbone_loads_into_a_task_model_and_junk_is_refused(backbone: tuple[Pa
     (tmp_path / "not.safetensors").write_bytes(b"junk")
     with pytest.raises(BundleError, match="not a safetensors"):
         read_backbone(tmp_path / "not.safetensors")
+
+
+def test_band_jitter_changes_bands_independently() -> None:
+    """The contrastive views' per-band brightness and contrast: each band of each image on its own, within the
+    amount."""
+    import torch
+
+    from lemevit_geo.pipelines.training.ssl import BandJitter
+
+    torch.manual_seed(0)
+    image = torch.randn(4, 6, 32, 32)
+    out = BandJitter(0.2)(image)
+    gain = out.std(dim=(-2, -1)) / image.std(dim=(-2, -1))
+    assert gain.min() >= 0.8 - 1e-4 and gain.max() <= 1.2 + 1e-4 and gain.std() > 0.01

@@ -411,14 +411,6 @@ def forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype
     return out.float()
 
 
-def run_model(model: torch.nn.Module, batch: np.ndarray, device: torch.device, dtype: torch.dtype) -> np.ndarray:
-    """Run ``model`` on a float32 numpy batch and return float32 numpy outputs."""
-    x = torch.from_numpy(batch)
-    if device.type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
-    return forward(model, x, device, dtype).cpu().numpy()
-
-
 def run_tiles(
     reader: Iterator[TileData],
     model: torch.nn.Module,
@@ -439,54 +431,67 @@ def run_tiles(
     the next batches are read, staged and copied while the device works. Other sinks get numpy arrays. An
     ``auto`` batch size is resolved from the first tile run; a compiled model runs padded batches.
     """
-    stats = RunStats()
-    pending: list[TileData] = []
-    on_device = bool(getattr(sink, "device_outputs", False))
-    upload = Uploader(runtime.device)
-
-    def flush() -> None:
-        run = [p for p in pending if p.data is not None]
-        outputs: Any = []
-        valids: Any = [None] * len(run)
-        if run:
-            n = len(run)
-            x, v = upload([p.data for p in run], [p.valid for p in run] if on_device else None, runtime.padded(n))
-            out = forward(model, x, runtime.device, runtime.dtype)[:n]
-            outputs = out if on_device else out.cpu().numpy()
-            if v is not None:
-                valids = v
-        it, vs = iter(outputs), iter(valids)
-        for p in pending:
-            if p.data is None:
-                sink.skip(p)
-            else:
-                valid = next(vs)
-                sink.add(p if valid is None else dataclasses.replace(p, valid_device=valid), next(it))
-        stats.tiles_run += len(run)
-        stats.tiles_skipped += len(pending) - len(run)
-        stats.batches += bool(run)
-        if progress:
-            progress.advance(len(pending))
-        pending.clear()
-
+    batches = _Batches(model, sink, runtime, progress)
     try:
-        waiting = 0  # valid tiles in pending
         for item in reader:
-            stats.tiles += 1
-            if item.data is not None and not runtime.batch_size:
-                runtime.fit(model, item.data.shape)
-            if pending and item.tile.row != pending[0].tile.row:
-                flush()
-                waiting = 0
-            pending.append(item)
-            waiting += item.data is not None
-            if waiting >= runtime.batch_size or not waiting:
-                flush()
-                waiting = 0
-        flush()
+            batches.take(item)
+        batches.flush()
     finally:
         sink.close()  # also on errors: background writers must stop before their files are removed
-    return stats
+    return batches.stats
+
+
+class _Batches:
+    """The tiles of :func:`run_tiles` waiting for a batch (of one tile row), and the run of each batch."""
+
+    def __init__(self, model: torch.nn.Module, sink: Sink, runtime: Runtime, progress: Progress | None) -> None:
+        self.model, self.sink, self.runtime, self.progress = model, sink, runtime, progress
+        self.stats = RunStats()
+        self.pending: list[TileData] = []
+        self.waiting = 0  # valid tiles in pending
+        self.on_device = bool(getattr(sink, "device_outputs", False))
+        self.upload = Uploader(runtime.device)
+
+    def take(self, item: TileData) -> None:
+        """Queue a tile; run the batch when it is full, when a new tile row starts, or pass on empty tiles."""
+        self.stats.tiles += 1
+        if item.data is not None and not self.runtime.batch_size:
+            self.runtime.fit(self.model, item.data.shape)
+        if self.pending and item.tile.row != self.pending[0].tile.row:
+            self.flush()
+        self.pending.append(item)
+        self.waiting += item.data is not None
+        if self.waiting >= self.runtime.batch_size or not self.waiting:
+            self.flush()
+
+    def _run(self, run: list[TileData]) -> tuple[Any, Any]:
+        """Outputs of the valid tiles ``run`` (device tensors or numpy arrays) and their device masks (or Nones)."""
+        if not run:
+            return [], []
+        n = len(run)
+        valid = [p.valid for p in run] if self.on_device else None
+        x, v = self.upload([p.data for p in run], valid, self.runtime.padded(n))
+        out = forward(self.model, x, self.runtime.device, self.runtime.dtype)[:n]
+        return (out if self.on_device else out.cpu().numpy()), ([None] * n if v is None else v)
+
+    def flush(self) -> None:
+        """Run the valid pending tiles as one batch and hand every pending tile to the sink, in grid order."""
+        run = [p for p in self.pending if p.data is not None]
+        outputs, valids = self._run(run)
+        it, vs = iter(outputs), iter(valids)
+        for p in self.pending:
+            if p.data is None:
+                self.sink.skip(p)
+            else:
+                valid = next(vs)
+                self.sink.add(p if valid is None else dataclasses.replace(p, valid_device=valid), next(it))
+        self.stats.tiles_run += len(run)
+        self.stats.tiles_skipped += len(self.pending) - len(run)
+        self.stats.batches += bool(run)
+        if self.progress:
+            self.progress.advance(len(self.pending))
+        self.pending.clear()
+        self.waiting = 0
 
 
 class BackgroundSink:

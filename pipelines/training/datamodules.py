@@ -26,61 +26,34 @@ from lemevit_geo.pipelines.training.compat import grid_sampler, random_sampler
 IGNORE = 255
 
 
-class BandJitter(torch.nn.Module):
-    """Per-band brightness and contrast of normalised images ``(B, C, H, W)``: ``x * (1 + a) + b`` with ``a`` and
-    ``b`` drawn uniformly from ``[-amount, amount]`` for each band of each image."""
-
-    def __init__(self, amount: float) -> None:
-        super().__init__()
-        self.amount = amount
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        uniform = 2 * torch.rand(2, *image.shape[:2], 1, 1, device=image.device, dtype=image.dtype) - 1
-        gain, bias = (self.amount * uniform).unbind()
-        return image * (1 + gain) + bias
-
-
 class TileAugmentation(torch.nn.Module):
-    """Random flips, 90-degree rotations, zoom and per-band brightness/contrast of normalised training batches.
+    """Random flips and 90-degree rotations (kornia) of normalised training batches, drawn once per tile and
+    applied alike to the image, every date of a change pair and the mask (nearest neighbour).
 
-    The geometric transforms (kornia) are drawn once per tile and applied alike to the image, every date of a
-    change pair and the mask (nearest neighbour); pixels a zoom-out brings in from outside the tile are
-    ``IGNORE`` in the mask and 0 (the band mean) in the image. Brightness and contrast change each band of each
-    date on its own (:class:`BandJitter`).
-
-    Args:
-        flips: Horizontal and vertical flips and rotations by 0, 90, 180 or 270 degrees.
-        scale_jitter: Zoom by a factor drawn from ``[1 - scale_jitter, 1 + scale_jitter]`` (0: none).
-        band_jitter: Brightness and contrast range, in standard deviations and shares (0: none).
+    Zoom and per-band brightness/contrast were options once (``--scale-jitter``, ``--band-jitter``) and were
+    removed: on the real scenes of ``benchmarks/realdata.py`` they lowered the test mIoU (``benchmarks/README.md``).
     """
 
-    def __init__(self, flips: bool = True, scale_jitter: float = 0.0, band_jitter: float = 0.0) -> None:
+    def __init__(self) -> None:
         super().__init__()
         import kornia.augmentation as K
 
-        geometric: list[torch.nn.Module] = []
-        if flips:
-            geometric += [K.RandomHorizontalFlip(), K.RandomVerticalFlip(), K.RandomRotation90(times=(0, 3), p=1.0)]
-        if scale_jitter:
-            geometric.append(K.RandomAffine(degrees=0.0, scale=(1 - scale_jitter, 1 + scale_jitter), p=1.0))
-        self.geometric = K.AugmentationSequential(*geometric, data_keys=["input", "mask"]) if geometric else None
-        self.jitter = BandJitter(band_jitter) if band_jitter else None
+        self.geometric = K.AugmentationSequential(
+            K.RandomHorizontalFlip(),
+            K.RandomVerticalFlip(),
+            K.RandomRotation90(times=(0, 3), p=1.0),
+            data_keys=["input", "mask"],
+        )
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment images ``(B, C, H, W)`` or ``(B, dates, C, H, W)`` and class-id masks ``(B, H, W)`` (none:
-        images only; the mask returned then marks what a zoom-out brought in as ``IGNORE``)."""
+        images only, and the mask returned is zeros)."""
         shape = image.shape
         flat = image.reshape(shape[0], -1, *shape[-2:])
         if mask is None:
             mask = torch.zeros(shape[0], *shape[-2:], dtype=torch.long, device=image.device)
-        if self.geometric is not None:
-            shifted = (mask + 1).to(flat.dtype)[:, None]  # 0 marks what comes in from outside the tile
-            flat, shifted = self.geometric(flat, shifted)
-            moved = shifted[:, 0].round().long() - 1
-            mask = torch.where(moved < 0, IGNORE, moved)
-        if self.jitter is not None:
-            flat = self.jitter(flat)
-        return flat.reshape(shape), mask
+        flat, moved = self.geometric(flat, mask.to(flat.dtype)[:, None])
+        return flat.reshape(shape), moved[:, 0].round().long()
 
 
 class FrameMask:
@@ -161,6 +134,16 @@ class MillionAIDDataModule(L.LightningDataModule):
         return batch
 
 
+def sampled_loader(dm: Any, sampler: Any) -> DataLoader:
+    """A loader of the samples a torchgeo ``sampler`` picks from a datamodule's geospatial ``dataset``, in
+    batches of its ``batch_size`` (:class:`OwnDataModule`, :class:`ImageDataModule`)."""
+    from torchgeo.datasets import stack_samples
+
+    return DataLoader(
+        dm.dataset, batch_size=dm.batch_size, sampler=sampler, num_workers=dm.num_workers, collate_fn=stack_samples
+    )
+
+
 class OwnDataModule(L.LightningDataModule):
     """The user's rasters: random tiles from a training region, a tile grid over a disjoint validation region.
 
@@ -204,22 +187,11 @@ class OwnDataModule(L.LightningDataModule):
         self.mean = torch.zeros(1)
         self.std = torch.ones(1)
 
-    def _loader(self, sampler: Any) -> DataLoader:
-        from torchgeo.datasets import stack_samples
-
-        return DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=stack_samples,
-        )
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader(random_sampler(self.dataset, self.tile_size, self.length, self.train_roi))
+        return sampled_loader(self, random_sampler(self.dataset, self.tile_size, self.length, self.train_roi))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_sampler())
+        return sampled_loader(self, self.val_sampler())
 
     def val_sampler(self) -> Any:
         """A tile grid that covers the validation region and stays inside it (neighbours overlap as needed)."""
@@ -289,19 +261,10 @@ class ImageDataModule(L.LightningDataModule):
         self.train_roi = shapely.union_all(dataset.index.geometry.values)
         self.mean = torch.zeros(1)
         self.std = torch.ones(1)
-        self.augmentation = TileAugmentation(flips=True)
+        self.augmentation = TileAugmentation()
 
     def train_dataloader(self) -> DataLoader:
-        from torchgeo.datasets import stack_samples
-
-        sampler = random_sampler(self.dataset, self.tile_size, self.length, self.train_roi)
-        return DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=stack_samples,
-        )
+        return sampled_loader(self, random_sampler(self.dataset, self.tile_size, self.length, self.train_roi))
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         image = batch["image"].float()

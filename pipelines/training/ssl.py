@@ -26,7 +26,6 @@ from timm.layers import trunc_normal_
 
 from lemevit_geo.models import LeMeViT
 from lemevit_geo.pipelines.training.compat import MoCoTask, SimCLRTask
-from lemevit_geo.pipelines.training.datamodules import BandJitter
 from lemevit_geo.pipelines.training.tasks import adamw_cosine
 
 #: Side of the square patches SimMIM hides, in pixels (a multiple of the stem's stride, 4).
@@ -96,6 +95,20 @@ class SimMIM(L.LightningModule):
         return adamw_cosine(self, hp["lr"], hp["weight_decay"], hp["warmup"])
 
 
+class BandJitter(torch.nn.Module):
+    """Per-band brightness and contrast of normalised images ``(B, C, H, W)``: ``x * (1 + a) + b`` with ``a`` and
+    ``b`` drawn uniformly from ``[-amount, amount]`` for each band of each image."""
+
+    def __init__(self, amount: float) -> None:
+        super().__init__()
+        self.amount = amount
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        uniform = 2 * torch.rand(2, *image.shape[:2], 1, 1, device=image.device, dtype=image.dtype) - 1
+        gain, bias = (self.amount * uniform).unbind()
+        return image * (1 + gain) + bias
+
+
 def contrastive_views(size: int) -> nn.Module:
     """Random views of normalised multispectral tiles: crops of 20-100 % of the tile resized back, flips,
     90-degree rotations, blur, and per-band brightness/contrast (:class:`BandJitter`) in place of RGB colour
@@ -114,49 +127,51 @@ def contrastive_views(size: int) -> nn.Module:
     return nn.Sequential(geometric, BandJitter(0.4))
 
 
-class SimCLR(SimCLRTask):
+def _contrastive_args(arch: str, in_channels: int, size: int, lr: float, weight_decay: float) -> dict[str, Any]:
+    """The arguments torchgeo's contrastive trainers share: LeMeViT by its timm name, bands, optimiser, size."""
+    return dict(model=f"lemevit_{arch}", in_channels=in_channels, lr=lr, weight_decay=weight_decay, size=size)
+
+
+class _WarmupCosine:
+    """Our AdamW with warm-up and cosine decay in place of a torchgeo trainer's optimiser (``warmup``: a share of
+    the steps)."""
+
+    warmup: float
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams  # type: ignore[attr-defined]
+        return adamw_cosine(self, hp["lr"], hp["weight_decay"], self.warmup)  # type: ignore[arg-type]
+
+
+class SimCLR(_WarmupCosine, SimCLRTask):
     """torchgeo's SimCLR (v1: two-layer projection, no memory bank) on LeMeViT, with our views and optimiser."""
 
     def __init__(self, arch: str, in_channels: int, size: int, lr: float, weight_decay: float, warmup: float) -> None:
         self.warmup = warmup
         super().__init__(
-            model=f"lemevit_{arch}",
-            in_channels=in_channels,
+            **_contrastive_args(arch, in_channels, size, lr, weight_decay),
             version=1,
             layers=2,
             memory_bank_size=0,
-            lr=lr,
-            weight_decay=weight_decay,
-            size=size,
             augmentations=contrastive_views(size),
         )
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_cosine(self, self.hparams["lr"], self.hparams["weight_decay"], self.warmup)
 
-
-class MoCo(MoCoTask):
+class MoCo(_WarmupCosine, MoCoTask):
     """torchgeo's MoCo v3 (momentum encoder, prediction head) on LeMeViT, with our views and optimiser and a
     projection sized for small runs (512 hidden, 128 out)."""
 
     def __init__(self, arch: str, in_channels: int, size: int, lr: float, weight_decay: float, warmup: float) -> None:
         self.warmup = warmup
         super().__init__(
-            model=f"lemevit_{arch}",
-            in_channels=in_channels,
+            **_contrastive_args(arch, in_channels, size, lr, weight_decay),
             version=3,
             layers=3,
             hidden_dim=512,
             output_dim=128,
-            lr=lr,
-            weight_decay=weight_decay,
-            size=size,
             augmentation1=contrastive_views(size),
             augmentation2=contrastive_views(size),
         )
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_cosine(self, self.hparams["lr"], self.hparams["weight_decay"], self.warmup)
 
 
 #: The module of each ``pretrain`` method.

@@ -65,10 +65,10 @@ def load_data(spec: TrainSpec, work_dir: Path) -> tuple[TrainData, int]:
     if wanted == Task.detect:
         if own.get("before") is not None or own.get("after") is not None:
             raise InputError("detection training takes `images` and `labels` (polygons), not `before`/`after`")
-        if recipe.scale_jitter or recipe.band_jitter or recipe.class_balance:
+        if recipe.class_balance:
             raise InputError(
-                "`scale_jitter`, `band_jitter` and `class_balance` apply to segment, change and classify: detection "
-                "training flips and turns its crops with their boxes (`augment`)"
+                "`class_balance` applies to segment, change and classify: it weighs pixel classes, and detection "
+                "training has boxes"
             )
         if recipe.schedule != Schedule.cosine or recipe.warmup != Recipe().warmup:
             raise InputError(
@@ -89,9 +89,7 @@ def load_data(spec: TrainSpec, work_dir: Path) -> tuple[TrainData, int]:
             augment=recipe.augment,
         )
         return data, tile
-    augmentation = None
-    if recipe.augment or recipe.scale_jitter or recipe.band_jitter:
-        augmentation = TileAugmentation(recipe.augment, recipe.scale_jitter, recipe.band_jitter)
+    augmentation = TileAugmentation() if recipe.augment else None
     data = custom_data(
         **own,
         tile_size=tile_size,
@@ -112,10 +110,9 @@ def load_data(spec: TrainSpec, work_dir: Path) -> tuple[TrainData, int]:
 def check_torchgeo_recipe(recipe: Recipe) -> None:
     """Refuse recipe options that only own data has: torchgeo's datamodules keep their own augmentations, and
     class balance needs own data's label counts."""
-    if not recipe.augment or recipe.scale_jitter or recipe.band_jitter:
+    if not recipe.augment:
         raise InputError(
-            "`augment`, `scale_jitter` and `band_jitter` apply to own data (`dataset` custom): torchgeo's "
-            "datamodules bring their own augmentations"
+            "`augment` applies to own data (`dataset` custom): torchgeo's datamodules bring their own augmentations"
         )
     if recipe.class_balance:
         raise InputError("`class_balance` applies to own data (`dataset` custom), whose labels it counts")
@@ -184,14 +181,12 @@ def make_trainer(
     epochs: int,
     hardware: Hardware,
     *,
-    early_stop: int = 0,
     fast_dev_run: bool = False,
     progress: bool = True,
     extra: Sequence[L.Callback] = (),
 ) -> tuple[L.Trainer, L.pytorch.callbacks.ModelCheckpoint, EpochCSV]:
     """A Lightning trainer that keeps the best (by ``monitor``: name, min or max; without it, the latest) and
-    last checkpoints, writes per-epoch metrics, stops after ``early_stop`` epochs without a better ``monitor``
-    (0: never), and runs the ``extra`` callbacks."""
+    last checkpoints, writes per-epoch metrics and runs the ``extra`` callbacks."""
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best" if monitor else "last",
@@ -202,8 +197,6 @@ def make_trainer(
     )
     epoch_csv = EpochCSV(run_dir / "metrics.csv")
     callbacks: list[L.Callback] = [checkpoint, epoch_csv, *extra]
-    if early_stop and monitor:
-        callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor[0], patience=early_stop, mode=monitor[1]))
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator=hardware.accelerator,
@@ -276,7 +269,6 @@ def _train(spec: TrainSpec, run_dir: Path, progress: bool, start: float) -> dict
         type(module).monitor_metric,
         recipe.epochs,
         spec.hardware,
-        early_stop=recipe.early_stop,
         fast_dev_run=spec.fast_dev_run,
         progress=progress,
         extra=extra,

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -491,6 +491,51 @@ def _intersect(images: Any, labels: Any) -> tuple[Any, list[str]]:
     return dataset, aligned
 
 
+def _own_labels(
+    labels: Any, label_column: str | None, classes: Sequence[str] | None, change: bool, res: float, work_dir: Path
+) -> Labels:
+    """The label rasters, or the vector file rasterised at the images' resolution ``res`` (change: the default
+    change classes unless ``classes`` are given)."""
+    label_files = expand_paths(labels, "label")
+    if Path(label_files[0]).suffix.lower() in VECTOR_SUFFIXES:
+        return vector_labels(label_files[0], label_column, res, work_dir, classes)
+    return raster_labels(label_files, classes if not change else (classes or CHANGE_CLASSES))
+
+
+class _OwnInputs(NamedTuple):
+    """The user's images intersected with their labels."""
+
+    dataset: Any  # torchgeo's IntersectionDataset
+    labels: Labels
+    aligned: list[str]  # what torchgeo reprojected
+    image_files: list[str]
+    change: bool  # two dates (before/after)
+
+
+def _own_inputs(
+    images: Any,
+    before: Any,
+    after: Any,
+    labels: Any,
+    label_column: str | None,
+    classes: Sequence[str] | None,
+    work_dir: Path,
+) -> _OwnInputs:
+    """Open the images (or both dates) and the labels and intersect them."""
+    if labels is None:
+        raise InputError("own data needs `labels` (label rasters, or a vector file with `label_column`)")
+    imgs, image_files, change = _own_images(images, before, after)
+    lab = _own_labels(labels, label_column, classes, change, imgs.res[0], work_dir)
+    dataset, aligned = _intersect(imgs, lab.dataset)
+    return _OwnInputs(dataset, lab, aligned, image_files, change)
+
+
+def _ground_sample_distance(path: str) -> float | None:
+    """The pixel width of an image in a projected CRS (None in a geographic CRS or without one)."""
+    with rasterio.open(path) as src:
+        return abs(src.transform.a) if src.crs is not None and src.crs.is_projected else None
+
+
 def custom_data(
     *,
     images: Any = None,
@@ -515,15 +560,7 @@ def custom_data(
     ``scene_labels`` the task is scene classification: each tile is labelled with its most frequent class.
     ``augmentation`` applies to training batches.
     """
-    if labels is None:
-        raise InputError("own data needs `labels` (label rasters, or a vector file with `label_column`)")
-    imgs, image_files, change = _own_images(images, before, after)
-    label_files = expand_paths(labels, "label")
-    if Path(label_files[0]).suffix.lower() in VECTOR_SUFFIXES:
-        lab = vector_labels(label_files[0], label_column, imgs.res[0], work_dir, classes)
-    else:
-        lab = raster_labels(label_files, classes if not change else (classes or CHANGE_CLASSES))
-    dataset, aligned = _intersect(imgs, lab.dataset)
+    dataset, lab, aligned, files, change = _own_inputs(images, before, after, labels, label_column, classes, work_dir)
     xs, ys, _ = dataset.bounds
     split = spatial_split((xs.start, ys.start, xs.stop, ys.stop), val_fraction, dataset.res)
     tile = tile_size or fit_tile(default_tile, split, dataset.res)
@@ -543,8 +580,6 @@ def custom_data(
     )
     mean, std, counts = training_stats(dm, len(lab.classes))
     dm.mean, dm.std = torch.tensor(mean), torch.tensor(std)
-    with rasterio.open(image_files[0]) as src:
-        gsd = abs(src.transform.a) if src.crs is not None and src.crs.is_projected else None
     return TrainData(
         datamodule=dm,
         task=Task.change if change else Task.classify if scene_labels else Task.segment,
@@ -552,7 +587,7 @@ def custom_data(
         bands=len(mean),
         mean=mean,
         std=std,
-        gsd=gsd,
+        gsd=_ground_sample_distance(files[0]),
         ignore_index=IGNORE if scene_labels else lab.ignore,
         split={**split["report"], "crs": dataset.crs.to_string(), "labels_aligned": aligned},
         colors=lab.colors,
