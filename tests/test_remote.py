@@ -16,7 +16,7 @@ from pystac.extensions.eo import Band, EOExtension
 from rasterio.transform import from_origin
 
 from lemevit_geo.inputs import InputSpec, dataset, stem, with_options
-from tests.conftest import CRS, GSD, ORIGIN, cli_error, cli_main, textured_scene
+from tests.conftest import CRS, GSD, ORIGIN, cli, cli_error, cli_main, textured_scene
 from tests.remote_server import FileServer
 
 FAST = ("--tile-size", "128", "--overlap", "16", "--batch-size", "2", "--threads", "1", "--device", "cpu")
@@ -240,8 +240,14 @@ def test_static_catalogue_one_part_per_item(tmp_path: Path, seg_bundle: Path) ->
         seg_bundle,
     )
     assert len(june["scenes"]) == 2
-    dates = run("change", "2024-06-01", "t3", "--stac", catalogue, "-o", tmp_path / "c.tif", "-m", seg_bundle)
-    assert dates["width"] == 128
+    change_bundle = tmp_path / "change.safetensors"
+    cli("bundle", "init", "--task", "change", "--bands", "3", "--tile-size", "64", "-o", change_bundle)
+    dates = run("change", "2024-06-01", "t3", "--stac", catalogue, "-o", tmp_path / "c.tif", "-m", change_bundle)
+    assert dates["width"] == 128 and dates["height"] == 96
+    line = cli_error(
+        "change", "2024-06-01/2024-06-30", "t3", "--stac", catalogue, "-o", tmp_path / "c2.tif", "-m", change_bundle
+    )
+    assert "found 2 items (t1, t2)" in line
 
 
 def run_local(tmp_path: Path, item_id: str, bundle: Path) -> Path:
@@ -264,14 +270,14 @@ def test_server_gone_mid_run_then_resume(tmp_path: Path, seg_bundle: Path, monke
         server.fail_after = (root / "scene.tif").stat().st_size // 2
         out = tmp_path / "out" / "mask.tif"
         out.parent.mkdir()
-        args = ("segment", f"{server.url}/scene.tif", "-o", out, "-m", seg_bundle, "--parts", "3", *FAST)
+        args = ("segment", f"{server.url}/scene.tif", "-o", out, "-m", seg_bundle, "--parts", "3", *FAST, "-q")
         line = cli_error(*args)
         assert "scene.tif" in line and "part" in line
         assert leftovers(out.parent) == ["mask.tif.parts"]  # no output, no temporary files: the finished parts
         finished = sorted(p.name for p in (out.parent / "mask.tif.parts").glob("part-*.json"))
         assert 1 <= len(finished) < 3, finished
         server.fail_after = None
-        summary = run(*args[: -len(FAST)])
+        summary = run(*args[: -len(FAST) - 1])
     finally:
         server.stop()
     assert [p["status"] for p in summary["parts"]].count("reused") == len(finished)
