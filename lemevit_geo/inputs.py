@@ -97,14 +97,20 @@ class InputSpec:
     def __str__(self) -> str:
         options: dict[str, str] = {}
         if self.bbox is not None:
-            options["bbox"] = ",".join(f"{v:g}" if abs(v) < 1e15 else repr(v) for v in self.bbox)
+            options["bbox"] = ",".join(map(_number, self.bbox))
             if self.bbox_crs != DEFAULT_BBOX_CRS:
                 options["bbox_crs"] = self.bbox_crs
         if self.assets:
             options["assets"] = ",".join(self.assets)
         if self.resolution is not None:
-            options["resolution"] = f"{self.resolution:g}"
+            options["resolution"] = _number(self.resolution)
         return f"{self.source}#{urlencode(options, safe=',:')}" if options else self.source
+
+
+def _number(value: float) -> str:
+    """A number as the shortest text that reads back as the same float (``500000``, ``0.1``)."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
 def check_bbox(values: Sequence[float]) -> tuple[float, float, float, float]:

@@ -304,3 +304,34 @@ def test_bad_remote_inputs(tmp_path: Path, served: FileServer, seg_bundle: Path)
     assert f"127.0.0.1:{closed}" in line and "cannot be opened" in line
     assert "does not overlap" in cli_error("segment", f"{served.url}/scene.tif", "--bbox", "0,0,1,1", *base)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("mask", ["nodata", "alpha", "internal"])
+def test_bbox_keeps_what_nodata_means(tmp_path: Path, mask: str) -> None:
+    """A window keeps the scene's nodata value, alpha band or internal mask, pixel for pixel."""
+    data = textured_scene(64, 80, bands=4 if mask == "alpha" else 3)
+    valid = np.zeros((64, 80), dtype=bool)
+    valid[10:50, 20:70] = True
+    profile = dict(driver="GTiff", width=80, height=64, count=data.shape[0], dtype="uint8", crs=CRS)
+    profile["transform"] = from_origin(*ORIGIN, GSD, GSD)
+    if mask == "nodata":
+        data[:, ~valid] = 0
+        profile["nodata"] = 0
+    elif mask == "alpha":
+        data[3] = np.where(valid, 255, 0)
+        profile["photometric"] = "RGB"
+        profile["alpha"] = "YES"
+    scene = tmp_path / "scene.tif"
+    with rasterio.open(scene, "w", **profile) as dst:
+        dst.write(data)
+        if mask == "internal":
+            dst.write_mask(valid)
+    window = rasterio.windows.Window(15, 5, 40, 30)
+    with rasterio.open(scene) as src:
+        left, bottom, right, top = src.window_bounds(window)
+        expected, expected_mask = src.read(window=window), src.read_masks(1, window=window)
+    area = with_options(str(scene), bbox=[left, bottom, right, top], bbox_crs=CRS)
+    with rasterio.open(dataset(area)) as vrt:
+        assert np.array_equal(vrt.read(), expected) and np.array_equal(vrt.read_masks(1), expected_mask)
+        assert vrt.nodatavals == ((0.0,) * 3 if mask == "nodata" else (None,) * vrt.count)
+        assert (vrt.colorinterp[-1].name == "alpha") == (mask == "alpha")
