@@ -19,7 +19,8 @@ from lemevit_geo.inputs import InputSpec, dataset, stem, with_options
 from tests.conftest import CRS, GSD, ORIGIN, cli, cli_error, cli_main, textured_scene
 from tests.remote_server import FileServer
 
-FAST = ("--tile-size", "128", "--overlap", "16", "--batch-size", "2", "--threads", "1", "--device", "cpu")
+ENGINE = ("--batch-size", "2", "--threads", "1", "--device", "cpu")
+FAST = ("--tile-size", "128", "--overlap", "16", *ENGINE)
 
 
 def write_cog(path: Path, data: np.ndarray, transform: rasterio.Affine | None = None, crs: str = CRS) -> Path:
@@ -32,9 +33,9 @@ def write_cog(path: Path, data: np.ndarray, transform: rasterio.Affine | None = 
     return path
 
 
-def run(*args: object) -> dict:
-    """Run the CLI in-process expecting success; return the ``--json`` summary."""
-    r = cli_main(*args, *FAST, "--json")
+def run(*args: object, fast: tuple[str, ...] = FAST) -> dict:
+    """Run the CLI in-process expecting success (with ``fast`` options); return the ``--json`` summary."""
+    r = cli_main(*args, *fast, "--json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -335,3 +336,15 @@ def test_bbox_keeps_what_nodata_means(tmp_path: Path, mask: str) -> None:
         assert np.array_equal(vrt.read(), expected) and np.array_equal(vrt.read_masks(1), expected_mask)
         assert vrt.nodatavals == ((0.0,) * 3 if mask == "nodata" else (None,) * vrt.count)
         assert (vrt.colorinterp[-1].name == "alpha") == (mask == "alpha")
+
+
+def test_classify_url_and_no_images(tmp_path: Path, served: FileServer, cls_bundle: Path) -> None:
+    import geopandas as gpd
+
+    tables = []
+    for name, source in (("local", served.root / "scene.tif"), ("url", f"{served.url}/scene.tif")):
+        run("classify", source, "-o", tmp_path / f"{name}.gpkg", "-m", cls_bundle, "--tile-size", "64", fast=ENGINE)
+        tables.append(gpd.read_file(tmp_path / f"{name}.gpkg"))
+    assert len(tables[0]) == 35 and tables[0].equals(tables[1])  # 7 x 5 tiles of 64 px
+    r = cli_main("classify", "-o", tmp_path / "none.gpkg", "-m", cls_bundle)
+    assert r.returncode == 2 and "--stac" in r.stderr

@@ -70,6 +70,8 @@ def run_images(
     (the inputs: ``images`` or what ``sources`` finds, with its area and assets)."""
     from lemevit_geo.pipelines.scaleout.driver import expand_inputs, single_output
 
+    if not images and not sources.stac:
+        raise typer.BadParameter("give at least one image, or --stac to search a catalogue", param_hint="IMAGE...")
     images = sources.resolve(images)
     inputs = expand_inputs(images)
     if single_output(inputs, output) and not scale_out.used:
