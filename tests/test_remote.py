@@ -266,6 +266,16 @@ def test_server_gone_mid_run_then_resume(tmp_path: Path, seg_bundle: Path, monke
     write_cog(root / "scene.tif", textured_scene(512, 256, seed=7))
     reference = tmp_path / "ref.tif"
     run("segment", root / "scene.tif", "-o", reference, "-m", seg_bundle, "--parts", "3")
+    single = FileServer(root)  # one process, no parts: nothing at all is left
+    single.fail_after = (root / "scene.tif").stat().st_size // 2
+    try:
+        (tmp_path / "one").mkdir()
+        line = cli_error(
+            "segment", f"{single.url}/scene.tif", "-o", tmp_path / "one" / "m.tif", "-m", seg_bundle, *FAST
+        )
+    finally:
+        single.stop()
+    assert line.startswith("error: ") and "scene.tif" in line and leftovers(tmp_path / "one") == []
     server = FileServer(root)
     try:
         server.fail_after = (root / "scene.tif").stat().st_size // 2

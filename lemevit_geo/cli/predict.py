@@ -39,6 +39,12 @@ MergeTarget = Annotated[
 ]
 
 
+#: The option groups of the dense commands (``segment``, ``change``).
+DENSE_GROUPS: dict[str, Any] = dict(
+    engine=Engine(), tiling=Tiling(), outputs=DenseOutputs(), scale_out=ScaleOut(), sources=Sources(), display=Display()
+)
+
+
 def run_with_progress(pipeline: Callable[..., dict[str, Any]], display: Display, **kwargs: Any) -> None:
     """Run an inference pipeline under a tile progress bar and print its summary."""
     with tile_progress(display) as progress:
@@ -81,14 +87,7 @@ def run_images(
 
 
 @app.command()
-@grouped(
-    engine=Engine(),
-    tiling=Tiling(),
-    outputs=DenseOutputs(),
-    scale_out=ScaleOut(),
-    sources=Sources(),
-    display=Display(),
-)
+@grouped(**DENSE_GROUPS)
 def segment(
     images: o.Images = None,
     *,
@@ -116,14 +115,7 @@ def segment(
 
 
 @app.command()
-@grouped(
-    engine=Engine(),
-    tiling=Tiling(),
-    outputs=DenseOutputs(),
-    scale_out=ScaleOut(),
-    sources=Sources(),
-    display=Display(),
-)
+@grouped(**DENSE_GROUPS)
 def change(
     before: Before,
     after: After,
