@@ -41,7 +41,13 @@ def read_item(href: str) -> Any:
 
 
 def _reason(exc: BaseException) -> str:
-    return str(getattr(exc, "reason", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+    """The cause of a failed read in a few words: the OS error a connection ended in (``Connection refused``),
+    else the first line of the message."""
+    text = str(getattr(exc, "reason", None) or exc)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if errno:
+        return errno.group(1).strip().rstrip(":")
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _common_names(asset: Any) -> list[str | None]:

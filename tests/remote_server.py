@@ -18,6 +18,7 @@ class FileServer(ThreadingHTTPServer):
         sent: Body bytes sent, per file name.
         fail_after: Once this many body bytes were sent in all, every request is cut off without an answer.
         down: Cut off every request (the server is gone).
+        forbidden: Names of files answered with 403 Forbidden.
     """
 
     daemon_threads = True
@@ -28,6 +29,7 @@ class FileServer(ThreadingHTTPServer):
         self.sent: dict[str, int] = {}
         self.fail_after: int | None = None
         self.down = False
+        self.forbidden: set[str] = set()
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
@@ -70,8 +72,8 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.close()
             return
         path = self._file()
-        if path is None:
-            self.send_error(404)
+        if path is None or path.name in self.server.forbidden:
+            self.send_error(404 if path is None else 403)
             return
         data = path.read_bytes()
         start, stop, status = 0, len(data), 200

@@ -300,6 +300,10 @@ def test_bad_remote_inputs(tmp_path: Path, served: FileServer, seg_bundle: Path)
     out = tmp_path / "x.tif"
     base = ("-o", out, "-m", seg_bundle)
     assert "missing.tif" in cli_error("segment", f"{served.url}/missing.tif", *base)
+    (served.root / "private.tif").write_bytes((served.root / "scene.tif").read_bytes())
+    served.forbidden.add("private.tif")
+    line = cli_error("segment", f"{served.url}/private.tif", *base)
+    assert "private.tif" in line and "403" in line, line
     make_item(served.root / "grey.json", {"pan": (f"{served.url}/scene.tif", ["pan"])})
     line = cli_error("segment", f"{served.url}/grey.json", *base)
     assert "common names are red,green,blue" in line and "--assets" in line
