@@ -19,6 +19,7 @@ class FileServer(ThreadingHTTPServer):
         fail_after: Once this many body bytes were sent in all, every request is cut off without an answer.
         down: Cut off every request (the server is gone).
         forbidden: Names of files answered with 403 Forbidden.
+        queries: The query strings of the requests (a signed URL's token).
     """
 
     daemon_threads = True
@@ -30,6 +31,7 @@ class FileServer(ThreadingHTTPServer):
         self.fail_after: int | None = None
         self.down = False
         self.forbidden: set[str] = set()
+        self.queries: set[str] = set()
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
@@ -57,7 +59,10 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def _file(self) -> Path | None:
-        path = self.server.root / self.path.split("?", 1)[0].lstrip("/")
+        name, _, query = self.path.partition("?")
+        if query:
+            self.server.queries.add(query)
+        path = self.server.root / name.lstrip("/")
         return path if path.is_file() else None
 
     def do_HEAD(self) -> None:  # noqa: N802 - http.server's name

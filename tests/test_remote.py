@@ -105,10 +105,13 @@ def test_url_same_bytes_as_local(tmp_path: Path, served: FileServer, local_mask:
 
 
 def test_item_same_bytes_as_local(tmp_path: Path, served: FileServer, local_mask: Path, seg_bundle: Path) -> None:
-    make_item(served.root / "item.json", {"visual": (f"{served.url}/scene.tif", ["red", "green", "blue"])})
+    """A STAC Item whose asset href is signed (a SAS-like query string, sent with every request)."""
+    signed = f"{served.url}/scene.tif?st=2024-06-01&se=2030-01-01&sig=a%2Bb%3D"
+    make_item(served.root / "item.json", {"visual": (signed, ["red", "green", "blue"])})
     out = tmp_path / "item.tif"
     run("segment", f"{served.url}/item.json", "-o", out, "-m", seg_bundle)
     same_raster(out, local_mask)
+    assert served.queries == {"st=2024-06-01&se=2030-01-01&sig=a%2Bb%3D"}
 
 
 def test_item_assets_stacked_at_finest(tmp_path: Path) -> None:
