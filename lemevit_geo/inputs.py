@@ -11,7 +11,8 @@ An input is a string a user typed (or a catalogue search returned):
   stacked into one VRT on the finest asset's grid (or ``resolution``);
 - any of these with options after ``#`` (``scene.tif#bbox=500000,4000000,501000,4001000&bbox_crs=EPSG:32633``):
   ``bbox`` (and ``bbox_crs``, default ``EPSG:4326``) limits the input to the pixels that area touches, on the
-  scene's own grid; ``assets`` and ``resolution`` choose a STAC Item's assets and grid. The command line
+  scene's own grid; ``assets`` and ``resolution`` choose a STAC Item's assets and grid; ``sign`` signs hrefs
+  (``planetary-computer``) each time the input is opened, so tokens are fresh in every worker. The command line
   writes these options from ``--bbox``, ``--assets``, ... (:func:`with_options`), so jobs, their hashes and
   their messages carry the whole meaning of an input in one string.
 
@@ -37,7 +38,10 @@ from lemevit_geo.errors import InputError
 REMOTE = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/", "az": "/vsiaz/"}
 
 #: Options an input may carry after ``#``.
-OPTIONS = ("bbox", "bbox_crs", "assets", "resolution")
+OPTIONS = ("bbox", "bbox_crs", "assets", "resolution", "sign")
+
+#: Who signs hrefs before they are read (``sign``): Planetary Computer's SAS tokens (``planetary-computer``).
+SIGNERS = ("planetary-computer",)
 
 #: The bbox CRS when none is given: longitude/latitude, as STAC searches use.
 DEFAULT_BBOX_CRS = "EPSG:4326"
@@ -74,6 +78,7 @@ class InputSpec:
     bbox_crs: str = DEFAULT_BBOX_CRS
     assets: tuple[str, ...] | None = None
     resolution: float | None = None
+    sign: str | None = None
 
     @classmethod
     def parse(cls, text: str | Path) -> InputSpec:
@@ -92,7 +97,8 @@ class InputSpec:
         if bbox is not None:
             bbox = check_bbox(bbox)
         assets = tuple(a for a in values.get("assets", "").split(",") if a) or None
-        return cls(head, bbox, values.get("bbox_crs") or DEFAULT_BBOX_CRS, assets, resolution)
+        sign = check_signer(values.get("sign") or None)
+        return cls(head, bbox, values.get("bbox_crs") or DEFAULT_BBOX_CRS, assets, resolution, sign)
 
     def __str__(self) -> str:
         options: dict[str, str] = {}
@@ -104,6 +110,8 @@ class InputSpec:
             options["assets"] = ",".join(self.assets)
         if self.resolution is not None:
             options["resolution"] = _number(self.resolution)
+        if self.sign:
+            options["sign"] = self.sign
         return f"{self.source}#{urlencode(options, safe=',:')}" if options else self.source
 
 
@@ -111,6 +119,13 @@ def _number(value: float) -> str:
     """A number as the shortest text that reads back as the same float (``500000``, ``0.1``)."""
     value = float(value)
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def check_signer(name: str | None) -> str | None:
+    """``name`` if it is one of :data:`SIGNERS` (or None)."""
+    if name is not None and name not in SIGNERS:
+        raise InputError(f"`sign` {name!r} is not known; choose {', '.join(SIGNERS)}")
+    return name
 
 
 def check_bbox(values: Sequence[float]) -> tuple[float, float, float, float]:
@@ -129,9 +144,12 @@ def with_options(
     bbox_crs: str | None = None,
     assets: Sequence[str] | None = None,
     resolution: float | None = None,
+    sign: str | None = None,
 ) -> str:
     """``text`` with the options given here added (those it carries already stay unless given here)."""
     spec = InputSpec.parse(text)
+    if sign:
+        spec = replace(spec, sign=check_signer(sign))
     if bbox is not None:
         spec = replace(spec, bbox=check_bbox(bbox), bbox_crs=bbox_crs or DEFAULT_BBOX_CRS)
     if assets:
@@ -211,15 +229,30 @@ def _dataset(text: str, bands: int) -> str:
             if is_stac_item(spec.source):
                 from lemevit_geo.stac import item_layers
 
-                layers = item_layers(spec.source, spec.assets, bands)
+                layers = item_layers(spec.source, spec.assets, bands, spec.sign)
                 return stack_vrt(layers, clip(stack_grid(layers, spec.resolution, spec.source), spec))
-            path = gdal_path(spec.source)
+            path = gdal_path(sign_href(spec.source, spec.sign))
             if spec.bbox is None:
                 return path
             layer = describe_layer(path)
             return stack_vrt([layer], clip(layer.grid, spec))
     except READ_ERRORS as exc:
         raise InputError(f"{spec.source} cannot be read as a raster: {read_error(exc)}") from exc
+
+
+def sign_href(href: str, signer: str | None) -> str:
+    """``href`` signed by ``signer`` (``planetary-computer``: a SAS token for Azure Blob Storage hrefs, fetched
+    from its token endpoint, ``PC_SDK_SAS_URL``; other hrefs unchanged), or as it is without a signer."""
+    if signer is None or scheme(href) is None:
+        return href
+    try:
+        import planetary_computer
+    except ImportError:
+        raise InputError("`sign` planetary-computer needs its SDK: pip install 'lemevit-geo[pc]'") from None
+    try:
+        return str(planetary_computer.sign_url(href))
+    except Exception as exc:  # requests' errors, a refused token: one line naming the href
+        raise InputError(f"{href}: signing with planetary-computer failed: {str(exc).splitlines()[0]}") from exc
 
 
 @dataclass(frozen=True)

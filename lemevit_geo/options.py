@@ -265,6 +265,10 @@ Query = Annotated[
     Names | None,
     typer.Option("--query", parser=parse_names, metavar="P<V,...", help="Search filters, e.g. eo:cloud_cover<10."),
 ]
+Sign = Annotated[
+    str | None,
+    typer.Option("--sign", metavar="planetary-computer", help="Sign hrefs first (Planetary Computer SAS tokens)."),
+]
 Restart = Annotated[bool, typer.Option("--restart", help="Run every part again, ignoring finished parts.")]
 KeepParts = Annotated[bool, typer.Option("--keep-parts", help="Keep the part files after the merge.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary table.")]
@@ -303,6 +307,7 @@ FIELD_OPTIONS: dict[str, Any] = {
     "collection": Collection,
     "datetime": DatetimeOpt,
     "query": Query,
+    "sign": Sign,
     "keep_parts": KeepParts,
     "quiet": Quiet,
     "json": Json,

@@ -344,6 +344,7 @@ class Sources:
         collection: The collections to search, comma-separated.
         datetime: A datetime or range to search (``2024-06-01/2024-06-30``).
         query: Property filters of the search (``eo:cloud_cover<10``), comma-separated.
+        sign: Sign hrefs before reading them: ``planetary-computer`` (SAS tokens for Azure Blob Storage).
     """
 
     bbox: tuple[float, ...] | None = None
@@ -354,6 +355,7 @@ class Sources:
     collection: tuple[str, ...] | None = None
     datetime: str | None = None
     query: tuple[str, ...] | None = None
+    sign: str | None = None
 
     def resolve(self, images: list[str] | None, count: int | None = None) -> list[str]:
         """The inputs of a command: ``images`` (or what the search finds), each with the area and assets
@@ -366,5 +368,5 @@ class Sources:
             images = search_inputs(self, images or [], count)
         elif not images:
             raise InputError("give the images to read, or a STAC catalogue to search with `stac`")
-        options = dict(bbox_crs=self.bbox_crs, assets=self.assets, resolution=self.resolution)
+        options = dict(bbox_crs=self.bbox_crs, assets=self.assets, resolution=self.resolution, sign=self.sign)
         return [with_options(str(i), bbox=self.bbox, **options) for i in images]

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from lemevit_geo.errors import InputError
-from lemevit_geo.inputs import COMMON_NAMES, Layer, describe_layer, gdal_path
+from lemevit_geo.inputs import COMMON_NAMES, Layer, describe_layer, gdal_path, sign_href
 
 
 def _pystac() -> Any:
@@ -89,13 +89,14 @@ def _nodata(asset: Any) -> float | None:
     return bands[0].nodata if bands and bands[0].nodata is not None else None
 
 
-def item_layers(href: str, keys: Sequence[str] | None, bands: int) -> list[Layer]:
-    """The chosen assets of the Item at ``href`` as layers (each opened once), in band order."""
+def item_layers(href: str, keys: Sequence[str] | None, bands: int, sign: str | None = None) -> list[Layer]:
+    """The chosen assets of the Item at ``href`` as layers (each opened once), in band order; their hrefs
+    signed by ``sign`` (see :func:`~lemevit_geo.inputs.sign_href`)."""
     item = read_item(href)
     where = f"STAC Item {item.id} ({href})"
     layers = []
     for key, asset in choose_assets(item, keys, bands, where):
-        path = gdal_path(asset.get_absolute_href() or asset.href)
+        path = gdal_path(sign_href(asset.get_absolute_href() or asset.href, sign))
         layers.append(describe_layer(path, name=key, nodata=_nodata(asset)))
     return layers
 

@@ -59,7 +59,9 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def _file(self) -> Path | None:
-        name, _, query = self.path.partition("?")
+        """The file a request names (as a proxy too: ``GET http://host/a/b.tif``, served from ``root/a/b.tif``)."""
+        target = self.path.split("://", 1)[1].partition("/")[2] if "://" in self.path else self.path
+        name, _, query = target.partition("?")
         if query:
             self.server.queries.add(query)
         path = self.server.root / name.lstrip("/")

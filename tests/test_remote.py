@@ -365,3 +365,32 @@ def test_classify_url_and_no_images(tmp_path: Path, served: FileServer, cls_bund
     assert len(tables[0]) == 35 and tables[0].equals(tables[1])  # 7 x 5 tiles of 64 px
     r = cli_main("classify", "-o", tmp_path / "none.gpkg", "-m", cls_bundle)
     assert r.returncode == 2 and "--stac" in r.stderr
+
+
+def test_sign_planetary_computer(
+    tmp_path: Path, served: FileServer, local_mask: Path, seg_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--sign planetary-computer: the Azure Blob href gets a SAS token from the token endpoint (our server) and
+    is read with it (our server again, as GDAL's HTTP proxy standing in for Azure)."""
+    pytest.importorskip("planetary_computer")
+    from planetary_computer.settings import Settings
+
+    token = {"msft:expiry": "2099-01-01T00:00:00Z", "token": "st=2024&se=2099&sig=abc"}
+    (served.root / "token" / "acct").mkdir(parents=True)
+    (served.root / "token" / "acct" / "cont").write_text(json.dumps(token))
+    (served.root / "cont").mkdir()
+    (served.root / "cont" / "scene.tif").write_bytes((served.root / "scene.tif").read_bytes())
+    monkeypatch.setenv("PC_SDK_SAS_URL", f"{served.url}/token")
+    monkeypatch.setenv("GDAL_HTTP_PROXY", served.url.split("://")[1])
+    Settings.get.cache_clear()
+    blob = "http://acct.blob.core.windows.net/cont/scene.tif"
+    make_item(served.root / "pc.json", {"visual": (blob, ["red", "green", "blue"])})
+    out = tmp_path / "pc.tif"
+    try:
+        run("segment", f"{served.url}/pc.json", "--sign", "planetary-computer", "-o", out, "-m", seg_bundle)
+    finally:
+        Settings.get.cache_clear()  # the settings were read from this test's environment
+    same_raster(out, local_mask)
+    assert served.queries == {"st=2024&se=2099&sig=abc"}
+    line = cli_error("segment", blob, "--sign", "someone", "-o", tmp_path / "x.tif", "-m", seg_bundle)
+    assert "--sign" in line and "planetary-computer" in line
