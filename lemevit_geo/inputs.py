@@ -213,12 +213,13 @@ def check_exists(text: str | Path) -> None:
 
 def dataset(text: str | Path, bands: int = 0) -> str:
     """The name GDAL opens for an input (a path, a ``/vsi`` path, or a VRT's XML): see the module docstring.
-    ``bands`` is the number of bands the model takes (it picks a STAC Item's assets by their common names)."""
-    return _dataset(str(text), bands)
+    ``bands`` is the number of bands the model takes (it picks a STAC Item's assets by their common names).
+    Resolved once per process, except signed inputs (tokens expire: they are signed at every opening)."""
+    text = str(text)
+    return _open_name(text, bands) if InputSpec.parse(text).sign else _cached_name(text, bands)
 
 
-@lru_cache(maxsize=256)
-def _dataset(text: str, bands: int) -> str:
+def _open_name(text: str, bands: int) -> str:
     import rasterio
 
     from lemevit_geo.raster import READ_ERRORS, read_error
@@ -238,6 +239,9 @@ def _dataset(text: str, bands: int) -> str:
             return stack_vrt([layer], clip(layer.grid, spec))
     except READ_ERRORS as exc:
         raise InputError(f"{spec.source} cannot be read as a raster: {read_error(exc)}") from exc
+
+
+_cached_name = lru_cache(maxsize=256)(_open_name)
 
 
 def sign_href(href: str, signer: str | None) -> str:
