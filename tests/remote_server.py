@@ -3,8 +3,10 @@ counts the bytes it sends, and can be made to drop connections (a server gone mi
 
 from __future__ import annotations
 
+import json
 import re
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,6 +22,8 @@ class FileServer(ThreadingHTTPServer):
         down: Cut off every request (the server is gone).
         forbidden: Names of files answered with 403 Forbidden.
         queries: The query strings of the requests (a signed URL's token).
+        posts: The JSON bodies POSTed (STAC API searches).
+        search: Answers a POSTed search body with the features of a FeatureCollection (a STAC API's ``/search``).
     """
 
     daemon_threads = True
@@ -32,6 +36,8 @@ class FileServer(ThreadingHTTPServer):
         self.down = False
         self.forbidden: set[str] = set()
         self.queries: set[str] = set()
+        self.posts: list[dict] = []
+        self.search: Callable[[dict], list[dict]] | None = None
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
@@ -72,6 +78,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         self._answer(body=True)
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        self.server.posts.append(body)
+        if self.server.search is None:
+            self.send_error(405)
+            return
+        data = json.dumps({"type": "FeatureCollection", "features": self.server.search(body), "links": []}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/geo+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _answer(self, body: bool) -> None:
         if self.server.refuse():

@@ -394,3 +394,41 @@ def test_sign_planetary_computer(
     assert served.queries == {"st=2024&se=2099&sig=abc"}
     line = cli_error("segment", blob, "--sign", "someone", "-o", tmp_path / "x.tif", "-m", seg_bundle)
     assert "--sign" in line and "planetary-computer" in line
+
+
+def test_stac_api_search(tmp_path: Path, served: FileServer, seg_bundle: Path) -> None:
+    """A minimal STAC API (landing page with item-search, POST /search, items at .../items/ID): the search
+    carries the options, and each item found is one scene named by its id."""
+    api, items = f"{served.url}/api.json", {}
+    for item_id in ("s2a", "s2b"):
+        item = make_item(
+            served.root / f"{item_id}.json", {"visual": (f"{served.url}/scene.tif", ["red", "green", "blue"])}, item_id
+        )
+        href = f"{served.url}/collections/tiles/items/{item_id}"
+        item.set_self_href(href)
+        items[item_id] = item.to_dict()
+        (served.root / "collections" / "tiles" / "items").mkdir(parents=True, exist_ok=True)
+        (served.root / "collections" / "tiles" / "items" / item_id).write_text(json.dumps(items[item_id]))
+    conforms = [f"https://api.stacspec.org/v1.0.0/{c}" for c in ("core", "item-search", "item-search#query")]
+    links = [{"rel": "search", "href": f"{served.url}/search", "type": "application/geo+json", "method": "POST"}]
+    links += [{"rel": r, "href": api, "type": "application/json"} for r in ("self", "root")]
+    landing = {"type": "Catalog", "id": "api", "description": "test", "stac_version": "1.0.0"}
+    (served.root / "api.json").write_text(json.dumps({**landing, "conformsTo": conforms, "links": links}))
+    served.search = lambda body: [items[i] for i in body.get("ids") or items]
+    out = tmp_path / "out"
+    from rasterio.warp import transform_bounds
+
+    left, bottom = ORIGIN[0] + 20, ORIGIN[1] - 100  # a 60 x 40 m area inside the 200 x 150 m scene
+    lonlat = [round(v, 6) for v in transform_bounds(CRS, "EPSG:4326", left, bottom, left + 60, bottom + 40)]
+    bbox = ",".join(map(str, lonlat))
+    args = ("segment", "--stac", api, "--collection", "tiles", "--bbox", bbox, "--query", "eo:cloud_cover<10")
+    summary = run(*args, "--datetime", "2024-06-01/2024-06-30", "-o", f"{out}/", "-m", seg_bundle, fast=ENGINE)
+    assert [s["state"] for s in summary["scenes"]] == ["done", "done"] and leftovers(out) == ["s2a.tif", "s2b.tif"]
+    body = served.posts[0]
+    assert body["collections"] == ["tiles"] and body["bbox"] == lonlat
+    with rasterio.open(out / "s2a.tif") as dst:
+        assert 120 <= dst.width <= 132 and 80 <= dst.height <= 92 and dst.res == (GSD, GSD)  # the envelope in UTM
+    assert body["query"] == {"eo:cloud_cover": {"lt": 10.0}} and body["datetime"].startswith("2024-06-01")
+    far = ("segment", "--stac", api, "s2a", "--bbox", "7.5,50.1,7.6,50.2", "-o", tmp_path / "x.tif", "-m", seg_bundle)
+    line = cli_error(*far)
+    assert "does not overlap" in line and "items/s2a" in line and served.posts[-1]["ids"] == ["s2a"]
