@@ -59,6 +59,20 @@ HTTP_SETTINGS = {
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
 }
 
+#: GDAL's names of the data types a VRT band may have.
+GDAL_TYPES = {
+    "uint8": "Byte",
+    "int8": "Int8",
+    "uint16": "UInt16",
+    "int16": "Int16",
+    "uint32": "UInt32",
+    "int32": "Int32",
+    "uint64": "UInt64",
+    "int64": "Int64",
+    "float32": "Float32",
+    "float64": "Float64",
+}
+
 #: Common names of the bands a bundle takes by their count, used to pick a STAC Item's assets when
 #: ``assets`` is not given.
 COMMON_NAMES = {1: ("red",), 3: ("red", "green", "blue"), 4: ("red", "green", "blue", "nir")}
@@ -304,7 +318,7 @@ def describe_layer(path: str, name: str = "", nodata: float | None = None) -> La
         values = tuple(v if v is not None else nodata for v in src.nodatavals)
         flags = src.mask_flag_enums[0]
         masked = MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags and MaskFlags.nodata not in flags
-        interp = tuple(ci.name.capitalize() if ci.name != "gray" else "Gray" for ci in src.colorinterp)
+        interp = tuple(ci.name.capitalize() for ci in src.colorinterp)
         return Layer(path, grid, tuple(range(1, src.count + 1)), src.dtypes, values, interp, masked, name or path)
 
 
@@ -320,6 +334,11 @@ def stack_grid(layers: Sequence[Layer], resolution: float | None, where: str) ->
             )
         if layer.grid.transform.b or layer.grid.transform.d:
             raise InputError(f"{where}: asset {layer.name} is rotated; only north-up assets can be stacked")
+        if set(layer.dtypes) != set(layers[0].dtypes[:1]):
+            raise InputError(
+                f"{where}: assets {layers[0].name} and {layer.name} differ in data type ({layers[0].dtypes[0]}, "
+                f"{', '.join(sorted(set(layer.dtypes)))}); choose assets of one type with `assets`"
+            )
     bounds = [_bounds(layer.grid) for layer in layers]
     left, bottom = max(b[0] for b in bounds), max(b[1] for b in bounds)
     right, top = min(b[2] for b in bounds), min(b[3] for b in bounds)
@@ -396,8 +415,6 @@ def stack_vrt(layers: Sequence[Layer], grid: Grid) -> str:
     """The XML of a VRT on ``grid`` holding the chosen bands of ``layers`` in order, with their nodata values
     and colour interpretation, and the first layer's internal mask (so nodata, alpha and masks mean what they
     meant in the files). Where ``grid`` is a window of a layer's own grid its pixels are copied as they are."""
-    from rasterio.dtypes import _gdal_typename
-
     root = ET.Element("VRTDataset", rasterXSize=str(grid.width), rasterYSize=str(grid.height))
     if grid.crs is not None:
         ET.SubElement(root, "SRS").text = grid.crs.to_wkt()
@@ -406,9 +423,7 @@ def stack_vrt(layers: Sequence[Layer], grid: Grid) -> str:
     for layer in layers:
         for band in layer.bands:
             index += 1
-            node = ET.SubElement(
-                root, "VRTRasterBand", dataType=_gdal_typename(layer.dtypes[band - 1]), band=str(index)
-            )
+            node = ET.SubElement(root, "VRTRasterBand", dataType=GDAL_TYPES[layer.dtypes[band - 1]], band=str(index))
             if layer.nodata[band - 1] is not None:
                 ET.SubElement(node, "NoDataValue").text = repr(float(layer.nodata[band - 1]))
             ET.SubElement(node, "ColorInterp").text = layer.colorinterp[band - 1]
