@@ -432,3 +432,23 @@ def test_stac_api_search(tmp_path: Path, served: FileServer, seg_bundle: Path) -
     far = ("segment", "--stac", api, "s2a", "--bbox", "7.5,50.1,7.6,50.2", "-o", tmp_path / "x.tif", "-m", seg_bundle)
     line = cli_error(*far)
     assert "does not overlap" in line and "items/s2a" in line and served.posts[-1]["ids"] == ["s2a"]
+
+
+@pytest.mark.parametrize(("stitch", "margin"), [("crop", 16), ("blend", 32)])
+def test_bbox_equals_the_full_run_where_tiles_align(tmp_path: Path, seg_bundle: Path, stitch: str, margin: int) -> None:
+    """A window that starts on the full run's tile grid (tile 128, overlap 32: every 96 px) and ends on it runs
+    the same tiles: away from its edges (half the overlap in crop mode, the overlap in blend mode) its classes
+    are the full run's."""
+    scene = write_cog(tmp_path / "scene.tif", textured_scene(512, 512, seed=9))
+    opts = ("--tile-size", "128", "--overlap", "32", "--stitch", stitch, "--batch-size", "1", "--threads", "1")
+    run("segment", scene, "-o", tmp_path / "full.tif", "-m", seg_bundle, *opts, fast=("--device", "cpu"))
+    transform = from_origin(*ORIGIN, GSD, GSD)
+    (x0, y1), (x1, y0) = transform * (96, 96), transform * (416, 416)
+    area = ("--bbox", f"{x0},{y0},{x1},{y1}", "--bbox-crs", CRS)
+    run("segment", scene, *area, "-o", tmp_path / "area.tif", "-m", seg_bundle, *opts, fast=("--device", "cpu"))
+    with rasterio.open(tmp_path / "full.tif") as full, rasterio.open(tmp_path / "area.tif") as part:
+        assert part.shape == (320, 320)
+        inner = slice(margin, 320 - margin)
+        cut = full.read(1, window=rasterio.windows.Window(96, 96, 320, 320))
+        assert np.array_equal(part.read(1)[inner, inner], cut[inner, inner])
+        assert len(np.unique(cut[inner, inner])) > 1  # classes that vary: the comparison can fail
