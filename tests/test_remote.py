@@ -434,7 +434,7 @@ def test_stac_api_search(tmp_path: Path, served: FileServer, seg_bundle: Path) -
     assert "does not overlap" in line and "items/s2a" in line and served.posts[-1]["ids"] == ["s2a"]
 
 
-@pytest.mark.parametrize(("stitch", "margin"), [("crop", 16), ("blend", 32)])
+@pytest.mark.parametrize(("stitch", "margin"), [("crop", 16), pytest.param("blend", 32, marks=pytest.mark.slow)])
 def test_bbox_equals_the_full_run_where_tiles_align(tmp_path: Path, seg_bundle: Path, stitch: str, margin: int) -> None:
     """A window that starts on the full run's tile grid (tile 128, overlap 32: every 96 px) and ends on it runs
     the same tiles: away from its edges (half the overlap in crop mode, the overlap in blend mode) its classes
