@@ -92,10 +92,11 @@ Image = Annotated[
     Path, typer.Argument(help="Input raster (GeoTIFF, COG, VRT: anything GDAL reads).", show_default=False)
 ]
 Images = Annotated[
-    list[Path],
+    list[str] | None,
     typer.Argument(
-        help="Input rasters (GeoTIFF, COG, VRT: anything GDAL reads) or quoted glob patterns ('tiles/*.tif'); "
-        "with several, -o names an output directory.",
+        help="Input rasters (GeoTIFF, COG, VRT: anything GDAL reads; https://, s3://, gs://, az:// URLs; STAC "
+        "Item .json files or URLs) or quoted glob patterns ('tiles/*.tif'); with --stac, item ids or datetime "
+        "ranges to search (none: all the search finds); with several, -o names an output directory.",
         metavar="IMAGE...",
         show_default=False,
     ),
@@ -224,6 +225,43 @@ Part = Annotated[
         help="Run only part I of N (0-based) and merge nothing: array jobs; then `lemevit-geo merge`.",
     ),
 ]
+BBox = Annotated[
+    Floats | None,
+    typer.Option(
+        "--bbox",
+        parser=parse_floats,
+        metavar="MINX,MINY,MAXX,MAXY",
+        help="Process and write only this area of each scene, on its grid (in --bbox-crs).",
+    ),
+]
+BBoxCrs = Annotated[str, typer.Option("--bbox-crs", help="CRS of --bbox (EPSG:4326: longitude, latitude).")]
+Assets = Annotated[
+    Names | None,
+    typer.Option(
+        "--assets",
+        parser=parse_names,
+        metavar="A,B,...",
+        help="STAC Item assets to stack, in band order (default: by eo:bands common names, red,green,blue...).",
+    ),
+]
+Resolution = Annotated[
+    float | None, typer.Option("--resolution", help="Pixel size of a stacked STAC Item (default: the finest).")
+]
+Stac = Annotated[str | None, typer.Option("--stac", help="STAC API or static catalogue to search for the images.")]
+Collection = Annotated[
+    Names | None, typer.Option("--collection", parser=parse_names, metavar="C,...", help="Collections to search.")
+]
+DatetimeOpt = Annotated[
+    str | None, typer.Option("--datetime", help="Datetime or range to search (2024-06-01/2024-06-30).")
+]
+Query = Annotated[
+    Names | None,
+    typer.Option("--query", parser=parse_names, metavar="P<V,...", help="Search filters, e.g. eo:cloud_cover<10."),
+]
+Sign = Annotated[
+    str | None,
+    typer.Option("--sign", metavar="planetary-computer", help="Sign hrefs first (Planetary Computer SAS tokens)."),
+]
 Restart = Annotated[bool, typer.Option("--restart", help="Run every part again, ignoring finished parts.")]
 KeepParts = Annotated[bool, typer.Option("--keep-parts", help="Keep the part files after the merge.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary table.")]
@@ -254,6 +292,15 @@ FIELD_OPTIONS: dict[str, Any] = {
     "parts": Parts,
     "part": Part,
     "restart": Restart,
+    "bbox": BBox,
+    "bbox_crs": BBoxCrs,
+    "assets": Assets,
+    "resolution": Resolution,
+    "stac": Stac,
+    "collection": Collection,
+    "datetime": DatetimeOpt,
+    "query": Query,
+    "sign": Sign,
     "keep_parts": KeepParts,
     "quiet": Quiet,
     "json": Json,

@@ -41,9 +41,12 @@ def _same_file(a: Path, b: Path) -> bool:
 def check_output(path: Path, overwrite: bool, inputs: Iterable[str | Path] = ()) -> None:
     """Refuse an output that is one of the ``inputs``, whose directory is missing or cannot hold files, or
     that exists without ``overwrite``."""
+    from lemevit_geo.inputs import local_file
+
     path = Path(path)
     for source in inputs:
-        if "://" not in str(source) and _same_file(path, Path(source)):
+        local = local_file(source)
+        if local is not None and _same_file(path, local):
             raise OutputError(f"{path} is one of the inputs: choose another output name")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():

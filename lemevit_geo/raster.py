@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
@@ -46,7 +47,9 @@ def gdal_env(sources: Sequence[SourceInfo] = (), tile: int = 0) -> rasterio.Env:
     """The GDAL settings of a run, scoped to it (a user's own ``GDAL_CACHEMAX`` wins): a block cache that holds a
     tile row of blocks of every source (:func:`tile_row_bytes`, so blocks shared by neighbouring tiles are read
     and decoded once), between :data:`RUN_CACHE_BYTES` and :data:`MAX_RUN_CACHE_BYTES`."""
-    options: dict[str, Any] = {}
+    from lemevit_geo.inputs import http_settings
+
+    options: dict[str, Any] = dict(http_settings())  # network inputs: retries, no directory listing
     if "GDAL_CACHEMAX" not in os.environ:
         row = tile_row_bytes(sources, tile) if sources and tile else 0
         options["GDAL_CACHEMAX"] = int(min(MAX_RUN_CACHE_BYTES, max(RUN_CACHE_BYTES, row)))
@@ -120,6 +123,13 @@ class SourceInfo:
     bands: tuple[int, ...]
     dtype: str
     mask: MaskPlan = MaskPlan("none")
+    #: What messages call the source (the input as given) when ``path`` is what GDAL opens (a VRT's XML, a
+    #: ``/vsicurl/`` path); empty: ``path``.
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -137,19 +147,21 @@ def _looks_like_data(src: Any, band: int, samples: int = 4) -> bool:
     return False
 
 
-def plan_mask(src: Any, bands: Sequence[int] | None) -> tuple[MaskPlan, tuple[int, ...]]:
+def plan_mask(src: Any, bands: Sequence[int] | None, label: str = "") -> tuple[MaskPlan, tuple[int, ...]]:
     """The mask of ``src`` and the bands to read (all but a real alpha band when ``bands`` is not given).
 
     GDAL's order: a nodata value, else an alpha band, else an internal mask. An alpha band that holds
     values other than 0 and 255 is data that GDAL mistook for transparency (a 4-band RGB + NIR file
-    written with default options): it is not used as a mask, with a warning.
+    written with default options): it is not used as a mask, with a warning. Messages call the source
+    ``label`` (default: its name).
     """
+    name = label or src.name
     finite = np.dtype(src.dtypes[0]).kind == "f"
     alphas = [i + 1 for i, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha]
     chosen = tuple(bands) if bands else None
     first = (chosen or (1,))[0]
     if max(chosen or (1,)) > src.count:
-        raise InputError(f"{src.name} has {src.count} bands; `bands` asked for band {max(chosen or (1,))}")
+        raise InputError(f"{name} has {src.count} bands; `bands` asked for band {max(chosen or (1,))}")
     if src.nodatavals[first - 1] is not None:
         default = tuple(range(1, src.count + 1))
         nodata = src.nodatavals[first - 1]
@@ -157,16 +169,14 @@ def plan_mask(src: Any, bands: Sequence[int] | None) -> tuple[MaskPlan, tuple[in
     for alpha in alphas:
         if _looks_like_data(src, alpha):
             warnings.warn(
-                f"{src.name}: band {alpha} is flagged as alpha but holds values other than 0 and 255, so it is "
+                f"{name}: band {alpha} is flagged as alpha but holds values other than 0 and 255, so it is "
                 "read as data, not as a mask",
                 LemevitWarning,
                 stacklevel=2,
             )
             continue
         if chosen and alpha in chosen:
-            raise InputError(
-                f"{src.name}: band {alpha} is the alpha (transparency) band; choose data bands with `bands`"
-            )
+            raise InputError(f"{name}: band {alpha} is the alpha (transparency) band; choose data bands with `bands`")
         data_bands = tuple(b for b in range(1, src.count + 1) if b != alpha)
         return MaskPlan(f"alpha band {alpha}", alpha=alpha, finite=finite), chosen or data_bands
     all_bands = chosen or tuple(range(1, src.count + 1))
@@ -197,21 +207,26 @@ def inspect_source(
 ) -> SourceInfo:
     """Open ``path`` once, check it can be used, and describe it (bands, dtype, grid, mask).
 
+    ``path`` is any input :mod:`lemevit_geo.inputs` knows (a file, a URL, an object-store key, a STAC Item,
+    with an area): the returned ``SourceInfo.path`` is what GDAL opens, its ``name`` the input as given.
+
     Raises:
         InputError: missing file, not a raster, corrupt data, no CRS/geotransform (unless
             ``allow_pixel_grid``), unsupported dtype, or a band count other than ``expected_bands``.
     """
+    from lemevit_geo.inputs import check_exists, dataset, http_settings
+
     path = str(path)
-    if not Path(path).exists() and "://" not in path and not path.startswith("/vsi"):
-        raise InputError(f"{path} does not exist")
+    check_exists(path)
+    opened = dataset(path, expected_bands)
     try:
-        with rasterio.open(path) as src:
+        with rasterio.Env(**http_settings()), rasterio.open(opened) as src:
             if not allow_pixel_grid and (src.crs is None or src.transform == Affine.identity()):
                 raise InputError(
                     f"{path} has no CRS or geotransform, so outputs could not be placed on a map; "
                     "pass `allow_pixel_grid` to work in pixel coordinates"
                 )
-            mask, chosen = plan_mask(src, bands)
+            mask, chosen = plan_mask(src, bands, path)
             if len(chosen) != expected_bands:
                 raise InputError(
                     f"{path}: {len(chosen)} input bands ({','.join(map(str, chosen))}) but the model takes "
@@ -222,7 +237,8 @@ def inspect_source(
                 raise InputError(f"{path}: data type {dtype} is not supported ({', '.join(SUPPORTED_DTYPES)})")
             # a corrupt or truncated file usually opens: read one block of the last band row to be sure
             src.read(chosen[0], window=((src.height - 1, src.height), (0, min(src.width, 256))))
-            return SourceInfo(path, src.width, src.height, src.crs, src.transform, chosen, dtype, mask)
+            info = SourceInfo(opened, src.width, src.height, src.crs, src.transform, chosen, dtype, mask)
+            return info if opened == path else dataclasses.replace(info, name=path)
     except READ_ERRORS as exc:
         raise InputError(f"{path} cannot be read as a raster: {read_error(exc)}") from exc
 

@@ -400,3 +400,46 @@ class ScaleOut:
     def used(self) -> bool:
         """Whether any scale-out option differs from the single-process default."""
         return self != ScaleOut()
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the inputs come from and which area of them is read (see :mod:`lemevit_geo.inputs`).
+
+    Attributes:
+        bbox: Process only this area ``(minx, miny, maxx, maxy)`` of each scene, on the scene's own grid: the
+            pixels the area touches.
+        bbox_crs: The CRS of ``bbox`` (and of a STAC search's area): ``EPSG:4326`` is longitude/latitude.
+        assets: The STAC Item assets to stack, in band order (default: by their common names).
+        resolution: The pixel size of a stacked STAC Item, in its CRS's units (default: the finest asset's).
+        stac: A STAC API (or static catalogue) to search: the images are then item ids or datetime ranges,
+            or none to take every item ``collection``, ``bbox``, ``datetime`` and ``query`` find.
+        collection: The collections to search, comma-separated.
+        datetime: A datetime or range to search (``2024-06-01/2024-06-30``).
+        query: Property filters of the search (``eo:cloud_cover<10``), comma-separated.
+        sign: Sign hrefs before reading them: ``planetary-computer`` (SAS tokens for Azure Blob Storage).
+    """
+
+    bbox: tuple[float, ...] | None = None
+    bbox_crs: str = "EPSG:4326"
+    assets: tuple[str, ...] | None = None
+    resolution: float | None = None
+    stac: str | None = None
+    collection: tuple[str, ...] | None = None
+    datetime: str | None = None
+    query: tuple[str, ...] | None = None
+    sign: str | None = None
+
+    def resolve(self, images: list[str] | None, count: int | None = None) -> list[str]:
+        """The inputs of a command: ``images`` (or what the search finds), each with the area and assets
+        options. ``count``: the number of inputs the command takes (two for ``change``), if fixed."""
+        from lemevit_geo.inputs import with_options
+
+        if self.stac:
+            from lemevit_geo.stac import search_inputs
+
+            images = search_inputs(self, images or [], count)
+        elif not images:
+            raise InputError("give the images to read, or a STAC catalogue to search with `stac`")
+        options = dict(bbox_crs=self.bbox_crs, assets=self.assets, resolution=self.resolution, sign=self.sign)
+        return [with_options(str(i), bbox=self.bbox, **options) for i in images]

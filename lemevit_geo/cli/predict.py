@@ -17,10 +17,12 @@ from lemevit_geo import options as o
 from lemevit_geo.cli.app import app
 from lemevit_geo.cli.display import report, tile_progress
 from lemevit_geo.options import Display, grouped
-from lemevit_geo.settings import CLASSIFY_ENGINE, DenseOutputs, Detection, Engine, ScaleOut, Tiling
+from lemevit_geo.settings import CLASSIFY_ENGINE, DenseOutputs, Detection, Engine, ScaleOut, Sources, Tiling
 
-Before = Annotated[Path, typer.Argument(help="Earlier image.", show_default=False)]
-After = Annotated[Path, typer.Argument(help="Later image (warped onto the earlier one's grid if needed).")]
+Before = Annotated[
+    str, typer.Argument(help="Earlier image (with --stac: an item id or datetime range).", show_default=False)
+]
+After = Annotated[str, typer.Argument(help="Later image (warped onto the earlier one's grid if needed).")]
 GridRaster = Annotated[
     Path | None, typer.Option("--raster", help="Also write a coarse class raster, one pixel per tile.")
 ]
@@ -35,6 +37,12 @@ MergeTarget = Annotated[
         show_default=False,
     ),
 ]
+
+
+#: The option groups of the dense commands (``segment``, ``change``).
+DENSE_GROUPS: dict[str, Any] = dict(
+    engine=Engine(), tiling=Tiling(), outputs=DenseOutputs(), scale_out=ScaleOut(), sources=Sources(), display=Display()
+)
 
 
 def run_with_progress(pipeline: Callable[..., dict[str, Any]], display: Display, **kwargs: Any) -> None:
@@ -58,35 +66,41 @@ def run_images(
     single: Callable[..., dict[str, Any]],
     scaled: Callable[..., dict[str, Any]],
     display: Display,
-    images: list[Path],
+    images: list[str] | None,
     output: Path,
     scale_out: ScaleOut,
+    sources: Sources,
     **options: Any,
 ) -> None:
-    """Run ``single`` in this process on one input to one output without scale-out, else ``scaled`` on them all."""
+    """Run ``single`` in this process on one input to one output without scale-out, else ``scaled`` on them all
+    (the inputs: ``images`` or what ``sources`` finds, with its area and assets)."""
     from lemevit_geo.pipelines.scaleout.driver import expand_inputs, single_output
 
+    if not images and not sources.stac:
+        raise typer.BadParameter("give at least one image, or --stac to search a catalogue", param_hint="IMAGE...")
+    images = sources.resolve(images)
     inputs = expand_inputs(images)
     if single_output(inputs, output) and not scale_out.used:
-        run_with_progress(single, display, image=Path(inputs[0]), output=output, **options)
+        run_with_progress(single, display, image=inputs[0], output=output, **options)
     else:
         run_scaled(scaled, display, images=images, output=output, scale_out=scale_out, **options)
 
 
 @app.command()
-@grouped(engine=Engine(), tiling=Tiling(), outputs=DenseOutputs(), scale_out=ScaleOut(), display=Display())
+@grouped(**DENSE_GROUPS)
 def segment(
-    images: o.Images,
+    images: o.Images = None,
+    *,
     output: o.Output,
     model: o.Model,
     bands: o.Bands = None,
     overwrite: o.Overwrite = False,
     allow_pixel_grid: o.AllowPixelGrid = False,
-    *,
     engine: Engine,
     tiling: Tiling,
     outputs: DenseOutputs,
     scale_out: ScaleOut,
+    sources: Sources,
     display: Display,
 ) -> None:
     """Semantic segmentation: a class raster on exactly the scene's grid (and polygons).
@@ -97,11 +111,11 @@ def segment(
     from lemevit_geo.pipelines.scaleout.driver import scale_segment
 
     options = dict(bands=bands, overwrite=overwrite, allow_pixel_grid=allow_pixel_grid, engine=engine, tiling=tiling)
-    run_images(run, scale_segment, display, images, output, scale_out, model=model, outputs=outputs, **options)
+    run_images(run, scale_segment, display, images, output, scale_out, sources, model=model, outputs=outputs, **options)
 
 
 @app.command()
-@grouped(engine=Engine(), tiling=Tiling(), outputs=DenseOutputs(), scale_out=ScaleOut(), display=Display())
+@grouped(**DENSE_GROUPS)
 def change(
     before: Before,
     after: After,
@@ -115,12 +129,14 @@ def change(
     tiling: Tiling,
     outputs: DenseOutputs,
     scale_out: ScaleOut,
+    sources: Sources,
     display: Display,
 ) -> None:
     """Bitemporal change detection: a change raster on the earlier image's grid, over the overlap."""
     from lemevit_geo.pipelines.inference.change import change as run
     from lemevit_geo.pipelines.scaleout.driver import scale_change
 
+    before, after = sources.resolve([before, after], count=2)
     options: dict[str, Any] = {"scale_out": scale_out} if scale_out.used else {}
     (run_scaled if scale_out.used else run_with_progress)(
         scale_change if scale_out.used else run,
@@ -140,9 +156,10 @@ def change(
 
 
 @app.command()
-@grouped(engine=CLASSIFY_ENGINE, scale_out=ScaleOut(), display=Display())
+@grouped(engine=CLASSIFY_ENGINE, scale_out=ScaleOut(), sources=Sources(), display=Display())
 def classify(
-    images: o.Images,
+    images: o.Images = None,
+    *,
     output: o.Output,
     model: o.Model,
     bands: o.Bands = None,
@@ -151,9 +168,9 @@ def classify(
     top_k: TopK = 3,
     overwrite: o.Overwrite = False,
     allow_pixel_grid: o.AllowPixelGrid = False,
-    *,
     engine: Engine,
     scale_out: ScaleOut,
+    sources: Sources,
     display: Display,
 ) -> None:
     """Scene classification per tile: one polygon per tile with its class, probability and top-k.
@@ -173,7 +190,7 @@ def classify(
         allow_pixel_grid=allow_pixel_grid,
         engine=engine,
     )
-    run_images(run, scale_classify, display, images, output, scale_out, **options)
+    run_images(run, scale_classify, display, images, output, scale_out, sources, **options)
 
 
 @app.command()
@@ -194,9 +211,10 @@ def merge(
 
 
 @app.command()
-@grouped(engine=Engine(), detection=Detection(), scale_out=ScaleOut(), display=Display())
+@grouped(engine=Engine(), detection=Detection(), scale_out=ScaleOut(), sources=Sources(), display=Display())
 def detect(
-    images: o.Images,
+    images: o.Images = None,
+    *,
     output: Objects,
     model: o.Model,
     bands: o.Bands = None,
@@ -204,10 +222,10 @@ def detect(
     overlap: o.DetectOverlap = None,
     overwrite: o.Overwrite = False,
     allow_pixel_grid: o.AllowPixelGrid = False,
-    *,
     engine: Engine,
     detection: Detection,
     scale_out: ScaleOut,
+    sources: Sources,
     display: Display,
 ) -> None:
     """Oriented object detection: one rotated rectangle per object, in the scene's CRS, merged across tiles.
@@ -227,4 +245,4 @@ def detect(
         engine=engine,
         detection=detection,
     )
-    run_images(run, scale_detect, display, images, output, scale_out, **options)
+    run_images(run, scale_detect, display, images, output, scale_out, sources, **options)

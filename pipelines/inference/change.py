@@ -20,6 +20,7 @@ from shapely.geometry import mapping, shape
 from lemevit_geo.bundle import BundleConfig
 from lemevit_geo.choices import Task
 from lemevit_geo.errors import InputError, LemevitWarning
+from lemevit_geo.inputs import check_exists, dataset
 from lemevit_geo.pipelines.inference.dense import plan_dense, run_dense
 from lemevit_geo.pipelines.inference.engine import Progress
 from lemevit_geo.pipelines.inference.plan import ModelArg, Plan, Sources, bundle_config, source_for
@@ -97,14 +98,14 @@ def align(before: SourceInfo, after: SourceInfo) -> Alignment:
         fp_after = shape(transform_geom(after.crs, before.crs, mapping(dense)))
     inter = fp_before.intersection(fp_after)
     if inter.is_empty or inter.area <= 0:
-        raise InputError(f"{before.path} and {after.path} do not overlap: there is nothing to compare")
+        raise InputError(f"{before.label} and {after.label} do not overlap: there is nothing to compare")
     inv = ~before.transform
     cols, rows = zip(*(inv @ xy for xy in shapely.get_coordinates(inter.envelope)), strict=True)
     eps = 1e-6
     c0, r0 = max(0, math.floor(min(cols) + eps)), max(0, math.floor(min(rows) + eps))
     c1, r1 = min(before.width, math.ceil(max(cols) - eps)), min(before.height, math.ceil(max(rows) - eps))
     if c1 <= c0 or r1 <= r0:
-        raise InputError(f"{before.path} and {after.path} overlap by less than one pixel")
+        raise InputError(f"{before.label} and {after.label} overlap by less than one pixel")
     transform = before.transform @ Affine.translation(c0, r0)
     grid = SourceInfo(before.path, c1 - c0, r1 - r0, before.crs, transform, before.bands, before.dtype)
 
@@ -136,10 +137,10 @@ def align(before: SourceInfo, after: SourceInfo) -> Alignment:
 def _check_band_counts(before: str | Path, after: str | Path) -> None:
     """Refuse dates that differ in their data bands (when no bands are chosen; alpha bands do not count)."""
     try:
-        with rasterio.open(before) as b, rasterio.open(after) as a, warnings.catch_warnings():
+        with rasterio.open(dataset(before)) as b, rasterio.open(dataset(after)) as a, warnings.catch_warnings():
             warnings.simplefilter("ignore", LemevitWarning)  # inspect_source warns once per date
             counts = len(plan_mask(b, None)[1]), len(plan_mask(a, None)[1])
-    except READ_ERRORS:
+    except (*READ_ERRORS, InputError):
         return  # inspect_source says what is wrong with the file
     if counts[0] != counts[1]:
         raise InputError(f"the dates differ in bands: {before} has {counts[0]}, {after} has {counts[1]}")
@@ -152,8 +153,7 @@ def change_sources(
     overlap), with their alignment and masks as the report."""
     before, after = inputs
     for path in (before, after):
-        if not Path(path).exists():
-            raise InputError(f"{path} does not exist")
+        check_exists(path)
     if bands is None:
         _check_band_counts(before, after)
     info_b = inspect_source(before, bands, config.bands, allow_pixel_grid)

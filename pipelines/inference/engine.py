@@ -332,7 +332,7 @@ class TileReader:
             return arr, spec.mask_plan.valid(src, arr, window)
         except READ_ERRORS as exc:
             where = f"window at column {window.col_off}, row {window.row_off} ({window.width} x {window.height} px)"
-            raise InputError(f"{spec.info.path}: reading the {where} failed: {read_error(exc)}") from exc
+            raise InputError(f"{spec.info.label}: reading the {where} failed: {read_error(exc)}") from exc
 
     def read(self, tile: Tile) -> TileData:
         """Read one tile from every source (called in a worker thread)."""

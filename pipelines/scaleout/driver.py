@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lemevit_geo.errors import InputError, LemevitError, OutputError
+from lemevit_geo.inputs import InputSpec, local_file, stem
 from lemevit_geo.pipelines.inference.change import plan_change
 from lemevit_geo.pipelines.inference.classify import plan_classify
 from lemevit_geo.pipelines.inference.detect import plan_detect
@@ -82,15 +83,17 @@ class SceneRun:
 
 
 def expand_inputs(patterns: Sequence[str | Path]) -> list[str]:
-    """The input paths: patterns with glob characters expanded (sorted), other paths (and files whose names
-    hold such characters) as given, each once."""
+    """The input paths: local patterns with glob characters expanded (sorted, each keeping the options the
+    pattern carries after ``#``), other paths (URLs, files whose names hold such characters) as given, each once."""
     paths: list[str] = []
     for pattern in map(str, patterns):
-        if glob.has_magic(pattern) and not os.path.exists(pattern):
-            found = sorted(glob.glob(pattern, recursive=True))
+        spec = InputSpec.parse(pattern)
+        local = local_file(pattern)
+        if local is not None and glob.has_magic(spec.source) and not os.path.exists(spec.source):
+            found = sorted(glob.glob(spec.source, recursive=True))
             if not found:
                 raise InputError(f"{pattern!r} matches no file")
-            paths.extend(found)
+            paths.extend(str(dataclasses.replace(spec, source=p)) for p in found)
         else:
             paths.append(pattern)
     return list(dict.fromkeys(paths))
@@ -107,7 +110,7 @@ def outputs_in(folder: Path, inputs: Sequence[str], suffix: str) -> list[Path]:
         raise OutputError(f"cannot make the output directory {folder}: {exc.strerror or exc}") from exc
     if not folder.is_dir():
         raise OutputError(f"{folder} is not a directory: with several inputs, outputs name directories")
-    outputs = [folder / f"{Path(p).stem}{suffix}" for p in inputs]
+    outputs = [folder / f"{stem(p)}{suffix}" for p in inputs]
     seen: dict[Path, str] = {}
     for path, source in zip(outputs, inputs, strict=True):
         if path in seen:

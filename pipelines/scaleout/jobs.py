@@ -37,6 +37,7 @@ from rasterio.crs import CRS
 from lemevit_geo import __version__
 from lemevit_geo.choices import Stitch, Task
 from lemevit_geo.errors import InputError
+from lemevit_geo.inputs import local_file
 from lemevit_geo.outputs import temporary_sibling
 from lemevit_geo.pipelines.inference.plan import Plan
 from lemevit_geo.pipelines.inference.tiling import Strip, strips
@@ -195,11 +196,14 @@ def _digest(value: Any) -> str:
 
 
 def input_stat(path: str) -> list[Any]:
-    """What identifies an input's content cheaply: its resolved path, size and modification time."""
-    if "://" in path or path.startswith("/vsi"):
+    """What identifies an input's content cheaply: its resolved path, size and modification time (and the
+    options it carries, such as a ``bbox``); a remote input is its string (a changed remote file is not seen)."""
+    local = local_file(path)
+    if local is None or str(local).startswith("/vsi"):
         return [path]
-    st = os.stat(path)
-    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+    st = os.stat(local)
+    stamp = [str(local.resolve()), st.st_size, st.st_mtime_ns]
+    return stamp if str(local) == path else [*stamp, path]
 
 
 def seal(job: Job) -> Job:
