@@ -43,7 +43,7 @@ from lemevit_geo.pipelines.inference.detect import detect_job
 from lemevit_geo.pipelines.inference.engine import Progress
 from lemevit_geo.pipelines.inference.segment import segment_job
 from lemevit_geo.pipelines.inference.tiling import TileGrid
-from lemevit_geo.pipelines.scaleout.executors import RayExecutor, failure, is_inline, open_executor
+from lemevit_geo.pipelines.scaleout.executors import RayExecutor, failure, is_inline, open_executor, reach
 from lemevit_geo.pipelines.scaleout.jobs import Job, done_summary, mark_done, remove_parts, write_json
 from lemevit_geo.pipelines.scaleout.locks import PartsLock, sweep, sweep_folder
 from lemevit_geo.pipelines.scaleout.merge import COUNT_KEYS, counts, merge_job
@@ -202,7 +202,7 @@ def _todo(scene: Scene, lock: PartsLock, parts: list[int], scale_out: ScaleOut, 
             side = None if scale_out.restart else check_part(job, i)
         except PartError as exc:
             if not run:
-                scene.fail(f"{exc}: run the part again")
+                scene.fail(f"{exc}: run the {job.task.value} command again (it runs this part again and merges)")
                 return []
             side = None
         if side is not None:
@@ -250,6 +250,8 @@ def _prepare(
         if lock is None:
             continue
         if run:
+            if scale_out.part is None:  # a run that ends before a part is finished leaves no parts directory
+                stack.callback(_drop_unused, scene)  # (before the lock is released)
             write_json(job.parts_dir / JOB_FILE, job.to_dict())
         todo.extend((scene, i) for i in _todo(scene, lock, selected.get(n, []), scale_out, run))
     return todo
@@ -325,6 +327,9 @@ def run_scenes(
     failures named (``failed``). Finished parts of failed scenes stay for the rerun.
     """
     start = time.perf_counter()
+    address = scale_out.executor.split("://", 1)
+    if run and len(address) == 2:  # nothing listening there: fail before any parts directory is made
+        reach(address[0], address[1], scale_out.connect_timeout)
     with contextlib.ExitStack() as locks:
         todo = _prepare(scenes, scale_out, locks, run)
         if todo:
@@ -338,6 +343,14 @@ def run_scenes(
                 executor.shutdown(wait=False, cancel_futures=True)
         _finish(scenes, scale_out)
     return scenes_summary(scenes, time.perf_counter() - start)
+
+
+def _drop_unused(scene: Scene) -> None:
+    """Remove the parts directory of an unmerged scene that holds no finished part (nothing to resume)."""
+    job = scene.job
+    if job is not None and scene.state in ("planned", "failed") and job.parts_dir.is_dir():
+        if not any(job.sidecar(i).exists() for i in range(job.count)):
+            remove_parts(job)
 
 
 def _finish(scenes: list[Scene], scale_out: ScaleOut) -> None:

@@ -68,7 +68,9 @@ def unreachable(engine: str, address: str, reason: str) -> LemevitError:
 
 
 def reach(engine: str, address: str, timeout: float) -> None:
-    """Fail with :func:`unreachable` unless something accepts a TCP connection at ``HOST:PORT`` in ``timeout`` s."""
+    """Fail with :func:`unreachable` unless something accepts a TCP connection at ``HOST:PORT`` in ``timeout`` s
+    (``engine``: ``ray`` or ``dask``)."""
+    address = address.removeprefix("tcp://")
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise LemevitError(f"the {engine} address {address!r} is not HOST:PORT")
@@ -143,7 +145,7 @@ class DaskExecutor(cf.Executor):
             self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
             self._client = Client(self._cluster)
         else:
-            reach("dask", address.removeprefix("tcp://"), timeout)
+            reach("dask", address, timeout)
             try:
                 self._client = Client(address, timeout=f"{timeout}s")
             except (OSError, TimeoutError) as exc:

@@ -85,12 +85,12 @@ def _load(path: Path, what: str, error: type[InputError] = InputError) -> tuple[
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise error(f"{path} is corrupt (not JSON: {exc}): {what}") from exc
+        raise error(f"{path} is corrupt (not JSON: {exc}){what}") from exc
     if not isinstance(data, dict):
-        raise error(f"{path} is corrupt (not a JSON object): {what}")
+        raise error(f"{path} is corrupt (not a JSON object){what}")
     if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
         found = f"{data.get('format')!r} version {data.get('format_version')!r}"
-        raise error(f"{path}: field 'format': {found} is not {FORMAT!r} version {FORMAT_VERSION}: {what}")
+        raise error(f"{path}: field 'format': {found} is not {FORMAT!r} version {FORMAT_VERSION}{what}")
     return text, data
 
 
@@ -147,7 +147,7 @@ def load_job(folder: Path) -> Job:
     """The job of the parts directory ``folder``, checked field by field, with its paths resolved there."""
     folder = folder.absolute()
     file = folder / JOB_FILE
-    text, _ = _load(file, "run the parts again, or remove the directory")
+    text, _ = _load(file, ": run the parts again, or remove the directory")
     try:
         job = _JOB.validate_json(text, strict=True)
     except pydantic.ValidationError as exc:
@@ -209,7 +209,7 @@ def check_part(job: Job, index: int) -> dict[str, Any] | None:
     file = job.sidecar(index)
     if not file.exists():
         return None
-    text, data = _load(file, "the part runs again on the next run", PartError)
+    text, data = _load(file, "", PartError)
     if data.get("parts_hash") != job.parts_hash:
         return None
     try:
