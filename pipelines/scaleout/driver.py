@@ -44,8 +44,17 @@ from lemevit_geo.pipelines.inference.engine import Progress
 from lemevit_geo.pipelines.inference.segment import segment_job
 from lemevit_geo.pipelines.inference.tiling import TileGrid
 from lemevit_geo.pipelines.scaleout.executors import RayExecutor, failure, is_inline, open_executor, reach
-from lemevit_geo.pipelines.scaleout.jobs import Job, done_summary, mark_done, remove_parts, write_json
-from lemevit_geo.pipelines.scaleout.locks import PartsLock, sweep, sweep_folder
+from lemevit_geo.pipelines.scaleout.jobs import (
+    JOURNAL,
+    Job,
+    begin_publishing,
+    done_summary,
+    mark_done,
+    remove_parts,
+    take_back,
+    write_json,
+)
+from lemevit_geo.pipelines.scaleout.locks import Locked, PartsLock, sweep, sweep_folder
 from lemevit_geo.pipelines.scaleout.merge import COUNT_KEYS, counts, merge_job
 from lemevit_geo.pipelines.scaleout.parts import run_part
 from lemevit_geo.pipelines.scaleout.records import JOB_FILE, PartError, check_part, load_job, parts_dir_of
@@ -162,12 +171,22 @@ def _selected(scenes: list[Scene], scale_out: ScaleOut) -> dict[int, list[int]]:
         everything = everything[i::n]
         if not everything:
             total = sum(s.job.count for s in scenes if s.job is not None)
-            message = f"`part` {i}/{n} selects no part: the run makes {total} parts in all"
+            message = (
+                f"`part` {i}/{n} selects no part: the run makes only {total} parts in all "
+                "(a scene with fewer tile rows than `parts` makes fewer parts)"
+            )
             warnings.warn(message, LemevitWarning, stacklevel=2)
     chosen: dict[int, list[int]] = {}
     for n, k in everything:
         chosen.setdefault(n, []).append(k)
     return chosen
+
+
+def _recover(job: Job) -> None:
+    """Take back the outputs that a merge of ``job`` which was killed had published (see ``jobs.take_back``)."""
+    if (job.parts_dir / JOURNAL).exists():
+        with contextlib.suppress(Locked), PartsLock(job.parts_dir, True, str(job.output)):
+            take_back(job, stale=True)
 
 
 def _claim(scene: Scene, exclusive: bool, stack: contextlib.ExitStack, single: bool) -> PartsLock | None:
@@ -231,10 +250,10 @@ def _prepare(
 ) -> list[tuple[Scene, int]]:
     """Skip scenes merged earlier, check the others' outputs, lock their parts directories, write their
     ``job.json``, collect finished parts; return the parts to run."""
-    if run:
-        _warn_fewer(scenes, default_parts(scale_out, len(scenes)))
     every = {n: list(range(s.job.count)) for n, s in enumerate(scenes) if s.job}
     selected = _selected(scenes, scale_out) if run else every
+    if run and selected:  # (a part that selects nothing said so)
+        _warn_fewer(scenes, default_parts(scale_out, len(scenes)))
     todo = []
     for n, scene in enumerate(scenes):
         job = scene.job
@@ -244,6 +263,7 @@ def _prepare(
         if earlier is not None:
             scene.state, scene.summary = "done earlier", earlier
             continue
+        _recover(job)
         if not _check_new(scene, len(scenes) == 1):
             continue
         lock = _claim(scene, scale_out.part is None, stack, len(scenes) == 1)
@@ -270,14 +290,23 @@ def _merge(scene: Scene, keep_parts: bool) -> None:
     assert job is not None
     sidecars = [scene.sidecars[i] for i in range(job.count)]
     start = time.perf_counter()
+    begin_publishing(job)
     try:
         written = merge_job(job, sidecars)
-    except LemevitError as exc:
+    except BaseException as exc:  # also a signal: no output of an unfinished merge stays
+        take_back(job)
+        if not isinstance(exc, LemevitError):
+            raise
         scene.fail(f"merge: {exc}")
         return
     scene.summary = job_summary(scene, sidecars, written, time.perf_counter() - start)
     scene.state = "done"
-    mark_done(job, scene.summary, keep_parts)
+    try:
+        mark_done(job, scene.summary, keep_parts)
+    except BaseException:  # a signal after the outputs were published: record them (signals are ignored now)
+        with contextlib.suppress(Exception):
+            mark_done(job, scene.summary, keep_parts)
+        raise
 
 
 def _collect(

@@ -232,7 +232,9 @@ def seal(job: Job) -> Job:
         "detection": job.detection,
     }
     parts_hash = _digest(parts)
-    merge = [parts_hash, job.output, job.outputs, job.vector_skip, job.raster]
+    targets = (job.output, job.outputs.probabilities, job.outputs.vector, job.raster)
+    where = [p.absolute() if p else None for p in targets]  # the same from any working directory
+    merge = [parts_hash, where, dataclasses.replace(job.outputs, probabilities=None, vector=None), job.vector_skip]
     return dataclasses.replace(job, parts_hash=parts_hash, job_hash=_digest(merge))
 
 
@@ -340,9 +342,46 @@ def _stamps(paths: list[Path]) -> list[list[Any]]:
     return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
 
 
+#: The outputs a merge is making that did not exist before it (taken back if it does not finish).
+JOURNAL = "publishing.json"
+
+
+def begin_publishing(job: Job) -> None:
+    """Record the outputs of ``job`` that do not exist yet, before a merge makes them."""
+    new = [str(p.absolute()) for p in job.outputs_written() if not p.exists()]
+    write_json(job.parts_dir / JOURNAL, {"job_hash": job.job_hash, "outputs": new})
+
+
+def take_back(job: Job, stale: bool = False) -> bool:
+    """Remove what an unfinished merge of ``job`` published of the outputs it recorded as new (this run's merge,
+    or with ``stale`` an earlier one that was killed: outputs made after the record); True if any was removed.
+
+    Only the job's own outputs are touched, whatever the record says.
+    """
+    journal = job.parts_dir / JOURNAL
+    record = read_json(journal) or {}
+    try:
+        since = journal.stat().st_mtime_ns if stale else 0
+    except OSError:
+        return False
+    listed = set(record.get("outputs") or []) if record.get("job_hash") == job.job_hash else set()
+    removed = False
+    for path in job.outputs_written():
+        try:
+            if str(path.absolute()) in listed and path.stat().st_mtime_ns >= since:
+                path.unlink()
+                Path(f"{path}.aux.xml").unlink(missing_ok=True)
+                removed = True
+        except OSError:
+            continue
+    journal.unlink(missing_ok=True)
+    return removed
+
+
 def mark_done(job: Job, summary: dict[str, Any], keep_parts: bool) -> None:
     """Record that ``job`` was merged (``done.json``), and remove its part files unless ``keep_parts``."""
     write_json(job.parts_dir / "done.json", {"job_hash": job.job_hash, "outputs": _stamps(job.outputs_written())})
+    (job.parts_dir / JOURNAL).unlink(missing_ok=True)
     write_json(job.parts_dir / "summary.json", summary)
     if not keep_parts:
         for i in range(job.count):
