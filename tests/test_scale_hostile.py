@@ -390,7 +390,7 @@ def test_more_parts_than_tile_rows_is_one_warning_and_json_says_what_each_part_c
     shutil.rmtree(tmp_path / "m.tif.parts")
     r = cli_main(*args, "-q")
     assert r.returncode == 0 and r.stderr.strip().splitlines() == [
-        f"warning: fewer tile rows than --parts 4, so fewer parts: {scene}: 3"
+        f"warning: fewer tile rows than the 4 parts asked for, so fewer parts: {scene}: 3"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif", "m.tif.aux.xml", "s.tif"]
 
@@ -411,3 +411,13 @@ def test_an_executor_address_with_nothing_listening_fails_fast_in_one_line(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
     r = cli_main("segment", scene, "-o", tmp_path / "m.tif", "-m", data / "seg.safetensors", "--connect-timeout", 0)
     assert "--connect-timeout must be above 0 seconds" in one_line(r)
+
+
+def test_array_tasks_refuse_outputs_outside_the_output_folder(tmp_path: Path, data: Path) -> None:
+    scene = write_raster(tmp_path / "s.tif", textured_scene(64, 64))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "other").mkdir()
+    args = ["segment", scene, "-o", tmp_path / "out" / "m.tif", "-m", data / "seg.safetensors", "--part", "0/2"]
+    line = one_line(cli_main(*args, "--vector", tmp_path / "other" / "v.gpkg"))
+    assert f"{tmp_path / 'other' / 'v.gpkg'} is outside {tmp_path / 'out'}: with --part, every output" in line
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["other", "out", "s.tif"]

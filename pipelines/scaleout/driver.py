@@ -147,13 +147,27 @@ def _part_tiles(job: Job, index: int) -> int:
     return (strip.stop - strip.halo) * len(grid.xs)
 
 
-def _check_new(scene: Scene, single: bool) -> bool:
-    """Refuse outputs that exist (without ``overwrite``) for a scene not merged earlier: fatal for a single
-    scene, a failed scene among several."""
+def _check_beside(job: Job) -> None:
+    """Array tasks: every output must lie in the main output's folder, where ``lemevit-geo merge`` writes."""
+    folder = job.output.parent.resolve()
+    for path in job.outputs_written():
+        if not path.resolve().is_relative_to(folder):
+            raise OutputError(
+                f"{path} is outside {folder}: with `part`, every output lies in the folder of {job.output.name} "
+                "(the merge writes only there)"
+            )
+
+
+def _check_new(scene: Scene, single: bool, array: bool = False) -> bool:
+    """Refuse outputs that exist (without ``overwrite``) for a scene not merged earlier, and (``array``: parts
+    that ``lemevit-geo merge`` joins) outputs outside the main output's folder: fatal for a single scene, a
+    failed scene among several."""
     job = scene.job
     assert job is not None
     try:
         check_outputs(job.outputs_written(), job.overwrite, [*job.inputs, job.model])
+        if array:
+            _check_beside(job)
     except LemevitError as exc:
         if single:
             raise
@@ -242,7 +256,8 @@ def _warn_fewer(scenes: list[Scene], requested: int) -> None:
     fewer = [s for s in scenes if s.job is not None and s.job.task != Task.detect and s.job.count < requested]
     if fewer:
         made = ", ".join(f"{s.name}: {s.job.count}" for s in fewer if s.job)
-        warnings.warn(f"fewer tile rows than `parts` {requested}, so fewer parts: {made}", LemevitWarning, stacklevel=2)
+        message = f"fewer tile rows than the {requested} parts asked for, so fewer parts: {made}"
+        warnings.warn(message, LemevitWarning, stacklevel=2)
 
 
 def _prepare(
@@ -264,7 +279,7 @@ def _prepare(
             scene.state, scene.summary = "done earlier", earlier
             continue
         _recover(job)
-        if not _check_new(scene, len(scenes) == 1):
+        if not _check_new(scene, len(scenes) == 1, scale_out.part is not None):
             continue
         lock = _claim(scene, scale_out.part is None, stack, len(scenes) == 1)
         if lock is None:
