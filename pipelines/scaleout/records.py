@@ -184,11 +184,22 @@ def _check_counts(job: Job, index: int, side: _Sidecar, file: Path) -> None:
             raise PartError(f"{file}: field 'bands[{i}]': rows or column chunks outside the part's strip")
 
 
+def _check_identity(job: Job, index: int, side: _Sidecar, file: Path) -> None:
+    """The sidecar must describe this part of this job: its index, count, file name and strip."""
+    found = {
+        "index": (side.index, index),
+        "count": (side.count, job.count),
+        "file": (side.file, job.part_file(index).name),
+        "strip": (side.strip, job.strips[index]),
+    }
+    for name, (value, want) in found.items():
+        if value != want:
+            raise PartError(f"{file}: field {name!r}: {value!r} where part {index}/{job.count} has {want!r}")
+
+
 def _check_file(job: Job, index: int, side: _Sidecar, file: Path) -> dict[str, Any]:
-    """The part file must be the one the sidecar describes: name, size and SHA-256."""
+    """The part file must be the one the sidecar describes: size and SHA-256."""
     part = job.part_file(index)
-    if side.file != part.name or side.index != index or side.count != job.count or side.strip != job.strips[index]:
-        raise PartError(f"{file}: field 'file': describes {side.file!r}, not part {index}/{job.count} ({part.name})")
     try:
         size = part.stat().st_size
     except OSError as exc:
@@ -216,5 +227,6 @@ def check_part(job: Job, index: int) -> dict[str, Any] | None:
         side = _Sidecar.model_validate_json(text)
     except pydantic.ValidationError as exc:
         raise PartError(_invalid(file, exc)) from None
+    _check_identity(job, index, side, file)
     _check_counts(job, index, side, file)
     return _check_file(job, index, side, file)
