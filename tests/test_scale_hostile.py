@@ -23,22 +23,12 @@ from pathlib import Path
 
 import geopandas as gpd
 import pytest
-import torch
 
 from tests.conftest import cli, cli_main, textured_scene, write_raster
-from tests.test_scale import structured
+from tests.test_scale import one_thread, structured  # noqa: F401 (one torch thread, as the parts had)
 
 FIXED = ["--device", "cpu", "--precision", "fp32", "--overlap", "16"]
 HEIGHT, WIDTH = 384, 256  # tile 64, overlap 16: 8 tile rows of 5 tiles
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread, as the parts had (LeMeViT on CPU is not thread-count invariant)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
