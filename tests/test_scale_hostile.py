@@ -411,3 +411,27 @@ def test_array_tasks_refuse_outputs_outside_the_output_folder(tmp_path: Path, da
     line = one_line(cli_main(*args, "--vector", tmp_path / "other" / "v.gpkg"))
     assert f"{tmp_path / 'other' / 'v.gpkg'} is outside {tmp_path / 'out'}: with --part, every output" in line
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["other", "out", "s.tif"]
+
+
+def test_a_part_with_a_corrupt_input_is_one_line_without_a_table(tmp_path: Path, data: Path) -> None:
+    from tests.test_scale import corrupt_block_scene
+
+    scene = corrupt_block_scene(tmp_path / "bad.tif")  # a garbage block in scene rows 64-128
+    output = tmp_path / "m.tif"
+    r = cli_main("segment", scene, "-o", output, "-m", data / "seg.safetensors", *FIXED, "--parts", 2)
+    line = one_line(r)
+    assert line.startswith(f"error: part 0/2: {scene}: reading the window at column") and r.stdout == "", line
+    assert not output.exists() and not temporaries(tmp_path)
+
+
+def test_merge_of_a_directory_merges_the_good_scenes_and_names_the_bad_one(tmp_path: Path, data: Path) -> None:
+    output = parts_in(tmp_path, data)
+    shutil.copytree(tmp_path / "m.tif.parts", tmp_path / "n.tif.parts")
+    (tmp_path / "n.tif.parts" / "job.json").write_text("{}")
+    line = one_line(cli_main("merge", tmp_path))
+    assert line.startswith("error: 1 of 2 scenes failed: ") and "n.tif.parts/job.json: field 'format'" in line
+    assert_merged_like_one_process(output, data)
+    names = ["m.tif", "m.tif.aux.xml", "m.tif.parts", "n.tif.parts", "p.tif", "v.gpkg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names  # parts directories go when every scene is merged
+    done = ["done.json", "job.json", "lock", "summary.json"]  # merged: a rerun says "done earlier"
+    assert sorted(p.name for p in (tmp_path / "m.tif.parts").iterdir()) == done

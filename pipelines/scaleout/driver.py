@@ -415,8 +415,8 @@ def _finish(scenes: list[Scene], scale_out: ScaleOut) -> None:
                 remove_parts(scene.job)
 
 
-def _merge_target(folder: Path) -> Scene:
-    """The scene of one parts directory for ``lemevit-geo merge``, its ``job.json`` checked."""
+def _merge_target(folder: Path) -> Job:
+    """The job of one parts directory for ``lemevit-geo merge``, its ``job.json`` checked."""
     output, folder = parts_dir_of(folder)
     if not folder.is_dir():
         if output.exists():
@@ -426,8 +426,7 @@ def _merge_target(folder: Path) -> Scene:
         if (folder / "done.json").exists():
             raise InputError(f"{output} is already merged: {output.absolute()}")
         raise InputError(f"{folder} holds no {JOB_FILE}: run the parts first (`part` i/N)")
-    job = load_job(folder)
-    return Scene(str(job.output), job)
+    return load_job(folder)
 
 
 def merge_parts(
@@ -437,14 +436,14 @@ def merge_parts(
     that array jobs (``part`` ``i/N``) wrote. ``output`` may also name its parts directory."""
     output = Path(output)
     many = output.is_dir() and not output.name.endswith(".parts")
-    if many:
-        dirs = sorted(p for p in output.glob("*.parts") if p.is_dir())
-        if not dirs:
-            raise InputError(f"{output} holds no parts directories (*.parts): nothing to merge")
-    scenes = [_merge_target(folder) for folder in (dirs if many else [output])]
+    folders = sorted(p for p in output.glob("*.parts") if p.is_dir()) if many else [output]
+    if not folders:
+        raise InputError(f"{output} holds no parts directories (*.parts): nothing to merge")
+    names = [str(parts_dir_of(folder)[0].absolute()) for folder in folders]
+    scenes = plan_scenes(names, lambda i: _merge_target(folders[i]), not many)
     for scene in scenes:
-        assert scene.job is not None
-        scene.job = dataclasses.replace(scene.job, overwrite=scene.job.overwrite or overwrite)
+        if scene.job is not None:
+            scene.job = dataclasses.replace(scene.job, overwrite=scene.job.overwrite or overwrite)
     return run_scenes(scenes, ScaleOut(keep_parts=keep_parts), progress, run=False)
 
 
