@@ -435,3 +435,24 @@ def test_merge_of_a_directory_merges_the_good_scenes_and_names_the_bad_one(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == names  # parts directories go when every scene is merged
     done = ["done.json", "job.json", "lock", "summary.json"]  # merged: a rerun says "done earlier"
     assert sorted(p.name for p in (tmp_path / "m.tif.parts").iterdir()) == done
+
+
+def test_the_next_merge_sweeps_what_a_killed_merge_left(tmp_path: Path, data: Path) -> None:
+    """A merge killed (SIGKILL) after publishing the class raster, with temporaries beside the outputs and in
+    the parts directory: the next merge takes the published raster back, sweeps the temporaries, and merges."""
+    output = parts_in(tmp_path, data)
+    folder = output.parent / "m.tif.parts"
+    job = json.loads((folder / "job.json").read_text())
+    journal = {"job_hash": job["job_hash"], "outputs": [str(output), str(tmp_path / "p.tif")]}
+    (folder / "publishing.json").write_text(json.dumps(journal))
+    output.write_bytes(b"half of a merge")
+    stale = [tmp_path / ".m.0123abcd.partial.tif", tmp_path / ".m.conf.0123abcd.partial.tif.aux.xml"]
+    stale += [tmp_path / ".v.89abcdef.partial.gpkg-journal", folder / ".part-00001-of-00003.0123abcd.partial.tif"]
+    for path in stale:
+        path.write_bytes(b"left")
+    (tmp_path / ".other.0123abcd.partial.tif").write_bytes(b"another output's")
+    r = cli_main("merge", output, "-q")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert_merged_like_one_process(output, data)
+    names = [".other.0123abcd.partial.tif", "m.tif", "m.tif.aux.xml", "p.tif", "v.gpkg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
