@@ -264,6 +264,10 @@ Sign = Annotated[
 ]
 Restart = Annotated[bool, typer.Option("--restart", help="Run every part again, ignoring finished parts.")]
 KeepParts = Annotated[bool, typer.Option("--keep-parts", help="Keep the part files after the merge.")]
+ConnectTimeout = Annotated[
+    float,
+    typer.Option("--connect-timeout", help="Seconds to wait for the Ray or Dask cluster at the --executor address."),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary table.")]
 Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (and no progress).")]
 
@@ -302,6 +306,7 @@ FIELD_OPTIONS: dict[str, Any] = {
     "query": Query,
     "sign": Sign,
     "keep_parts": KeepParts,
+    "connect_timeout": ConnectTimeout,
     "quiet": Quiet,
     "json": Json,
     "epochs": Epochs,

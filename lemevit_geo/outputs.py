@@ -62,6 +62,15 @@ def check_output(path: Path, overwrite: bool, inputs: Iterable[str | Path] = ())
         raise OutputError(f"{path} exists; pass `overwrite` to replace it")
 
 
+#: The temporaries of the outputs being written now (not yet published or removed).
+_pending: set[Path] = set()
+
+
+def writing() -> bool:
+    """Whether an output is being written now: a signal at this moment leaves an unfinished output to remove."""
+    return bool(_pending)
+
+
 def temporary_sibling(path: Path) -> Path:
     """A hidden, unique name beside ``path`` that keeps its extension (drivers pick formats by it)."""
     return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
@@ -94,6 +103,7 @@ def atomic_path(path: Path, overwrite: bool = False, inputs: Iterable[str | Path
     check_output(path, overwrite, inputs)
     tmp = temporary_sibling(path)
     aux = Path(f"{tmp}.aux.xml")
+    _pending.add(tmp)
     try:
         yield tmp
         publish(tmp, path, overwrite)
@@ -109,3 +119,4 @@ def atomic_path(path: Path, overwrite: bool = False, inputs: Iterable[str | Path
         for leftover in (tmp, aux):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+        _pending.discard(tmp)

@@ -374,6 +374,7 @@ class ScaleOut:
             (array jobs; ``lemevit-geo merge`` joins the parts).
         restart: Run every part again, ignoring finished ones.
         keep_parts: Keep the part files after a successful merge.
+        connect_timeout: Seconds to wait for the Ray or Dask cluster at an executor's address.
     """
 
     executor: str = "inline"
@@ -381,6 +382,7 @@ class ScaleOut:
     part: tuple[int, int] | None = None
     restart: bool = False
     keep_parts: bool = False
+    connect_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if not EXECUTOR.match(self.executor):
@@ -390,6 +392,8 @@ class ScaleOut:
             )
         if self.parts is not None and self.parts < 1:
             raise InputError(f"`parts` must be at least 1, got {self.parts}")
+        if not self.connect_timeout > 0:
+            raise InputError(f"`connect_timeout` must be above 0 seconds, got {self.connect_timeout}")
         if self.part is not None:
             i, n = self.part
             if not 0 <= i < n:

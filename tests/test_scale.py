@@ -448,7 +448,7 @@ def test_scale_out_usage_errors(tmp_path: Path, bundle: Path, extra: list[str], 
 
 def test_merge_without_parts_is_one_line(tmp_path: Path) -> None:
     r = cli_main("merge", tmp_path / "mask.tif")
-    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "holds no job.json" in r.stderr
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "has no parts directory" in r.stderr
 
 
 def test_several_inputs_need_an_output_directory(tmp_path: Path, bundle: Path) -> None:

@@ -53,8 +53,11 @@ class Interrupted(BaseException):
     """
 
     def __init__(self, signum: int) -> None:
+        from lemevit_geo.outputs import writing
+
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.unfinished = writing()  # an output was being written (and is removed on the way out)
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -176,7 +179,8 @@ def _run(command: Callable[[], object]) -> None:
         console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except Interrupted as exc:
-        console.print(f"[bold red]interrupted[/] ({exc}): unfinished outputs removed", highlight=False)
+        removed = ": unfinished outputs removed" if exc.unfinished else ""
+        console.print(f"[bold red]interrupted[/] ({exc}){removed}", highlight=False)
         sys.exit(128 + exc.signum)
     except MemoryError:
         console.print("[bold red]error:[/] out of memory: lower --batch-size or --tile-size", highlight=False)

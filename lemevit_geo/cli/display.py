@@ -96,4 +96,5 @@ def tile_progress(display: Display) -> Iterator[TileProgress]:
         progress.bar.live.transient = True  # a failed run's error stays the only line
         raise
     finally:
-        progress.bar.stop()
+        if progress.bar.live.is_started:  # stopping a bar never shown would print an empty line
+            progress.bar.stop()

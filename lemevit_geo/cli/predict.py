@@ -15,7 +15,7 @@ import typer
 
 from lemevit_geo import options as o
 from lemevit_geo.cli.app import app
-from lemevit_geo.cli.display import report, tile_progress
+from lemevit_geo.cli.display import print_json, report, tile_progress
 from lemevit_geo.options import Display, grouped
 from lemevit_geo.settings import CLASSIFY_ENGINE, DenseOutputs, Detection, Engine, ScaleOut, Sources, Tiling
 
@@ -53,13 +53,17 @@ def run_with_progress(pipeline: Callable[..., dict[str, Any]], display: Display,
 
 
 def run_scaled(pipeline: Callable[..., dict[str, Any]], display: Display, **kwargs: Any) -> None:
-    """Run a scale-out pipeline like :func:`run_with_progress`, then fail (exit 1) naming every failed scene."""
+    """Run a scale-out pipeline like :func:`run_with_progress`; a run with failed scenes prints no table (the
+    JSON summary with ``--json``), takes the progress bar down and fails (exit 1) with one line naming them."""
     from lemevit_geo.pipelines.scaleout.driver import check_failures
 
     with tile_progress(display) as progress:
         summary = pipeline(progress=progress, **kwargs)
+        if summary.get("failed"):
+            if display.json:
+                print_json(summary)
+            check_failures(summary)
     report(summary, display)
-    check_failures(summary)
 
 
 def run_images(

@@ -20,6 +20,7 @@ scene-sized array.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -319,12 +320,38 @@ class BandWriter:
         self._queue.put(Band(band.row - self.origin, band.height, band.pieces, band.ready) if self.origin else band)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        """Write what is queued and the last block rows; re-raise the writer's error. Interrupted on the way
+        (a signal), the writer is stopped and joined before the interruption goes on."""
+        try:
+            self._queue.put(None)
+            self._thread.join()
+        except BaseException:
+            self.abort()
+            raise
         if self._error is None:
             self._rows.flush()
         if self._error is not None:
             raise self._error
+
+    def abort(self) -> None:
+        """Stop the writer without writing what is queued, and wait until it has left GDAL, so the files can
+        be closed and removed (closing a dataset that the thread still writes ends the process)."""
+        if self._error is None:
+            self._error = _Aborted()
+        pending: BaseException | None = None
+        while self._thread.is_alive():
+            try:
+                with contextlib.suppress(queue.Full):
+                    self._queue.put(None, timeout=0.1)
+                self._thread.join(timeout=0.1)
+            except BaseException as exc:  # a signal while waiting: wait on, then let it go on
+                pending = pending or exc
+        if pending is not None:
+            raise pending
+
+
+class _Aborted(Exception):
+    """The writer was stopped (:meth:`BandWriter.abort`): queued bands are dropped."""
 
 
 class CropMerge:

@@ -23,16 +23,19 @@ Failures are per scene: a scene whose planning, parts or merge fail is reported 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import glob
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lemevit_geo.errors import InputError, LemevitError, OutputError
+from lemevit_geo.choices import Task
+from lemevit_geo.errors import InputError, LemevitError, LemevitWarning, OutputError
 from lemevit_geo.inputs import InputSpec, local_file, stem
 from lemevit_geo.pipelines.inference.change import plan_change
 from lemevit_geo.pipelines.inference.classify import plan_classify
@@ -41,20 +44,22 @@ from lemevit_geo.pipelines.inference.engine import Progress
 from lemevit_geo.pipelines.inference.plan import check_outputs
 from lemevit_geo.pipelines.inference.segment import plan_segment
 from lemevit_geo.pipelines.inference.tiling import TileGrid
-from lemevit_geo.pipelines.scaleout.executors import RayExecutor, failure, is_inline, open_executor
+from lemevit_geo.pipelines.scaleout.executors import RayExecutor, failure, is_inline, open_executor, reach
 from lemevit_geo.pipelines.scaleout.jobs import (
+    JOURNAL,
     Job,
+    begin_publishing,
     done_summary,
-    finished_part,
     mark_done,
-    parts_dir,
     plan_job,
-    read_json,
     remove_parts,
+    take_back,
     write_json,
 )
+from lemevit_geo.pipelines.scaleout.locks import Locked, PartsLock, sweep, sweep_folder
 from lemevit_geo.pipelines.scaleout.merge import COUNT_KEYS, counts, merge_job
 from lemevit_geo.pipelines.scaleout.parts import run_part
+from lemevit_geo.pipelines.scaleout.records import JOB_FILE, PartError, check_part, load_job, parts_dir_of
 from lemevit_geo.settings import DenseOutputs, ScaleOut
 
 #: Names that say "file": with several inputs such an output is refused rather than made a directory.
@@ -146,13 +151,27 @@ def _part_tiles(job: Job, index: int) -> int:
     return (strip.stop - strip.halo) * len(grid.xs)
 
 
-def _check_new(scene: SceneRun, single: bool) -> bool:
-    """Refuse outputs that exist (without ``overwrite``) for a scene not merged earlier: fatal for a single
-    scene, a failed scene among several."""
+def _check_beside(job: Job) -> None:
+    """Array tasks: every output must lie in the main output's folder, where ``lemevit-geo merge`` writes."""
+    folder = job.output.parent.resolve()
+    for path in job.outputs_written():
+        if not path.resolve().is_relative_to(folder):
+            raise OutputError(
+                f"{path} is outside {folder}: with `part`, every output lies in the folder of {job.output.name} "
+                "(the merge writes only there)"
+            )
+
+
+def _check_new(scene: SceneRun, single: bool, array: bool = False) -> bool:
+    """Refuse outputs that exist (without ``overwrite``) for a scene not merged earlier, and (``array``: parts
+    that ``lemevit-geo merge`` joins) outputs outside the main output's folder: fatal for a single scene, a
+    failed scene among several."""
     job = scene.job
     assert job is not None
     try:
         check_outputs(job.outputs_written(), job.overwrite, [*job.inputs, job.model])
+        if array:
+            _check_beside(job)
     except LemevitError as exc:
         if single:
             raise
@@ -161,11 +180,101 @@ def _check_new(scene: SceneRun, single: bool) -> bool:
     return True
 
 
-def _prepare(scenes: list[SceneRun], scale_out: ScaleOut) -> list[tuple[SceneRun, int]]:
-    """Skip scenes merged earlier, check the others' outputs, write their ``job.json``, collect finished parts;
-    return the parts to run."""
+def _selected(scenes: list[SceneRun], scale_out: ScaleOut) -> dict[int, list[int]]:
+    """The parts this run may run, by scene: all of them, or with ``part`` ``i/N`` every N-th part (from the
+    i-th) of all the planned scenes' parts (the same list in every array task)."""
+    everything = [(n, k) for n, s in enumerate(scenes) if s.job is not None for k in range(s.job.count)]
+    if scale_out.part is not None:
+        i, n = scale_out.part
+        everything = everything[i::n]
+        if not everything:
+            total = sum(s.job.count for s in scenes if s.job is not None)
+            message = (
+                f"`part` {i}/{n} selects no part: the run makes only {total} parts in all "
+                "(a scene with fewer tile rows than `parts` makes fewer parts)"
+            )
+            warnings.warn(message, LemevitWarning, stacklevel=2)
+    chosen: dict[int, list[int]] = {}
+    for n, k in everything:
+        chosen.setdefault(n, []).append(k)
+    return chosen
+
+
+def _recover(job: Job) -> None:
+    """Take back the outputs that a merge of ``job`` which was killed had published (see ``jobs.take_back``)."""
+    if (job.parts_dir / JOURNAL).exists():
+        with contextlib.suppress(Locked), PartsLock(job.parts_dir, True, str(job.output)):
+            take_back(job, stale=True)
+
+
+def _claim(scene: SceneRun, exclusive: bool, stack: contextlib.ExitStack, single: bool) -> PartsLock | None:
+    """Lock the scene's parts directory; a run that holds it alone sweeps what interrupted runs left there and
+    beside the outputs. Another run's lock is fatal for a single scene, a failed scene among several."""
+    job = scene.job
+    assert job is not None
+    try:
+        lock = stack.enter_context(PartsLock(job.parts_dir, exclusive, str(job.output)))
+    except LemevitError as exc:
+        if single:
+            raise
+        scene.fail(str(exc))
+        return None
+    if exclusive:
+        sweep([*job.outputs_written(), job.parts_dir])
+        sweep_folder(job.parts_dir)
+    return lock
+
+
+def _todo(scene: SceneRun, lock: PartsLock, parts: list[int], scale_out: ScaleOut, run: bool) -> list[int]:
+    """Of ``parts``, those that must run; the sidecars of finished ones go to the scene. A part whose file
+    does not check out runs again; without ``run`` (a merge) it fails the scene, as missing parts do."""
+    job = scene.job
+    assert job is not None
+    todo, missing = [], []
+    for i in parts:
+        lock.part(i, job.count)
+        if run:
+            sweep([job.part_file(i), job.sidecar(i)])
+        try:
+            side = None if scale_out.restart else check_part(job, i)
+        except PartError as exc:
+            if not run:
+                scene.fail(f"{exc}: run the {job.task.value} command again (it runs this part again and merges)")
+                return []
+            side = None
+        if side is not None:
+            scene.sidecars[i] = side
+        else:
+            (todo if run else missing).append(i)
+    if missing:
+        names = ", ".join(map(str, missing))
+        scene.fail(
+            f"{job.output}: parts {names} of {job.count} are not finished: run the {job.task.value} command "
+            "again without `part` (it reuses the finished parts and merges), or finish them with `part`"
+        )
+    return todo
+
+
+def _warn_fewer(scenes: list[SceneRun], requested: int) -> None:
+    """One warning for the scenes with fewer tile rows than the parts asked for (each runs as fewer parts)."""
+    fewer = [s for s in scenes if s.job is not None and s.job.task != Task.detect and s.job.count < requested]
+    if fewer:
+        made = ", ".join(f"{s.name}: {s.job.count}" for s in fewer if s.job)
+        message = f"fewer tile rows than the {requested} parts asked for, so fewer parts: {made}"
+        warnings.warn(message, LemevitWarning, stacklevel=2)
+
+
+def _prepare(
+    scenes: list[SceneRun], scale_out: ScaleOut, stack: contextlib.ExitStack, run: bool
+) -> list[tuple[SceneRun, int]]:
+    """Skip scenes merged earlier, check the others' outputs, lock their parts directories, write their
+    ``job.json``, collect finished parts; return the parts to run."""
+    every = {n: list(range(s.job.count)) for n, s in enumerate(scenes) if s.job}
+    selected = _selected(scenes, scale_out) if run else every
+    if run and selected:  # (a part that selects nothing said so)
+        _warn_fewer(scenes, default_parts(scale_out, len(scenes)))
     todo = []
-    for scene in scenes:
+    for n, scene in enumerate(scenes):
         job = scene.job
         if job is None or scene.state == "failed":
             continue
@@ -173,20 +282,17 @@ def _prepare(scenes: list[SceneRun], scale_out: ScaleOut) -> list[tuple[SceneRun
         if earlier is not None:
             scene.state, scene.summary = "done earlier", earlier
             continue
-        if not _check_new(scene, len(scenes) == 1):
+        _recover(job)
+        if not _check_new(scene, len(scenes) == 1, scale_out.part is not None):
             continue
-        job.parts_dir.mkdir(exist_ok=True)
-        write_json(job.parts_dir / "job.json", job.to_dict())
-        for i in range(job.count):
-            side = None if scale_out.restart else finished_part(job, i)
-            if side is not None:
-                scene.sidecars[i] = side
-            else:
-                todo.append((scene, i))
-    if scale_out.part is not None:  # every N-th part of all the scenes' parts, from the i-th
-        i, n = scale_out.part
-        everything = [(s, k) for s in scenes if s.job and s.state == "planned" for k in range(s.job.count)]
-        todo = [(s, k) for s, k in everything[i::n] if k not in s.sidecars]
+        lock = _claim(scene, scale_out.part is None, stack, len(scenes) == 1)
+        if lock is None:
+            continue
+        if run:
+            if scale_out.part is None:  # a run that ends before a part is finished leaves no parts directory
+                stack.callback(_drop_unused, scene)  # (before the lock is released)
+            write_json(job.parts_dir / JOB_FILE, job.to_dict())
+        todo.extend((scene, i) for i in _todo(scene, lock, selected.get(n, []), scale_out, run))
     return todo
 
 
@@ -203,14 +309,23 @@ def _merge(scene: SceneRun, keep_parts: bool) -> None:
     assert job is not None
     sidecars = [scene.sidecars[i] for i in range(job.count)]
     start = time.perf_counter()
+    begin_publishing(job)
     try:
         written = merge_job(job, sidecars)
-    except LemevitError as exc:
+    except BaseException as exc:  # also a signal: no output of an unfinished merge stays
+        take_back(job)
+        if not isinstance(exc, LemevitError):
+            raise
         scene.fail(f"merge: {exc}")
         return
     scene.summary = job_summary(scene, sidecars, written, time.perf_counter() - start)
     scene.state = "done"
-    mark_done(job, scene.summary, keep_parts)
+    try:
+        mark_done(job, scene.summary, keep_parts)
+    except BaseException:  # a signal after the outputs were published: record them (signals are ignored now)
+        with contextlib.suppress(Exception):
+            mark_done(job, scene.summary, keep_parts)
+        raise
 
 
 def _collect(
@@ -250,23 +365,45 @@ def _run_parts(
         _collect(future, *pending[future], scale_out, progress)
 
 
-def run_scenes(scenes: list[SceneRun], scale_out: ScaleOut, progress: Progress | None = None) -> dict[str, Any]:
+def run_scenes(
+    scenes: list[SceneRun], scale_out: ScaleOut, progress: Progress | None = None, run: bool = True
+) -> dict[str, Any]:
     """Run the parts of every planned scene on the executor ``scale_out`` names, merge them, clean up.
 
-    Returns the summary: one scene's own summary for a single scene, else every scene's, with failures
-    named (``failed``). Finished parts of failed scenes stay for the rerun.
+    Without ``run`` (``lemevit-geo merge``) no part runs: a scene with a part missing or failing its check
+    fails. Returns the summary: one scene's own summary for a single scene, else every scene's, with
+    failures named (``failed``). Finished parts of failed scenes stay for the rerun.
     """
     start = time.perf_counter()
-    todo = _prepare(scenes, scale_out)
-    if progress:
-        progress.start(sum(_part_tiles(s.job, i) for s, i in todo if s.job))
-    if todo:
-        device = next(s.job.engine.device for s, _ in todo if s.job)
-        executor = open_executor(scale_out.executor, device)
-        try:
-            _run_parts(executor, todo, scale_out, progress)
-        finally:
-            executor.shutdown(wait=False, cancel_futures=True)
+    address = scale_out.executor.split("://", 1)
+    if run and len(address) == 2:  # nothing listening there: fail before any parts directory is made
+        reach(address[0], address[1], scale_out.connect_timeout)
+    with contextlib.ExitStack() as locks:
+        todo = _prepare(scenes, scale_out, locks, run)
+        if todo:
+            if progress:
+                progress.start(sum(_part_tiles(s.job, i) for s, i in todo if s.job))
+            device = next(s.job.engine.device for s, _ in todo if s.job)
+            executor = open_executor(scale_out.executor, device, scale_out.connect_timeout)
+            try:
+                _run_parts(executor, todo, scale_out, progress)
+            finally:
+                executor.shutdown(wait=False, cancel_futures=True)
+        _finish(scenes, scale_out)
+    return scenes_summary(scenes, time.perf_counter() - start)
+
+
+def _drop_unused(scene: SceneRun) -> None:
+    """Remove the parts directory of an unmerged scene that holds no finished part (nothing to resume)."""
+    job = scene.job
+    if job is not None and scene.state in ("planned", "failed") and job.parts_dir.is_dir():
+        if not any(job.sidecar(i).exists() for i in range(job.count)):
+            remove_parts(job)
+
+
+def _finish(scenes: list[SceneRun], scale_out: ScaleOut) -> None:
+    """Merge the scenes whose parts are all in (or record this run's share of parts), then remove the parts
+    directories if every scene succeeded."""
     for scene in scenes:
         job = scene.job
         if job is None or scene.state != "planned":
@@ -280,35 +417,38 @@ def run_scenes(scenes: list[SceneRun], scale_out: ScaleOut, progress: Progress |
         for scene in scenes:
             if scene.job is not None:
                 remove_parts(scene.job)
-    return scenes_summary(scenes, time.perf_counter() - start)
+
+
+def _merge_target(folder: Path) -> Job:
+    """The job of one parts directory for ``lemevit-geo merge``, its ``job.json`` checked."""
+    output, folder = parts_dir_of(folder)
+    if not folder.is_dir():
+        if output.exists():
+            raise InputError(f"{output} is already merged (it has no parts directory): {output.absolute()}")
+        raise InputError(f"{output} has no parts directory ({folder.name}): run its parts first (`part` i/N)")
+    if not (folder / JOB_FILE).exists():
+        if (folder / "done.json").exists():
+            raise InputError(f"{output} is already merged: {output.absolute()}")
+        raise InputError(f"{folder} holds no {JOB_FILE}: run the parts first (`part` i/N)")
+    return load_job(folder)
 
 
 def merge_parts(
     output: Path, overwrite: bool = False, keep_parts: bool = False, progress: Progress | None = None
 ) -> dict[str, Any]:
     """``lemevit-geo merge``: join the parts of ``output`` (or of every output in the directory ``output``)
-    that array jobs (``part`` ``i/N``) wrote."""
-    dirs = sorted(Path(output).glob("*.parts")) if Path(output).is_dir() else [parts_dir(Path(output))]
-    scenes = []
-    for folder in dirs:
-        data = read_json(folder / "job.json")
-        if data is None:
-            raise InputError(f"{folder} holds no job.json: run the parts first (`part` i/N)")
-        job = Job.from_dict(data)
-        scene = SceneRun(job.name, dataclasses.replace(job, overwrite=job.overwrite or overwrite))
-        missing = []
-        for i in range(job.count):
-            side = finished_part(job, i)
-            if side is None:
-                missing.append(f"{i}/{job.count}")
-            else:
-                scene.sidecars[i] = side
-        if missing:
-            scene.fail(f"parts {', '.join(missing)} are not finished: run them with `part` i/{job.count}")
-        scenes.append(scene)
-    if not scenes:
-        raise InputError(f"{output} holds no parts directories (*.parts)")
-    return run_scenes(scenes, ScaleOut(keep_parts=keep_parts), progress)
+    that array jobs (``part`` ``i/N``) wrote. ``output`` may also name its parts directory."""
+    output = Path(output)
+    many = output.is_dir() and not output.name.endswith(".parts")
+    folders = sorted(p for p in output.glob("*.parts") if p.is_dir()) if many else [output]
+    if not folders:
+        raise InputError(f"{output} holds no parts directories (*.parts): nothing to merge")
+    names = [str(parts_dir_of(folder)[0].absolute()) for folder in folders]
+    scenes = plan_scenes(names, lambda i: _merge_target(folders[i]), not many)
+    for scene in scenes:
+        if scene.job is not None:
+            scene.job = dataclasses.replace(scene.job, overwrite=scene.job.overwrite or overwrite)
+    return run_scenes(scenes, ScaleOut(keep_parts=keep_parts), progress, run=False)
 
 
 def job_summary(
@@ -324,6 +464,7 @@ def job_summary(
             "part": i,
             "tile_rows": [s["strip"]["first"], s["strip"]["stop"]],
             "halo_rows": s["strip"]["first"] - s["strip"]["halo"],
+            "rows": [s["strip"]["y0"], s["strip"]["y1"]],
             "status": "run" if i in scene.ran else "reused",
             "seconds": s["seconds"],
             "host": s["host"],
@@ -359,6 +500,16 @@ def parts_summary(scene: SceneRun) -> dict[str, Any]:
         "parts_run": sorted(scene.ran),
         "parts_finished": sorted(scene.sidecars),
         "parts": job.count,
+        "coverage": [
+            {
+                "part": i,
+                "tile_rows": [s.first, s.stop],
+                "halo_rows": s.first - s.halo,
+                "rows": [s.y0, s.y1],
+                "status": "run" if i in scene.ran else "finished" if i in scene.sidecars else "not run",
+            }
+            for i, s in enumerate(job.strips)
+        ],
     }
 
 

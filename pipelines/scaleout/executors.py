@@ -12,7 +12,9 @@ driver collects results with :func:`concurrent.futures.as_completed` whatever ru
   ``dask://HOST:PORT``: a running scheduler (dask-jobqueue, ``dask scheduler`` / ``dask worker``). Futures
   come from Dask's own ``concurrent.futures`` adapter; Dask reschedules the tasks of workers that die.
 
-Neither engine is imported unless asked for. Workers import ``lemevit_geo`` and read the inputs and the
+An address is tried first with a plain TCP connection (``connect_timeout`` seconds): with nothing listening
+there, the run fails at once with one line that names the address and what to start there. Neither engine
+is imported unless asked for. Workers import ``lemevit_geo`` and read the inputs and the
 bundle by path, so every machine needs the package and the same file system.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -50,12 +53,42 @@ def _missing(extra: str) -> LemevitError:
     return LemevitError(f"the {extra} executor needs the {extra} extra: pip install 'lemevit-geo[{extra}]'")
 
 
+#: What to start at an address, per engine (``{port}`` filled in).
+START = {
+    "ray": "a Ray head with a client server there (ray start --head --ray-client-server-port {port})",
+    "dask": "a Dask scheduler there (dask scheduler --port {port}) and workers (dask worker HOST:{port})",
+}
+
+
+def unreachable(engine: str, address: str, reason: str) -> LemevitError:
+    """The one line for a cluster that cannot be reached: the address, why, and what to start there."""
+    port = address.rsplit(":", 1)[-1]
+    start = START[engine].format(port=port)
+    return LemevitError(f"cannot reach the {engine} cluster at {address} ({reason}): start {start}")
+
+
+def reach(engine: str, address: str, timeout: float) -> None:
+    """Fail with :func:`unreachable` unless something accepts a TCP connection at ``HOST:PORT`` in ``timeout`` s
+    (``engine``: ``ray`` or ``dask``)."""
+    address = address.removeprefix("tcp://")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise LemevitError(f"the {engine} address {address!r} is not HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except TimeoutError:
+        raise unreachable(engine, address, f"no answer in {timeout:g} s") from None
+    except OSError as exc:
+        raise unreachable(engine, address, exc.strerror or type(exc).__name__) from None
+
+
 class RayExecutor(cf.Executor):
     """Ray tasks; see the module docstring."""
 
     inline = False
 
-    def __init__(self, address: str | None, gpus: bool | None) -> None:
+    def __init__(self, address: str | None, gpus: bool | None, timeout: float = 10.0) -> None:
         try:
             import ray
         except ImportError:
@@ -63,7 +96,12 @@ class RayExecutor(cf.Executor):
         self._ray = ray
         self._started = not ray.is_initialized()
         if self._started:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            if address is not None:
+                reach("ray", address.removeprefix("ray://"), timeout)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, TimeoutError, OSError) as exc:
+                raise unreachable("ray", address or "RAY_ADDRESS", failure(exc)) from None
         if gpus is None:  # device "auto": GPUs where the cluster has them
             gpus = ray.cluster_resources().get("GPU", 0) > 0
         self.gpus = gpus
@@ -95,7 +133,7 @@ class DaskExecutor(cf.Executor):
 
     inline = False
 
-    def __init__(self, address: str | None, workers: int | None) -> None:
+    def __init__(self, address: str | None, workers: int | None, timeout: float = 10.0) -> None:
         try:
             from distributed import Client, LocalCluster
         except ImportError:
@@ -107,7 +145,11 @@ class DaskExecutor(cf.Executor):
             self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
             self._client = Client(self._cluster)
         else:
-            self._client = Client(address)
+            reach("dask", address, timeout)
+            try:
+                self._client = Client(address, timeout=f"{timeout}s")
+            except (OSError, TimeoutError) as exc:
+                raise unreachable("dask", address, failure(exc)) from None
         self._pool = self._client.get_executor(pure=False)
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
@@ -120,15 +162,16 @@ class DaskExecutor(cf.Executor):
             self._cluster.close()
 
 
-def open_executor(spec: str, device: str) -> cf.Executor:
-    """The executor ``spec`` names (see :class:`~lemevit_geo.settings.ScaleOut`), for parts on ``device``."""
+def open_executor(spec: str, device: str, timeout: float = 10.0) -> cf.Executor:
+    """The executor ``spec`` names (see :class:`~lemevit_geo.settings.ScaleOut`), for parts on ``device``;
+    a cluster at an address must answer within ``timeout`` seconds."""
     if spec == "inline":
         return InlineExecutor()
     if spec == "ray" or spec.startswith("ray://"):
         gpus = None if device == "auto" else device.startswith("cuda")
-        return RayExecutor(None if spec == "ray" else spec, gpus)
+        return RayExecutor(None if spec == "ray" else spec, gpus, timeout)
     if spec.startswith("dask://"):
-        return DaskExecutor("tcp://" + spec.removeprefix("dask://"), None)
+        return DaskExecutor("tcp://" + spec.removeprefix("dask://"), None, timeout)
     count = spec.removeprefix("dask:local").lstrip(":")
     return DaskExecutor(None, int(count) if count else None)
 

@@ -14,7 +14,9 @@ decide what a rerun may reuse:
 The parts directory of an output ``mask.tif`` is ``mask.tif.parts/``: ``job.json``, then per part a part
 file (``part-00000-of-00004.tif``, numbered from 0 like ``part`` ``i/N``; ``.parquet`` for ``classify``)
 and its sidecar (``.json``, written last: a part is finished when its sidecar names the job's
-``parts_hash`` and the part file has the size the sidecar records). After a merge the part files give way
+``parts_hash`` and the part file has the size and SHA-256 the sidecar records; see
+:mod:`~lemevit_geo.pipelines.scaleout.records`), and the ``lock`` of
+:mod:`~lemevit_geo.pipelines.scaleout.locks`. After a merge the part files give way
 to ``done.json`` and ``summary.json``; the whole directory is removed when the command succeeds for every
 scene.
 """
@@ -41,11 +43,12 @@ from lemevit_geo.inputs import local_file
 from lemevit_geo.outputs import temporary_sibling
 from lemevit_geo.pipelines.inference.plan import Plan
 from lemevit_geo.pipelines.inference.tiling import Strip, strips
+from lemevit_geo.pipelines.scaleout.locks import removed_name
 from lemevit_geo.raster import SourceInfo
 from lemevit_geo.settings import DenseOutputs, Detection, Engine
 
 FORMAT = "lemevit-geo-parts"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -150,29 +153,37 @@ class Job:
         return [p for p in paths if p is not None]
 
     def to_dict(self) -> dict[str, Any]:
-        """The job as JSON-ready values (``job.json``)."""
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **plain(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Job:
-        """The job ``job.json`` describes."""
-        outputs = {k: (Path(v) if k in ("probabilities", "vector") and v else v) for k, v in d["outputs"].items()}
-        return cls(
-            **{k: d[k] for k in ("inputs", "model", "bundle_sha", "classes", "tile", "overlap", "top_k")},
-            **{k: d[k] for k in ("allow_pixel_grid", "overwrite", "report", "parts_hash", "job_hash")},
-            task=Task(d["task"]),
-            output=Path(d["output"]),
-            grid=GridSpec(**{**d["grid"], "transform": tuple(d["grid"]["transform"])}),
-            colors=tuple(tuple(c) for c in d["colors"]),  # type: ignore[misc]
-            stitch=Stitch(d["stitch"]),
-            strips=tuple(Strip(**s) for s in d["strips"]),
-            engine=Engine(**d["engine"]),
-            bands=tuple(d["bands"]) if d["bands"] else None,
-            outputs=DenseOutputs(**outputs),
-            vector_skip=tuple(d["vector_skip"]),
-            raster=Path(d["raster"]) if d["raster"] else None,
-            detection=Detection(**d.get("detection", {})),
+        """The job as JSON-ready values (``job.json``): inputs and model resolved, the output by its name (the
+        parts directory is named after it) and the other outputs relative to the output's folder, so the
+        file means the same from any working directory and names nothing outside that folder."""
+        folder = self.output.parent
+        outputs = dataclasses.replace(
+            self.outputs,
+            probabilities=_beside(self.outputs.probabilities, folder),
+            vector=_beside(self.outputs.vector, folder),
         )
+        resolved = dataclasses.replace(
+            self,
+            inputs=tuple(_resolved(p) for p in self.inputs),
+            model=_resolved(self.model),
+            output=Path(self.output.name),
+            outputs=outputs,
+            raster=_beside(self.raster, folder),
+        )
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **plain(resolved)}
+
+
+def _resolved(path: str) -> str:
+    """A local path made absolute (so a worker or a merge elsewhere finds it); URLs and GDAL paths as they are."""
+    return path if "://" in path or path.startswith("/vsi") else str(Path(path).resolve())
+
+
+def _beside(path: Path | None, folder: Path) -> Path | None:
+    """``path`` relative to ``folder`` when it lies inside it, else absolute (which a merge refuses)."""
+    if path is None:
+        return None
+    full, base = path.resolve(), folder.resolve()
+    return full.relative_to(base) if full.is_relative_to(base) else full
 
 
 def plain(value: Any) -> Any:
@@ -225,7 +236,9 @@ def seal(job: Job) -> Job:
         "detection": job.detection,
     }
     parts_hash = _digest(parts)
-    merge = [parts_hash, job.output, job.outputs, job.vector_skip, job.raster]
+    targets = (job.output, job.outputs.probabilities, job.outputs.vector, job.raster)
+    where = [p.absolute() if p else None for p in targets]  # the same from any working directory
+    merge = [parts_hash, where, dataclasses.replace(job.outputs, probabilities=None, vector=None), job.vector_skip]
     return dataclasses.replace(job, parts_hash=parts_hash, job_hash=_digest(merge))
 
 
@@ -303,22 +316,50 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def finished_part(job: Job, index: int) -> dict[str, Any] | None:
-    """The sidecar of part ``index`` if the part is finished for this job's ``parts_hash``, else None."""
-    side = read_json(job.sidecar(index))
-    if not side or side.get("parts_hash") != job.parts_hash or side.get("index") != index:
-        return None
-    path = job.part_file(index)
-    return side if path.is_file() and path.stat().st_size == side.get("file_size") else None
-
-
 def _stamps(paths: list[Path]) -> list[list[Any]]:
     return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+
+
+#: The outputs a merge is making that did not exist before it (taken back if it does not finish).
+JOURNAL = "publishing.json"
+
+
+def begin_publishing(job: Job) -> None:
+    """Record the outputs of ``job`` that do not exist yet, before a merge makes them."""
+    new = [str(p.absolute()) for p in job.outputs_written() if not p.exists()]
+    write_json(job.parts_dir / JOURNAL, {"job_hash": job.job_hash, "outputs": new})
+
+
+def take_back(job: Job, stale: bool = False) -> bool:
+    """Remove what an unfinished merge of ``job`` published of the outputs it recorded as new (this run's merge,
+    or with ``stale`` an earlier one that was killed: outputs made after the record); True if any was removed.
+
+    Only the job's own outputs are touched, whatever the record says.
+    """
+    journal = job.parts_dir / JOURNAL
+    record = read_json(journal) or {}
+    try:
+        since = journal.stat().st_mtime_ns if stale else 0
+    except OSError:
+        return False
+    listed = set(record.get("outputs") or []) if record.get("job_hash") == job.job_hash else set()
+    removed = False
+    for path in job.outputs_written():
+        try:
+            if str(path.absolute()) in listed and path.stat().st_mtime_ns >= since:
+                path.unlink()
+                Path(f"{path}.aux.xml").unlink(missing_ok=True)
+                removed = True
+        except OSError:
+            continue
+    journal.unlink(missing_ok=True)
+    return removed
 
 
 def mark_done(job: Job, summary: dict[str, Any], keep_parts: bool) -> None:
     """Record that ``job`` was merged (``done.json``), and remove its part files unless ``keep_parts``."""
     write_json(job.parts_dir / "done.json", {"job_hash": job.job_hash, "outputs": _stamps(job.outputs_written())})
+    (job.parts_dir / JOURNAL).unlink(missing_ok=True)
     write_json(job.parts_dir / "summary.json", summary)
     if not keep_parts:
         for i in range(job.count):
@@ -340,5 +381,11 @@ def done_summary(job: Job) -> dict[str, Any] | None:
 
 
 def remove_parts(job: Job) -> None:
-    """Remove the parts directory of ``job`` (after the command succeeded)."""
-    shutil.rmtree(job.parts_dir, ignore_errors=True)
+    """Remove the parts directory of ``job`` (after the command succeeded): renamed to a temporary name first,
+    so an interrupted removal leaves a temporary (swept by the next run), not a half parts directory."""
+    gone = removed_name(job.parts_dir)
+    try:
+        os.replace(job.parts_dir, gone)
+    except OSError:
+        gone = job.parts_dir
+    shutil.rmtree(gone, ignore_errors=True)

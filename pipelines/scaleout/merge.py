@@ -29,10 +29,13 @@ from lemevit_geo.pipelines.scaleout.jobs import Job
 from lemevit_geo.raster import READ_ERRORS, gdal_env, read_error
 from lemevit_geo.vector import write_vector
 
+#: How a part that cannot be read is made again.
+RERUN = "remove it and run the {} command again (it runs the missing parts)"
+
 
 def _replay(job: Job, index: int, sidecar: dict[str, Any], writer: BandWriter) -> None:
     """Hand the bands of part ``index`` to ``writer`` as its stitcher had handed them on."""
-    path, width, k = job.part_file(index), job.grid.width, len(job.classes)
+    path, width, k, rerun = job.part_file(index), job.grid.width, len(job.classes), RERUN.format(job.task.value)
     probabilities, y0 = job.outputs.probabilities is not None, job.strips[index].y0
 
     def read(part: rasterio.DatasetReader, row: int, height: int, chunk: int) -> Piece:
@@ -40,12 +43,12 @@ def _replay(job: Job, index: int, sidecar: dict[str, Any], writer: BandWriter) -
         try:
             return read_piece(part, row - y0, height, x, min(CHUNK, width - x), k, probabilities)
         except READ_ERRORS as exc:
-            raise InputError(f"{path}: reading the part failed: {read_error(exc)}; run it again (`restart`)") from exc
+            raise InputError(f"{path}: reading the part failed: {read_error(exc)}; {rerun}") from exc
 
     try:
         part = rasterio.open(path)
     except READ_ERRORS as exc:
-        raise InputError(f"{path}: the part cannot be opened: {read_error(exc)}; run it again (`restart`)") from exc
+        raise InputError(f"{path}: the part cannot be opened: {read_error(exc)}; {rerun}") from exc
     with part:
         for row, height, chunks in sidecar["bands"]:
             writer.put(Band(row, height, {i: read(part, row, height, i) for i in chunks}))
@@ -61,19 +64,21 @@ def merge_dense(job: Job, sidecars: Sequence[dict[str, Any]]) -> dict[str, Any]:
         try:
             for index, sidecar in enumerate(sidecars):
                 _replay(job, index, sidecar, bands)
-        finally:
-            bands.close()
+        except BaseException:  # a failed read or a signal: the writer leaves GDAL before the files close
+            bands.abort()
+            raise
+        bands.close()
         return files.finish()
 
 
 def _tables(job: Job, sidecars: Sequence[dict[str, Any]]) -> gpd.GeoDataFrame:
     """The polygons of every part of a vector job (``classify``, ``detect``), in part order."""
-    tables = []
+    tables, rerun = [], RERUN.format(job.task.value)
     for index in range(len(sidecars)):
         try:
             tables.append(gpd.read_parquet(job.part_file(index)))
         except (OSError, ValueError) as exc:
-            raise InputError(f"{job.part_file(index)}: reading the part failed: {exc}") from exc
+            raise InputError(f"{job.part_file(index)}: reading the part failed: {exc}; {rerun}") from exc
     filled = [t for t in tables if len(t)] or tables[:1]
     return gpd.GeoDataFrame(pd.concat(filled, ignore_index=True), crs=tables[0].crs)
 

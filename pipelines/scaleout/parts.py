@@ -183,6 +183,7 @@ def run_part(job: Job, index: int, progress: Progress | None = None) -> dict[str
             "count": job.count,
             "file": path.name,
             "file_size": path.stat().st_size,
+            "file_sha256": file_sha256(path),
             "strip": job.strips[index],
             **counts,
             "seconds": round(time.perf_counter() - start, 3),
