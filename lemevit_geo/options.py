@@ -233,6 +233,14 @@ Part = Annotated[
 ]
 Restart = Annotated[bool, typer.Option("--restart", help="Run every part again, ignoring finished parts.")]
 KeepParts = Annotated[bool, typer.Option("--keep-parts", help="Keep the part files after the merge.")]
+Report = Annotated[
+    Path | None,
+    typer.Option(
+        "--report",
+        help="Also write a self-contained HTML map report (image, results, legend, run summary; opens offline).",
+        show_default=False,
+    ),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary table.")]
 Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (and no progress).")]
 

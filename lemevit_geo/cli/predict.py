@@ -7,6 +7,8 @@ parts and a merge (``pipelines/scaleout/driver.py``).
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,6 +37,36 @@ MergeTarget = Annotated[
         show_default=False,
     ),
 ]
+
+
+def reporting(
+    report_path: Path | None,
+    task: str,
+    inputs: list[Path],
+    model: Path,
+    overwrite: bool,
+    scale_out: ScaleOut = ScaleOut(),
+) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+    """A wrapper that runs a pipeline, then writes its HTML map report to ``report_path`` (checked now, before
+    any work) and names it in the summary's outputs; no wrapper where no report is asked for."""
+    if report_path is None:
+        return lambda pipeline: pipeline
+    from lemevit_geo.pipelines.report.runs import check_report_run, command_report
+
+    scenes = check_report_run(report_path, task, overwrite, inputs, model, scale_out)
+    command_line = shlex.join(["lemevit-geo", *sys.argv[1:]])
+
+    def wrap(pipeline: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        def run(**kwargs: Any) -> dict[str, Any]:
+            summary = pipeline(**kwargs)
+            options = dict(inputs=scenes, bundle=model, command_line=command_line, overwrite=overwrite)
+            command_report(task=task, path=report_path, summary=summary, **options)
+            summary["outputs"]["report"] = str(report_path)
+            return summary
+
+        return run
+
+    return wrap
 
 
 def run_with_progress(pipeline: Callable[..., dict[str, Any]], display: Display, **kwargs: Any) -> None:
@@ -82,6 +114,7 @@ def segment(
     bands: o.Bands = None,
     overwrite: o.Overwrite = False,
     allow_pixel_grid: o.AllowPixelGrid = False,
+    report: o.Report = None,
     *,
     engine: Engine,
     tiling: Tiling,
@@ -97,7 +130,9 @@ def segment(
     from lemevit_geo.pipelines.scaleout.driver import scale_segment
 
     options = dict(bands=bands, overwrite=overwrite, allow_pixel_grid=allow_pixel_grid, engine=engine, tiling=tiling)
-    run_images(run, scale_segment, display, images, output, scale_out, model=model, outputs=outputs, **options)
+    wrap = reporting(report, "segment", images, model, overwrite, scale_out)
+    options.update(model=model, outputs=outputs)
+    run_images(wrap(run), wrap(scale_segment), display, images, output, scale_out, **options)
 
 
 @app.command()
@@ -110,6 +145,7 @@ def change(
     bands: o.Bands = None,
     overwrite: o.Overwrite = False,
     allow_pixel_grid: o.AllowPixelGrid = False,
+    report: o.Report = None,
     *,
     engine: Engine,
     tiling: Tiling,
@@ -122,8 +158,9 @@ def change(
     from lemevit_geo.pipelines.scaleout.driver import scale_change
 
     options: dict[str, Any] = {"scale_out": scale_out} if scale_out.used else {}
+    wrap = reporting(report, "change", [before, after], model, overwrite, scale_out)
     (run_scaled if scale_out.used else run_with_progress)(
-        scale_change if scale_out.used else run,
+        wrap(scale_change if scale_out.used else run),
         display,
         **options,
         before=before,
@@ -151,6 +188,7 @@ def classify(
     top_k: TopK = 3,
     overwrite: o.Overwrite = False,
     allow_pixel_grid: o.AllowPixelGrid = False,
+    report: o.Report = None,
     *,
     engine: Engine,
     scale_out: ScaleOut,
@@ -173,7 +211,8 @@ def classify(
         allow_pixel_grid=allow_pixel_grid,
         engine=engine,
     )
-    run_images(run, scale_classify, display, images, output, scale_out, **options)
+    wrap = reporting(report, "classify", images, model, overwrite, scale_out)
+    run_images(wrap(run), wrap(scale_classify), display, images, output, scale_out, **options)
 
 
 @app.command()
@@ -204,6 +243,7 @@ def detect(
     overlap: o.DetectOverlap = None,
     overwrite: o.Overwrite = False,
     allow_pixel_grid: o.AllowPixelGrid = False,
+    report: o.Report = None,
     *,
     engine: Engine,
     detection: Detection,
@@ -227,4 +267,5 @@ def detect(
         engine=engine,
         detection=detection,
     )
-    run_images(run, scale_detect, display, images, output, scale_out, **options)
+    wrap = reporting(report, "detect", images, model, overwrite, scale_out)
+    run_images(wrap(run), wrap(scale_detect), display, images, output, scale_out, **options)
