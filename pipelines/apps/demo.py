@@ -29,6 +29,7 @@ from lemevit_geo.pipelines.inference.classify import classify
 from lemevit_geo.pipelines.inference.detect import detect
 from lemevit_geo.pipelines.inference.segment import segment
 from lemevit_geo.pipelines.metrics import confusion_matrix, segmentation_scores
+from lemevit_geo.pipelines.report.runs import demo_report
 from lemevit_geo.pipelines.training.train import train
 from lemevit_geo.settings import DenseOutputs, Engine, Hardware, Recipe
 
@@ -279,7 +280,16 @@ def _previews(scene: Scene, results: Path) -> dict[str, str]:
     return out
 
 
-OUTPUTS = ("landcover.tif", "landcover.gpkg", "change.tif", "change.gpkg", "scenes.gpkg", "scenes.tif", "objects.gpkg")
+OUTPUTS = (
+    "landcover.tif",
+    "landcover.gpkg",
+    "change.tif",
+    "change.gpkg",
+    "scenes.gpkg",
+    "scenes.tif",
+    "objects.gpkg",
+    "report.html",
+)
 TASKS = ("segment", "change", "classify", "detect")
 
 
@@ -323,8 +333,18 @@ def run_demo(
         log=log,
     )
     tasks = {"segment": _segment(run), "change": _change(run), "classify": _classify(run), "detect": _detect(run)}
-    log("writing previews")
+    log("writing previews and the map report")
     previews = _previews(scene, results)
+    previews["report"] = str(
+        demo_report(
+            path=results / "report.html",
+            before=scene.before,
+            after=scene.after,
+            results=results,
+            tasks=tasks,
+            overwrite=overwrite,
+        )
+    )
     return {
         "out": str(out),
         "scene": {

@@ -197,6 +197,20 @@ def class_colors(path: str | Path) -> tuple[dict[int, str], dict[int, tuple[int,
     return names, {int(k): tuple(v[:3]) for k, v in table.items()}, nodata
 
 
+def count_classes(path: str | Path) -> dict[int, int]:
+    """Exact pixels per class value of a class raster (nodata left out), read block by block."""
+    counts: np.ndarray = np.zeros(0, dtype=np.int64)
+    with rasterio.open(path) as src:
+        for _, window in src.block_windows(1):
+            block = src.read(1, window=window).ravel()
+            if src.nodata is not None:
+                block = block[block != src.nodata]
+            found = np.bincount(block.astype(np.int64), minlength=len(counts))
+            found[: len(counts)] += counts
+            counts = found
+    return {int(v): int(n) for v, n in enumerate(counts) if n}
+
+
 def class_image(path: str | Path, grid: OverviewGrid, transparent: Sequence[int] = ()) -> tuple[str, np.ndarray]:
     """A class raster on ``grid`` (the most frequent class per overview pixel) as a palette PNG data URI in its
     colour table, nodata and the ``transparent`` classes see-through; also the class values ``(H, W)``

@@ -26,7 +26,14 @@ import shapely
 from lemevit_geo.bundle import PALETTE
 from lemevit_geo.errors import InputError
 from lemevit_geo.outputs import atomic_path, check_output
-from lemevit_geo.pipelines.report.overview import OverviewGrid, class_colors, class_image, png_data_uri, quicklook
+from lemevit_geo.pipelines.report.overview import (
+    OverviewGrid,
+    class_colors,
+    class_image,
+    count_classes,
+    png_data_uri,
+    quicklook,
+)
 
 #: Most features a vector layer draws (the best-scored first); the page states the cap when it applies.
 VECTOR_CAP = 10_000
@@ -68,16 +75,15 @@ class Legend:
         return {"title": self.title, "items": self.items, "note": self.note}
 
 
-def class_legend(path: Path, counts: dict[str, int] | None, values: np.ndarray, title: str) -> Legend:
-    """The legend of a class raster: every class it names, with its share of the valid pixels (from the run's
-    exact ``counts`` per class name, else from the overview ``values``)."""
+def class_legend(path: Path, counts: dict[str, int] | None, title: str) -> Legend:
+    """The legend of a class raster: every class it names, with its share of the valid pixels (the run's
+    ``counts`` per class name, else counted in the raster, block by block)."""
     names, colors, _ = class_colors(path)
-    if not names:
-        names = {v: f"class {v}" for v in sorted(colors) if (values == v).any()}
-    legend = Legend(title)
     if counts is None:
-        counts = {name: int((values == v).sum()) for v, name in names.items()}
-        legend.note = "shares measured on the overview"
+        by_value = count_classes(path)
+        names = names or {v: f"class {v}" for v in sorted(set(colors) | set(by_value))}
+        counts = {name: by_value.get(v, 0) for v, name in names.items()}
+    legend = Legend(title)
     total = sum(counts.values())
     for value, name in sorted(names.items()):
         legend.add(name, colors.get(value, (128, 128, 128)), counts.get(name), total)
@@ -117,13 +123,14 @@ class MapReport:
         counts: dict[str, int] | None = None,
         transparent: Sequence[int] = (),
         opacity: float = 0.6,
+        visible: bool = True,
     ) -> np.ndarray:
         """Add a class raster (its colour table; ``transparent`` classes see-through) with its legend; returns
         the overview's class values (-1: nodata)."""
         url, values = class_image(raster, self.grid, transparent)
-        legend = class_legend(Path(raster), counts, values, "share of the valid pixels")
+        legend = class_legend(Path(raster), counts, "share of the valid pixels")
         layer = {"type": "image", "name": name, "url": url, "opacity": opacity, "legend": legend.to_dict()}
-        self.overlays.append({**layer, "source": str(raster)})
+        self.overlays.append({**layer, "visible": visible, "source": str(raster)})
         return values
 
     def add_vectors(
@@ -133,6 +140,7 @@ class MapReport:
         colors: dict[str, Sequence[int]] | None = None,
         fill: float = 0.15,
         cap: int = VECTOR_CAP,
+        visible: bool = True,
     ) -> int:
         """Add the polygons of ``path`` coloured by ``class_name`` (``colors``; default: the tool's palette by
         ``class_id``), the ``cap`` best-scored ones; returns the number drawn."""
@@ -159,6 +167,7 @@ class MapReport:
                 "total": total,
                 "cap": cap,
                 "legend": legend.to_dict(),
+                "visible": visible,
                 "source": str(path),
             }
         )

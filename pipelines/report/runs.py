@@ -135,3 +135,33 @@ def command_report(
     report.summary += [(k, str(v)) for k, v in outputs.items()]
     report.summary += metric_rows(metrics)
     return report.write(path, overwrite)
+
+
+def demo_report(
+    *,
+    path: str | Path,
+    before: Path,
+    after: Path,
+    results: Path,
+    tasks: dict[str, dict[str, Any]],
+    overwrite: bool = False,
+) -> Path:
+    """The demo's page: both dates, the land-cover, change, tile-class and object layers of ``results``, and
+    each task's held-out score (``tasks``: the demo's summary per task)."""
+    from lemevit_geo.pipelines.apps.synthetic import CLASSES, COLORS, OBJECT_CLASSES, OBJECT_COLORS
+
+    grid = OverviewGrid.of(results / "landcover.tif")
+    report = MapReport("lemevit-geo demo", grid, details=tasks)
+    report.add_base(f"before: {before.name}", before)
+    report.add_base(f"after: {after.name}", after)
+    report.add_classes("land cover", results / "landcover.tif", opacity=0.55)
+    report.add_classes("change", results / "change.tif", transparent=(0,), opacity=0.8, visible=False)
+    scene_colors = dict(zip(CLASSES, COLORS, strict=True))
+    report.add_vectors("tile classes", results / "scenes.gpkg", scene_colors, fill=0.4, visible=False)
+    report.add_vectors("objects", results / "objects.gpkg", dict(zip(OBJECT_CLASSES, OBJECT_COLORS, strict=True)))
+    report.summary = [("command", "lemevit-geo demo")]
+    for task, result in tasks.items():
+        seconds = f"train {result['train_seconds']} s, predict {result['predict_seconds']} s"
+        report.summary.append((task, f"{result['metric']} ({seconds})"))
+        report.summary += [(f"{task} {k}", v) for k, v in metric_rows(result.get("held_out")) if k != "bounds"]
+    return report.write(path, overwrite)

@@ -93,11 +93,11 @@
     var layer = overlay.type === "image"
       ? L.imageOverlay(overlay.url, bounds, { opacity: overlay.opacity, className: "pixelated", interactive: false })
       : vectorLayer(overlay, i);
-    layer.addTo(map);
+    if (overlay.visible) layer.addTo(map);
     if (overlay.type === "vector") state.drawn[overlay.name] = overlay.geojson.features.length;
     var row = el("label", { "class": "layer" });
     var box = el("input", { type: "checkbox", "data-overlay": overlay.name });
-    box.checked = true;
+    box.checked = overlay.visible;
     box.addEventListener("change", function () { if (box.checked) layer.addTo(map); else map.removeLayer(layer); });
     row.appendChild(box);
     row.appendChild(el("span", {}, overlay.name));
