@@ -31,7 +31,7 @@ from lemevit_geo.pipelines.report.overview import (
     class_colors,
     class_image,
     count_classes,
-    png_data_uri,
+    image_data_uri,
     quicklook,
 )
 
@@ -113,7 +113,7 @@ class MapReport:
     def add_base(self, name: str, image: str | Path) -> np.ndarray:
         """Add the quick-look of ``image`` as a base layer; returns its RGBA overview."""
         rgba = quicklook(image, self.grid)
-        self.bases.append({"name": name, "url": png_data_uri(rgba), "source": str(image)})
+        self.bases.append({"name": name, "url": image_data_uri(rgba), "source": str(image)})
         return rgba
 
     def add_classes(
