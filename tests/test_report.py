@@ -127,7 +127,7 @@ def test_segment_report_from_the_command(tmp_path: Path, seg_bundle: Path, brows
     assert rows["device"] == f"cpu, {summary['precision']}" and rows["nodata share"] == "0.0 %"
     # the opacity slider changes the class layer's opacity
     page.fill("input[data-opacity=classes]", "10")
-    assert page.eval_on_selector(".leaflet-overlay-pane img.pixelated", "e => e.style.opacity") == "0.1"
+    assert page.eval_on_selector(".leaflet-overlay-pane img.classes", "e => e.style.opacity") == "0.1"
 
 
 def test_report_refusals_write_nothing(tmp_path: Path, seg_bundle: Path) -> None:
@@ -177,7 +177,7 @@ def test_change_report_toggles_the_dates(tmp_path: Path, change_bundle: Path, br
     page = view["page"]
     bases = page.eval_on_selector_all("input[name=base]", "es => es.map(e => e.dataset.base)")
     assert bases == ["before: before.tif", "after: after.tif"]
-    images = ".leaflet-overlay-pane img:not(.pixelated)"
+    images = ".leaflet-overlay-pane img.base"
     first = page.eval_on_selector_all(images, "es => es.map(e => e.src)")
     page.check("input[data-base='after: after.tif']")
     second = page.eval_on_selector_all(images, "es => es.map(e => e.src)")
@@ -203,7 +203,7 @@ def test_overlay_lands_on_its_pixels(tmp_path: Path, browser: Any) -> None:
     view = open_report(browser, report.write(tmp_path / "a.html"))
     check_clean(view)
     page = view["page"]
-    box = page.eval_on_selector(".leaflet-overlay-pane img.pixelated", "e => e.getBoundingClientRect().toJSON()")
+    box = page.eval_on_selector(".leaflet-overlay-pane img.classes", "e => e.getBoundingClientRect().toJSON()")
     pixels = view["pixels"]
     sx, sy = box["width"] / 300, box["height"] / 200
     assert sx == pytest.approx(sy, rel=0.02)  # square pixels stay square
@@ -347,3 +347,34 @@ def test_report_size_does_not_grow_with_the_scene(tmp_path: Path) -> None:
         report.add_base("image", scene)
         sizes.append(report.write(tmp_path / f"s{side}.html").stat().st_size)
     assert sizes[1] == pytest.approx(sizes[0], rel=0.1)
+
+
+def test_evaluate_report_shows_the_scores(tmp_path: Path, objects: tuple, browser: Any) -> None:
+    scene, found, _ = objects
+    report = tmp_path / "eval.html"
+    r = cli_main("evaluate", found, found, "--report", report, "--json")  # no image: the detections' extent
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["report"] == str(report)
+    view = open_report(browser, report)
+    check_clean(view)
+    assert drawn(view) == len(gpd.read_file(found))  # the reference starts hidden
+    rows = dict(
+        view["page"].eval_on_selector_all("#summary tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+    )
+    assert rows["mAP"] == "1.0000" and rows["task"] == "detect"
+    # a class raster against a reference on another grid, over the image
+    labels = (textured_scene(120, 160, bands=1) // 86).astype(np.uint8)
+    pred = write_raster(tmp_path / "pred.tif", labels)
+    shifted = from_origin(ORIGIN[0] - 10 * GSD, ORIGIN[1], GSD, GSD)
+    ref = write_raster(tmp_path / "ref.tif", np.pad(labels, ((0, 0), (0, 0), (10, 0))), transform=shifted)
+    image = write_raster(tmp_path / "image.tif", textured_scene(120, 160))
+    r = cli_main("evaluate", pred, ref, "--report", report, "--image", image, "--overwrite", "--json")
+    assert r.returncode == 0, r.stderr
+    view = open_report(browser, report, "evaluate.png")
+    check_clean(view)
+    page = view["page"]
+    rows = dict(page.eval_on_selector_all("#summary tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))"))
+    assert rows["OA"] == "1.0000" and rows["mIoU"] == "1.0000"
+    assert [n for n, _ in view["legend"]] == ["class 0", "class 1", "class 2"] * 2
+    assert page.eval_on_selector_all("input[data-overlay]", "es => es.map(e => e.checked)") == [True, False]
+    assert "exists; pass --overwrite" in cli_error("evaluate", pred, ref, "--report", report)

@@ -25,6 +25,7 @@ from rasterio.transform import Affine, array_bounds
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window, from_bounds
 
+from lemevit_geo.bundle import PALETTE
 from lemevit_geo.errors import InputError
 from lemevit_geo.raster import MaskPlan, plan_mask
 
@@ -59,6 +60,16 @@ class OverviewGrid:
         """``(minx, miny, maxx, maxy)`` in the scene's CRS."""
         west, south, east, north = array_bounds(self.height, self.width, self.transform)
         return (min(west, east), min(south, north), max(west, east), max(south, north))
+
+    @classmethod
+    def of_bounds(cls, bounds: Sequence[float], crs: CRS | None, max_side: int = MAX_SIDE) -> OverviewGrid:
+        """A grid over ``(minx, miny, maxx, maxy)`` (a vector layer's extent), ``max_side`` px on its longer side."""
+        west, south, east, north = bounds
+        size = max(east - west, north - south) / max_side
+        if not size > 0:
+            raise InputError("nothing to draw: the layer's extent is empty")
+        width, height = max(1, math.ceil((east - west) / size)), max(1, math.ceil((north - south) / size))
+        return cls(crs, Affine(size, 0, west, 0, -size, north), width, height, 1.0)
 
     @classmethod
     def of(cls, path: str | Path, max_side: int = MAX_SIDE) -> OverviewGrid:
@@ -184,6 +195,11 @@ def quicklook(path: str | Path, grid: OverviewGrid) -> np.ndarray:
     return stretch(data, valid)
 
 
+def color_of(colors: dict[int, tuple[int, int, int]], value: int) -> tuple[int, int, int]:
+    """The colour of class ``value``: the raster's colour table, else the tool's palette."""
+    return colors.get(value) or PALETTE[value % len(PALETTE)]
+
+
 def class_colors(path: str | Path) -> tuple[dict[int, str], dict[int, tuple[int, int, int]], float | None]:
     """Class names (``CLASS_<n>`` tags), colours (the colour table) and nodata of a class raster."""
     with rasterio.open(path) as src:
@@ -224,7 +240,7 @@ def class_image(path: str | Path, grid: OverviewGrid, transparent: Sequence[int]
     palette = np.zeros((256, 4), dtype=np.uint8)  # index 0: nodata; class k: index 1 + its rank
     index = np.zeros(values.shape, dtype=np.uint8)
     for rank, value in enumerate(present, start=1):
-        palette[rank] = (*colors.get(value, (128, 128, 128)), 0 if value in transparent else 255)
+        palette[rank] = (*color_of(colors, value), 0 if value in transparent else 255)
         index[values == value] = rank
     return palette_png(index, palette), values
 

@@ -30,6 +30,7 @@ from lemevit_geo.pipelines.report.overview import (
     OverviewGrid,
     class_colors,
     class_image,
+    color_of,
     count_classes,
     image_data_uri,
     quicklook,
@@ -86,7 +87,7 @@ def class_legend(path: Path, counts: dict[str, int] | None, title: str) -> Legen
     legend = Legend(title)
     total = sum(counts.values())
     for value, name in sorted(names.items()):
-        legend.add(name, colors.get(value, (128, 128, 128)), counts.get(name), total)
+        legend.add(name, color_of(colors, value), counts.get(name), total)
     return legend
 
 
@@ -136,14 +137,14 @@ class MapReport:
     def add_vectors(
         self,
         name: str,
-        path: str | Path,
+        path: str | Path | gpd.GeoDataFrame,
         colors: dict[str, Sequence[int]] | None = None,
         fill: float = 0.15,
         cap: int = VECTOR_CAP,
         visible: bool = True,
     ) -> int:
-        """Add the polygons of ``path`` coloured by ``class_name`` (``colors``; default: the tool's palette by
-        ``class_id``), the ``cap`` best-scored ones; returns the number drawn."""
+        """Add the polygons of ``path`` (a file or a frame) coloured by ``class_name`` (``colors``; default: the
+        tool's palette by ``class_id``), the ``cap`` best-scored ones; returns the number drawn."""
         gdf = read_vectors(path, self.grid)
         colors = colors or palette_colors(gdf)
         total = len(gdf)
@@ -168,7 +169,7 @@ class MapReport:
                 "cap": cap,
                 "legend": legend.to_dict(),
                 "visible": visible,
-                "source": str(path),
+                "source": str(path) if isinstance(path, str | Path) else "",
             }
         )
         return len(shown)
@@ -206,11 +207,14 @@ def palette_colors(gdf: gpd.GeoDataFrame) -> dict[str, Sequence[int]]:
     return {name: PALETTE[i % len(PALETTE)] for i, name in pairs}
 
 
-def read_vectors(path: str | Path, grid: OverviewGrid) -> gpd.GeoDataFrame:
-    """A vector output in the grid's CRS."""
-    path = Path(path)
-    gdf = gpd.read_parquet(path) if path.suffix.lower() == ".parquet" else gpd.read_file(path)
-    if grid.crs is not None and gdf.crs is not None and gdf.crs != grid.crs:
+def read_vectors(path: str | Path | gpd.GeoDataFrame, grid: OverviewGrid | None) -> gpd.GeoDataFrame:
+    """A vector output (or a frame) in the grid's CRS (as it is without a grid)."""
+    if isinstance(path, gpd.GeoDataFrame):
+        gdf = path
+    else:
+        path = Path(path)
+        gdf = gpd.read_parquet(path) if path.suffix.lower() == ".parquet" else gpd.read_file(path)
+    if grid is not None and grid.crs is not None and gdf.crs is not None and gdf.crs != grid.crs:
         gdf = gdf.to_crs(grid.crs)
     return gdf
 

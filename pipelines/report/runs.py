@@ -15,7 +15,7 @@ from lemevit_geo.bundle import BundleConfig, read_config
 from lemevit_geo.choices import Task
 from lemevit_geo.errors import BundleError, InputError
 from lemevit_geo.pipelines.report.overview import OverviewGrid
-from lemevit_geo.pipelines.report.page import MapReport, check_report_path
+from lemevit_geo.pipelines.report.page import MapReport, check_report_path, palette_colors, read_vectors
 from lemevit_geo.settings import ScaleOut
 
 
@@ -30,7 +30,7 @@ def _share(part: float, whole: float) -> str:
 
 def summary_rows(summary: dict[str, Any], command_line: str, bundle: Path | None) -> list[tuple[str, str]]:
     """The run-summary panel: command, bundle, device, precision, timings, tiles, scene, nodata share."""
-    rows = [("command", command_line)]
+    rows = [("command", command_line)] if command_line else []
     if bundle is not None:
         try:
             config = read_config(bundle)
@@ -52,6 +52,20 @@ def summary_rows(summary: dict[str, Any], command_line: str, bundle: Path | None
         rows.append(("scene", f"{summary['width']} x {summary['height']} px"))
     if summary.get("mask"):
         rows.append(("nodata from", "; ".join(str(m) for m in summary["mask"])))
+    return rows + task_rows(summary)
+
+
+def task_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a command adds to the panel: objects and thresholds (``detect``), the dates' alignment (``change``)."""
+    rows = []
+    if "objects" in summary:
+        merged, partial = summary.get("merged_across_tiles", 0), summary.get("partial_boxes", 0)
+        rows.append(("objects", f"{summary['objects']} ({merged} merged across tiles, {partial} partial boxes)"))
+        thresholds = f"score {summary.get('score_threshold')}, rotated IoU {summary.get('iou_threshold')}"
+        rows.append(("thresholds", thresholds))
+    alignment = summary.get("alignment") or {}
+    if "resampled" in alignment:
+        rows.append(("later date", "resampled onto the earlier grid" if alignment["resampled"] else "read exactly"))
     return rows
 
 
@@ -164,4 +178,41 @@ def demo_report(
         seconds = f"train {result['train_seconds']} s, predict {result['predict_seconds']} s"
         report.summary.append((task, f"{result['metric']} ({seconds})"))
         report.summary += [(f"{task} {k}", v) for k, v in metric_rows(result.get("held_out")) if k != "bounds"]
+    return report.write(path, overwrite)
+
+
+def evaluate_report(
+    *,
+    path: str | Path,
+    scores: dict[str, Any],
+    image: str | Path | None = None,
+    label_column: str | None = None,
+    command_line: str = "",
+    overwrite: bool = False,
+) -> Path:
+    """The page of an ``evaluate`` run: the image (if given), the prediction over it, the reference (hidden, to
+    toggle) and the scores (``scores``: ``evaluate``'s summary) in the panel."""
+    from lemevit_geo.vector import read_polygons
+
+    prediction, reference, task = Path(scores["prediction"]), Path(scores["reference"]), Task(scores["task"])
+    if task == Task.detect:
+        found = read_vectors(prediction, None)
+        grid = OverviewGrid.of(image) if image else OverviewGrid.of_bounds(found.total_bounds, found.crs)
+    else:
+        grid = OverviewGrid.of(image or prediction)
+    report = MapReport(f"lemevit-geo evaluate: {prediction.name}", grid, details=scores)
+    if image:
+        report.add_base(f"image: {Path(image).name}", image)
+    if task == Task.detect:
+        truth = read_polygons(reference, label_column, what="reference").rename(columns={"class": "class_name"})
+        colors = palette_colors(found)
+        report.add_vectors("prediction", found, colors)
+        report.add_vectors("reference", truth, colors | palette_colors(truth), visible=False)
+    else:
+        transparent = (0,) if task == Task.change else ()
+        report.add_classes("prediction", prediction, transparent=transparent, opacity=0.7)
+        report.add_classes("reference", reference, transparent=transparent, opacity=0.7, visible=False)
+    report.summary = [("command", command_line)] if command_line else []
+    report.summary += [("prediction", str(prediction)), ("reference", str(reference))]
+    report.summary += metric_rows({k: v for k, v in scores.items() if k not in ("prediction", "reference")})
     return report.write(path, overwrite)

@@ -40,6 +40,7 @@
     show: function (ll) { this._div.textContent = "x " + ll.lng.toFixed(2) + "  y " + ll.lat.toFixed(2); }
   });
   var coords = new Coords({ position: "bottomleft" }).addTo(map);
+  coords.show(bounds.getCenter());
   map.on("mousemove", function (e) { coords.show(e.latlng); });
 
   var layersBox = document.getElementById("layers");
@@ -47,7 +48,7 @@
 
   /* base images: one at a time (a toggle between the dates of a change pair) */
   var bases = data.bases.map(function (base, i) {
-    var layer = L.imageOverlay(base.url, bounds, { interactive: false });
+    var layer = L.imageOverlay(base.url, bounds, { interactive: false, className: "base pixelated" });
     var row = el("label", { "class": "layer" });
     var radio = el("input", { type: "radio", name: "base", value: String(i), "data-base": base.name });
     if (i === 0) { radio.checked = true; layer.addTo(map); }
@@ -91,7 +92,7 @@
   /* overlays: class rasters with an opacity slider, vectors with popups */
   data.overlays.forEach(function (overlay, i) {
     var layer = overlay.type === "image"
-      ? L.imageOverlay(overlay.url, bounds, { opacity: overlay.opacity, className: "pixelated", interactive: false })
+      ? L.imageOverlay(overlay.url, bounds, { opacity: overlay.opacity, className: "classes pixelated", interactive: false })
       : vectorLayer(overlay, i);
     if (overlay.visible) layer.addTo(map);
     if (overlay.type === "vector") state.drawn[overlay.name] = overlay.geojson.features.length;
