@@ -260,10 +260,11 @@ def test_vectors_are_capped_and_the_cap_stated(tmp_path: Path, objects: tuple, b
     view = open_report(browser, report.write(tmp_path / "c.html"))
     check_clean(view)
     assert drawn(view) == 5
-    assert (
-        view["page"].inner_text(".legend-note")
-        == f"5 of {total} features drawn (the score highest); the file holds all"
-    )
+    note = f"5 of {total} features drawn: the 5 best-scored (the cap); the file holds all"
+    assert view["page"].inner_text(".legend-note") == note
+    assert [int(share.split("(")[1][:-1]) for _, share in view["legend"]] and sum(
+        int(share.split("(")[1][:-1]) for _, share in view["legend"]
+    ) == 5  # the legend counts what is drawn
 
 
 def test_detect_and_classify_commands_write_reports(

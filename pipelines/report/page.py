@@ -142,22 +142,19 @@ class MapReport:
         fill: float = 0.15,
         cap: int = VECTOR_CAP,
         visible: bool = True,
+        min_score: float | None = None,
     ) -> int:
         """Add the polygons of ``path`` (a file or a frame) coloured by ``class_name`` (``colors``; default: the
-        tool's palette by ``class_id``), the ``cap`` best-scored ones; returns the number drawn."""
+        tool's palette by ``class_id``): those scored at least ``min_score`` (all: ``None``), at most ``cap``
+        (the best-scored); the legend counts what is drawn, its note what is not. Returns the number drawn."""
         gdf = read_vectors(path, self.grid)
         colors = colors or palette_colors(gdf)
-        total = len(gdf)
-        rank = next((c for c in ("score", "probability") if c in gdf.columns), None)
-        if rank is not None and total > cap:
-            gdf = gdf.sort_values(rank, ascending=False, kind="stable")
-        shown = gdf.iloc[:cap]
-        legend = Legend("share of the objects" if rank == "score" else "share of the features")
-        counts = gdf["class_name"].value_counts() if "class_name" in gdf.columns else {}
+        shown, note = select_features(gdf, cap, min_score)
+        legend = Legend("share of the objects drawn" if "score" in gdf.columns else "share of the features", note=note)
+        counts = shown["class_name"].value_counts() if "class_name" in shown.columns else {}
         for cls, rgb in colors.items():
-            legend.add(cls, rgb, int(counts.get(cls, 0)), total)
-        if total > cap:
-            legend.note = f"{cap} of {total} features drawn (the {rank or 'first'} highest); the file holds all"
+            legend.add(cls, rgb, int(counts.get(cls, 0)), len(shown))
+        total = len(gdf)
         self.overlays.append(
             {
                 "type": "vector",
@@ -196,6 +193,24 @@ class MapReport:
         with atomic_path(path, overwrite) as tmp:
             tmp.write_text(self.render(), encoding="utf-8")
         return path
+
+
+def select_features(gdf: gpd.GeoDataFrame, cap: int, min_score: float | None) -> tuple[gpd.GeoDataFrame, str]:
+    """The features a layer draws (scored at least ``min_score``, then the ``cap`` best-ranked by ``score`` or
+    ``probability``) and a note saying what was left out (empty: nothing)."""
+    total = len(gdf)
+    rank = next((c for c in ("score", "probability") if c in gdf.columns), None)
+    notes = []
+    if min_score is not None and rank == "score":
+        gdf = gdf[gdf["score"] >= min_score]
+        notes.append(f"score at least {min_score:g}")
+    if len(gdf) > cap:
+        gdf = gdf.sort_values(rank, ascending=False, kind="stable") if rank else gdf
+        notes.append(f"the {cap:,} {'best-scored' if rank else 'first'} (the cap)")
+    shown = gdf.iloc[:cap]
+    if len(shown) == total:
+        return shown, ""
+    return shown, f"{len(shown):,} of {total:,} features drawn: {', then '.join(notes)}; the file holds all"
 
 
 def palette_colors(gdf: gpd.GeoDataFrame) -> dict[str, Sequence[int]]:

@@ -18,6 +18,9 @@ from lemevit_geo.pipelines.report.overview import OverviewGrid
 from lemevit_geo.pipelines.report.page import MapReport, check_report_path, palette_colors, read_vectors
 from lemevit_geo.settings import ScaleOut
 
+#: The demo's detector keeps boxes down to a low score (for mAP); its page draws the confident ones.
+DEMO_MIN_SCORE = 0.3
+
 
 def _class_colors(config: BundleConfig | None) -> dict[str, tuple[int, int, int]] | None:
     """Class name to colour for a vector output: the bundle's (``None``: the tool's palette by class id)."""
@@ -172,7 +175,8 @@ def demo_report(
     report.add_classes("change", results / "change.tif", transparent=(0,), opacity=0.8, visible=False)
     scene_colors = dict(zip(CLASSES, COLORS, strict=True))
     report.add_vectors("tile classes", results / "scenes.gpkg", scene_colors, fill=0.4, visible=False)
-    report.add_vectors("objects", results / "objects.gpkg", dict(zip(OBJECT_CLASSES, OBJECT_COLORS, strict=True)))
+    objects = dict(zip(OBJECT_CLASSES, OBJECT_COLORS, strict=True))
+    report.add_vectors("objects", results / "objects.gpkg", objects, min_score=DEMO_MIN_SCORE)
     report.summary = [("command", "lemevit-geo demo")]
     for task, result in tasks.items():
         seconds = f"train {result['train_seconds']} s, predict {result['predict_seconds']} s"
