@@ -379,3 +379,17 @@ def test_evaluate_report_shows_the_scores(tmp_path: Path, objects: tuple, browse
     assert [n for n, _ in view["legend"]] == ["class 0", "class 1", "class 2"] * 2
     assert page.eval_on_selector_all("input[data-overlay]", "es => es.map(e => e.checked)") == [True, False]
     assert "exists; pass --overwrite" in cli_error("evaluate", pred, ref, "--report", report)
+
+
+@pytest.mark.skipif(not os.environ.get("LEMEVIT_DEMO_OUT"), reason="set LEMEVIT_DEMO_OUT to a finished demo's --out")
+def test_a_finished_demo_report(browser: Any) -> None:
+    """The report of a real demo run (``lemevit-geo demo --out DIR``; then ``LEMEVIT_DEMO_OUT=DIR``): the page
+    the README shows (``LEMEVIT_REPORT_SCREENSHOTS=docs`` writes ``docs/report-demo.png``)."""
+    from lemevit_geo.pipelines.report.runs import DEMO_MIN_SCORE
+
+    results = Path(os.environ["LEMEVIT_DEMO_OUT"]) / "results"
+    view = open_report(browser, results / "report.html", "report-demo.png")
+    check_clean(view)
+    found = gpd.read_file(results / "objects.gpkg")
+    assert drawn(view) == min(10_000, int((found["score"] >= DEMO_MIN_SCORE).sum()))
+    assert {"water", "vegetation", "built-up", "bare soil", "road", "change", "car"} <= {n for n, _ in view["legend"]}
