@@ -393,3 +393,33 @@ def test_a_finished_demo_report(browser: Any) -> None:
     found = gpd.read_file(results / "objects.gpkg")
     assert drawn(view) == min(10_000, int((found["score"] >= DEMO_MIN_SCORE).sum()))
     assert {"water", "vegetation", "built-up", "bare soil", "road", "change", "car"} <= {n for n, _ in view["legend"]}
+
+
+def test_overviews_follow_nodata_and_other_crs(tmp_path: Path) -> None:
+    """Nodata is see-through in the quick-look; a layer in another CRS is warped onto the scene's grid."""
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    from lemevit_geo.pipelines.report.overview import image_data_uri, quicklook, read_overview
+
+    image = textured_scene(90, 120)
+    image[:, :, :40] = 0
+    scene = write_raster(tmp_path / "scene.tif", image, nodata=0)
+    grid = OverviewGrid.of(scene)
+    rgba = quicklook(scene, grid)
+    assert (rgba[:, :40, 3] == 0).all() and (rgba[:, 40:, 3] == 255).all()
+    assert image_data_uri(rgba).startswith("data:image/png;base64,")  # transparency kept
+    assert image_data_uri(quicklook(write_raster(tmp_path / "full.tif", textured_scene(90, 120)), grid)).startswith(
+        "data:image/jpeg;base64,"
+    )
+    classes = np.zeros((1, 90, 120), dtype=np.uint8)
+    classes[0, 30:60, 50:100] = 1
+    src = write_raster(tmp_path / "classes.tif", classes)
+    with rasterio.open(src) as ds:
+        transform, width, height = calculate_default_transform(ds.crs, "EPSG:3857", ds.width, ds.height, *ds.bounds)
+        warped = np.full((1, height, width), 255, dtype=np.uint8)
+        reproject(classes, warped, src_transform=ds.transform, src_crs=ds.crs, dst_transform=transform,
+                  dst_crs="EPSG:3857", resampling=Resampling.nearest, dst_nodata=255)  # fmt: skip
+    other = write_raster(tmp_path / "web.tif", warped, crs="EPSG:3857", transform=transform, nodata=255)
+    data, valid = read_overview(other, grid, [1])
+    agree = (data[0] == classes[0]) & valid
+    assert valid.mean() > 0.95 and agree.sum() / valid.sum() > 0.97
