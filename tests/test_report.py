@@ -100,6 +100,11 @@ def drawn_paths(page: Any) -> dict[str, int]:
     )
 
 
+def panel(page: Any) -> dict[str, str]:
+    """The run-summary panel's rows."""
+    return dict(page.eval_on_selector_all("#summary tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))"))
+
+
 def drawn(view: dict[str, Any]) -> int:
     return sum(view["paths"].values())
 
@@ -122,7 +127,7 @@ def test_segment_report_from_the_command(tmp_path: Path, seg_bundle: Path, brows
     counts = summary["class_pixels"]
     assert shares == pytest.approx([100 * counts[n] / sum(counts.values()) for n in names], abs=0.051)
     page = view["page"]
-    rows = dict(page.eval_on_selector_all("#summary tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))"))
+    rows = panel(page)
     assert rows["command"].startswith("lemevit-geo segment") and "--report" in rows["command"]
     assert rows["device"] == f"cpu, {summary['precision']}" and rows["nodata share"] == "0.0 %"
     # the opacity slider changes the class layer's opacity
@@ -233,18 +238,20 @@ def objects(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[
 
 def test_detect_report_draws_every_object_with_popups(tmp_path: Path, objects: tuple, browser: Any) -> None:
     scene, out, summary = objects
-    rows = gpd.read_file(out)
-    assert len(rows) > 20
+    found = gpd.read_file(out)
+    assert len(found) > 20
     report = command_report(task="detect", path=tmp_path / "d.html", summary=summary, inputs=[scene])
     view = open_report(browser, report, "detect.png")
     check_clean(view)
-    assert drawn(view) == len(rows)
+    assert drawn(view) == len(found)
     legend = dict(view["legend"])
-    counts = rows["class_name"].value_counts()
+    counts = found["class_name"].value_counts()
     assert set(legend) == {"car", "truck", "container"}
     for name, share in legend.items():
         assert share.endswith(f"({counts.get(name, 0)})")
     page = view["page"]
+    rows = panel(page)
+    assert rows["nodata share"] == "0.0 % (on the overview)" and rows["objects"].startswith(f"{len(found)} (")
     page.click(".leaflet-pane[class*=vec] path", force=True)
     popup = page.inner_text(".leaflet-popup-content")
     for field in ("class", "score", "angle", "length", "width", "area"):
@@ -359,9 +366,7 @@ def test_evaluate_report_shows_the_scores(tmp_path: Path, objects: tuple, browse
     view = open_report(browser, report)
     check_clean(view)
     assert drawn(view) == len(gpd.read_file(found))  # the reference starts hidden
-    rows = dict(
-        view["page"].eval_on_selector_all("#summary tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
-    )
+    rows = panel(view["page"])
     assert rows["mAP"] == "1.0000" and rows["task"] == "detect"
     # a class raster against a reference on another grid, over the image
     labels = (textured_scene(120, 160, bands=1) // 86).astype(np.uint8)
@@ -374,7 +379,7 @@ def test_evaluate_report_shows_the_scores(tmp_path: Path, objects: tuple, browse
     view = open_report(browser, report, "evaluate.png")
     check_clean(view)
     page = view["page"]
-    rows = dict(page.eval_on_selector_all("#summary tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))"))
+    rows = panel(page)
     assert rows["OA"] == "1.0000" and rows["mIoU"] == "1.0000"
     assert [n for n, _ in view["legend"]] == ["class 0", "class 1", "class 2"] * 2
     assert page.eval_on_selector_all("input[data-overlay]", "es => es.map(e => e.checked)") == [True, False]

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lemevit_geo.bundle import BundleConfig, read_config
 from lemevit_geo.choices import Task
 from lemevit_geo.errors import BundleError, InputError
@@ -72,10 +74,11 @@ def task_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def nodata_row(summary: dict[str, Any], counted: dict[str, int] | None) -> tuple[str, str] | None:
-    """The share of the scene that is nodata: exact from a dense run's class counts."""
+def nodata_row(summary: dict[str, Any], counted: dict[str, int] | None, look: np.ndarray) -> tuple[str, str]:
+    """The share of the scene that is nodata: exact from a dense run's class counts, else measured on the
+    input's quick-look ``look`` (RGBA)."""
     if counted is None or "width" not in summary:
-        return None
+        return ("nodata share", f"{_share(int((look[..., 3] == 0).sum()), look[..., 3].size)} (on the overview)")
     total = summary["width"] * summary["height"]
     return ("nodata share", _share(total - sum(counted.values()), total))
 
@@ -135,8 +138,7 @@ def command_report(
     grid = OverviewGrid.of(outputs["raster"] if dense else inputs[0])
     report = MapReport(f"lemevit-geo {task.value}: {Path(inputs[0]).name}", grid, details=summary)
     names = ("before", "after") if task == Task.change else ("image",)
-    for name, image in zip(names, inputs, strict=False):
-        report.add_base(f"{name}: {Path(image).name}", image)
+    looks = [report.add_base(f"{name}: {Path(image).name}", image) for name, image in zip(names, inputs, strict=False)]
     counts = summary.get("class_pixels")
     if task == Task.segment:
         report.add_classes("classes", outputs["raster"], counts)
@@ -147,8 +149,7 @@ def command_report(
         fill = 0.45 if task == Task.classify else 0.15
         report.add_vectors("tiles" if task == Task.classify else "objects", vector, _class_colors(config), fill)
     report.summary = summary_rows(summary, command_line, Path(bundle) if bundle else None)
-    nodata = nodata_row(summary, counts)
-    report.summary += [nodata] if nodata else []
+    report.summary.append(nodata_row(summary, counts, looks[0]))
     report.summary += [(k, str(v)) for k, v in outputs.items()]
     report.summary += metric_rows(metrics)
     return report.write(path, overwrite)

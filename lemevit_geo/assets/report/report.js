@@ -3,7 +3,7 @@
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("report-data").textContent);
-  var state = { ready: false, drawn: {}, bases: data.bases.length, overlays: data.overlays.length };
+  var state = { ready: false, features: {}, bases: data.bases.length, overlays: data.overlays.length };
   window.lemevitReport = state;
 
   function el(tag, attrs, text) {
@@ -95,7 +95,7 @@
       ? L.imageOverlay(overlay.url, bounds, { opacity: overlay.opacity, className: "classes pixelated", interactive: false })
       : vectorLayer(overlay, i);
     if (overlay.visible) layer.addTo(map);
-    if (overlay.type === "vector") state.drawn[overlay.name] = overlay.geojson.features.length;
+    if (overlay.type === "vector") state.features[overlay.name] = overlay.geojson.features.length;
     var row = el("label", { "class": "layer" });
     var box = el("input", { type: "checkbox", "data-overlay": overlay.name });
     box.checked = overlay.visible;
