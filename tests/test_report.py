@@ -428,3 +428,24 @@ def test_overviews_follow_nodata_and_other_crs(tmp_path: Path) -> None:
     data, valid = read_overview(other, grid, [1])
     agree = (data[0] == classes[0]) & valid
     assert valid.mean() > 0.95 and agree.sum() / valid.sum() > 0.97
+
+
+def test_merge_report_of_array_job_parts(tmp_path: Path, seg_bundle: Path, browser: Any) -> None:
+    scene = write_raster(tmp_path / "scene.tif", textured_scene(150, 130))
+    mask = tmp_path / "mask.tif"
+    for part in ("0/2", "1/2"):
+        r = cli_main("segment", scene, "-o", mask, "-m", seg_bundle, "--part", part, "--tile-size", "64", "-q")
+        assert r.returncode == 0, r.stderr
+    assert "--report needs the merged outputs" in cli_error(
+        "segment", scene, "-o", mask, "-m", seg_bundle, "--part", "0/2", "--report", tmp_path / "r.html"
+    )
+    report = tmp_path / "merged.html"
+    r = cli_main("merge", mask, "--report", report, "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["outputs"]["report"] == str(report)
+    view = open_report(browser, report)
+    check_clean(view)
+    counts = summary["class_pixels"]
+    assert [n for n, _ in view["legend"]] == list(counts) == ["water", "forest", "urban"]
+    assert panel(view["page"])["command"].startswith("lemevit-geo merge")

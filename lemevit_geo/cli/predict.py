@@ -59,6 +59,8 @@ def reporting(
     def wrap(pipeline: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         def run(**kwargs: Any) -> dict[str, Any]:
             summary = pipeline(**kwargs)
+            if "outputs" not in summary:  # a failed scale-out scene: its error is reported, no page
+                return summary
             options = dict(inputs=scenes, bundle=model, command_line=command_line, overwrite=overwrite)
             command_report(task=task, path=report_path, summary=summary, **options)
             summary["outputs"]["report"] = str(report_path)
@@ -221,14 +223,22 @@ def merge(
     output: MergeTarget,
     overwrite: o.Overwrite = False,
     keep_parts: o.KeepParts = False,
+    report: o.Report = None,
     *,
     display: Display,
 ) -> None:
     """Join the parts that array jobs wrote (--part I/N) into the outputs, and remove the parts."""
     from lemevit_geo.pipelines.scaleout.driver import merge_parts
 
+    task, inputs, model = "", [], ""
+    if report is not None:  # the job's own task, inputs and bundle, from its job.json
+        from lemevit_geo.pipelines.report.runs import merge_inputs
+
+        task, inputs, model = merge_inputs(output)
+    wrap = reporting(report, task, [Path(p) for p in inputs], Path(model), overwrite)
     run_scaled(
-        lambda progress: merge_parts(output, overwrite=overwrite, keep_parts=keep_parts, progress=progress), display
+        wrap(lambda progress: merge_parts(output, overwrite=overwrite, keep_parts=keep_parts, progress=progress)),
+        display,
     )
 
 

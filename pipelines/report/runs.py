@@ -221,3 +221,16 @@ def evaluate_report(
     report.summary += [("prediction", str(prediction)), ("reference", str(reference))]
     report.summary += metric_rows({k: v for k, v in scores.items() if k not in ("prediction", "reference")})
     return report.write(path, overwrite)
+
+
+def merge_inputs(output: Path) -> tuple[str, list[str], str]:
+    """The task, inputs and bundle of the scale-out job whose parts ``merge`` joins into ``output`` (its
+    ``job.json``), for the merged run's report: one scene, so ``output`` names one output, not a directory."""
+    from lemevit_geo.pipelines.scaleout.jobs import parts_dir, read_json
+
+    if Path(output).is_dir():
+        raise InputError(f"`report` draws one scene: name one output to merge, not the directory {output}")
+    job = read_json(parts_dir(Path(output)) / "job.json")
+    if job is None:
+        raise InputError(f"{parts_dir(Path(output))} holds no job.json: run the parts first (`part` i/N)")
+    return str(job["task"]), [str(p) for p in job["inputs"]], str(job["model"])
