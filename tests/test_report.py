@@ -72,13 +72,13 @@ def open_report(browser: Any, path: Path, shot: str | None = None) -> dict[str, 
         ".entry", "es => es.map(e => [e.dataset.class, e.querySelector('.share').textContent])"
     )
     paths = drawn_paths(page)
-    png = page.screenshot()
-    if SHOTS and shot:
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        (Path(SHOTS) / shot).write_bytes(png)
     import io
 
-    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    screenshot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+    if SHOTS and shot:  # 256 colours: a small file for the docs
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        screenshot.quantize(256, method=Image.Quantize.FASTOCTREE).save(Path(SHOTS) / shot, optimize=True)
+    pixels = np.asarray(screenshot)
     result = {"errors": errors, "external": external, "legend": legend, "paths": paths, "pixels": pixels}
     result["page"] = page
     return result
