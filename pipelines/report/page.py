@@ -268,11 +268,27 @@ def leaflet_js() -> str:
     return re.sub(r"\n//# sourceMappingURL=\S+\s*$", "\n", _asset("leaflet", "leaflet.js").decode("utf-8"))
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite numbers as ``None`` and what JSON lacks (paths, numpy scalars) as strings or
+    numbers, so a summary always makes a page."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
 def render_page(title: str, data: dict[str, Any]) -> str:
     """The template filled with Leaflet, the report's own script and style, and ``data`` as JSON."""
     import html
 
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    payload = json.dumps(json_safe(data), separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")  # no </script
     parts = {
         "{{TITLE}}": html.escape(title),
         "{{LEAFLET_CSS}}": leaflet_css(),
