@@ -4,7 +4,7 @@ Generates a two-date scene with land-cover labels, known changes and parked obje
 segmentation model, a change model, a scene classifier and an oriented object detector on the training
 part of the scene, runs ``segment``, ``change``, ``classify`` and ``detect`` on the full scene through the
 same functions as the commands, scores the held-out part with the functions of ``evaluate``, and writes
-PNG previews.
+PNG previews and a map report (``results/report.html``).
 """
 
 from __future__ import annotations
@@ -335,15 +335,13 @@ def run_demo(
     tasks = {"segment": _segment(run), "change": _change(run), "classify": _classify(run), "detect": _detect(run)}
     log("writing previews and the map report")
     previews = _previews(scene, results)
-    previews["report"] = str(
-        demo_report(
-            path=results / "report.html",
-            before=scene.before,
-            after=scene.after,
-            results=results,
-            tasks=tasks,
-            overwrite=overwrite,
-        )
+    report = demo_report(
+        path=results / "report.html",
+        before=scene.before,
+        after=scene.after,
+        results=results,
+        tasks=tasks,
+        overwrite=overwrite,
     )
     return {
         "out": str(out),
@@ -359,5 +357,6 @@ def run_demo(
         },
         "tasks": tasks,
         "previews": previews,
+        "report": str(report),
         "seconds": round(time.perf_counter() - start, 1),
     }
