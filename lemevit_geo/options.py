@@ -268,6 +268,14 @@ ConnectTimeout = Annotated[
     float,
     typer.Option("--connect-timeout", help="Seconds to wait for the Ray or Dask cluster at the --executor address."),
 ]
+Report = Annotated[
+    Path | None,
+    typer.Option(
+        "--report",
+        help="Also write a self-contained HTML map report (image, results, legend, run summary; opens offline).",
+        show_default=False,
+    ),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary table.")]
 Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (and no progress).")]
 

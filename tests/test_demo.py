@@ -88,6 +88,9 @@ def test_demo_writes_every_output(tmp_path: Path) -> None:
     for name, png in summary["previews"].items():
         with Image.open(png) as im:
             assert im.size == ((258, 258) if name == "scenes" else (384, 384)) and im.mode == "RGB"
+    assert (
+        summary["report"] == str(out / "results" / "report.html") and "leaflet" in Path(summary["report"]).read_text()
+    )
     for task in ("segment", "change", "classify", "detect"):
         assert (out / "models" / f"{task}.safetensors").is_file()
     # the same seed gives the same scene

@@ -28,7 +28,8 @@ ROLE_IMPORTS = {
     "inference": set(),
     "scaleout": {"inference"},
     "training": {"inference"},
-    "apps": {"inference", "scaleout", "training"},
+    "report": {"inference", "scaleout"},
+    "apps": {"inference", "scaleout", "training", "report"},
 }
 
 
@@ -269,7 +270,11 @@ def write_tree(root: Path, sources: dict[str, str]) -> None:
         ("pipelines/scaleout/a.py", "from lemevit_geo.pipelines.apps import demo\n", "pipelines.scaleout imports"),
         ("pipelines/metrics.py", "from lemevit_geo.pipelines.inference import boxes\n", "the flat pipelines module"),
         ("pipelines/metrics.py", "import importlib\nimportlib.import_module('lemevit_geo.cli')\n", "pipelines imports"),
-        ("pipelines/report/a.py", "from lemevit_geo.pipelines.inference import boxes\n", "pipelines.report is a role"),
+        (
+            "pipelines/newrole/a.py",
+            "from lemevit_geo.pipelines.inference import boxes\n",
+            "pipelines.newrole is a role",
+        ),
     ],
 )
 def test_import_check_finds_an_upward_import(tmp_path: Path, path: str, source: str, why: str) -> None:

@@ -78,6 +78,12 @@ def _table(summary: dict[str, Any]) -> Table:
     return table
 
 
+ReportImage = Annotated[
+    Path | None,
+    typer.Option("--image", help="With --report: the image the prediction was made from, drawn under it."),
+]
+
+
 @app.command()
 @grouped(display=Display())
 def evaluate(
@@ -87,15 +93,31 @@ def evaluate(
     iou: Iou = 0.5,
     label_column: LabelColumn = None,
     bounds: Bounds = None,
+    report: o.Report = None,
+    image: ReportImage = None,
+    overwrite: o.Overwrite = False,
     *,
     display: Display,
 ) -> None:
     """Score an output against reference labels: mIoU, change F1 or detection mAP (the metrics training uses)."""
     from lemevit_geo.pipelines.apps.evaluate import evaluate as run
 
+    if report is not None:
+        from lemevit_geo.pipelines.report.page import check_report_path
+
+        check_report_path(report, overwrite, [prediction, reference, *([image] if image else [])])
     summary = run(
         prediction=prediction, reference=reference, task=task, iou=iou, label_column=label_column, bounds=bounds
     )
+    if report is not None:
+        import shlex
+        import sys
+
+        from lemevit_geo.pipelines.report.runs import evaluate_report
+
+        command_line = shlex.join(["lemevit-geo", *sys.argv[1:]])
+        options = dict(image=image, label_column=label_column, command_line=command_line, overwrite=overwrite)
+        summary["report"] = str(evaluate_report(path=report, scores=summary, **options))
     if display.json:
         print_json(summary)
     elif not display.quiet:

@@ -7,6 +7,8 @@ parts and a merge (``pipelines/scaleout/driver.py``).
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,6 +47,38 @@ DENSE_GROUPS: dict[str, Any] = dict(
 )
 
 
+def reporting(
+    report_path: Path | None,
+    task: str,
+    inputs: list[Path],
+    model: Path,
+    overwrite: bool,
+    scale_out: ScaleOut = ScaleOut(),
+) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+    """A wrapper that runs a pipeline, then writes its HTML map report to ``report_path`` (checked now, before
+    any work) and names it in the summary's outputs; no wrapper where no report is asked for."""
+    if report_path is None:
+        return lambda pipeline: pipeline
+    from lemevit_geo.pipelines.report.runs import check_report_run, command_report
+
+    scenes = check_report_run(report_path, task, overwrite, inputs, model, scale_out)
+    command_line = shlex.join(["lemevit-geo", *sys.argv[1:]])
+
+    def wrap(pipeline: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        def run(**kwargs: Any) -> dict[str, Any]:
+            summary = pipeline(**kwargs)
+            if "outputs" not in summary:  # a failed scale-out scene: its error is reported, no page
+                return summary
+            options = dict(inputs=scenes, bundle=model, command_line=command_line, overwrite=overwrite)
+            command_report(task=task, path=report_path, summary=summary, **options)
+            summary["outputs"]["report"] = str(report_path)
+            return summary
+
+        return run
+
+    return wrap
+
+
 def run_with_progress(pipeline: Callable[..., dict[str, Any]], display: Display, **kwargs: Any) -> None:
     """Run an inference pipeline under a tile progress bar and print its summary."""
     with tile_progress(display) as progress:
@@ -74,15 +108,20 @@ def run_images(
     output: Path,
     scale_out: ScaleOut,
     sources: Sources,
+    report_path: Path | None,
+    task: str,
     **options: Any,
 ) -> None:
     """Run ``single`` in this process on one input to one output without scale-out, else ``scaled`` on them all
-    (the inputs: ``images`` or what ``sources`` finds, with its area and assets)."""
+    (the inputs: ``images`` or what ``sources`` finds, with its area and assets), and write the map report of a
+    ``task`` run to ``report_path`` when one is asked for."""
     from lemevit_geo.pipelines.scaleout.driver import expand_inputs, single_output
 
     if not images and not sources.stac:
         raise typer.BadParameter("give at least one image, or --stac to search a catalogue", param_hint="IMAGE...")
     images = sources.resolve(images)
+    wrap = reporting(report_path, task, images, options["model"], options.get("overwrite", False), scale_out)
+    single, scaled = wrap(single), wrap(scaled)
     inputs = expand_inputs(images)
     if single_output(inputs, output) and not scale_out.used:
         run_with_progress(single, display, image=inputs[0], output=output, **options)
@@ -100,6 +139,7 @@ def segment(
     bands: o.Bands = None,
     overwrite: o.Overwrite = False,
     allow_pixel_grid: o.AllowPixelGrid = False,
+    report: o.Report = None,
     engine: Engine,
     tiling: Tiling,
     outputs: DenseOutputs,
@@ -115,7 +155,8 @@ def segment(
     from lemevit_geo.pipelines.scaleout.driver import scale_segment
 
     options = dict(bands=bands, overwrite=overwrite, allow_pixel_grid=allow_pixel_grid, engine=engine, tiling=tiling)
-    run_images(run, scale_segment, display, images, output, scale_out, sources, model=model, outputs=outputs, **options)
+    options.update(model=model, outputs=outputs)
+    run_images(run, scale_segment, display, images, output, scale_out, sources, report, "segment", **options)
 
 
 @app.command()
@@ -128,6 +169,7 @@ def change(
     bands: o.Bands = None,
     overwrite: o.Overwrite = False,
     allow_pixel_grid: o.AllowPixelGrid = False,
+    report: o.Report = None,
     *,
     engine: Engine,
     tiling: Tiling,
@@ -142,8 +184,9 @@ def change(
 
     before, after = sources.resolve([before, after], count=2)
     options: dict[str, Any] = {"scale_out": scale_out} if scale_out.used else {}
+    wrap = reporting(report, "change", [before, after], model, overwrite, scale_out)
     (run_scaled if scale_out.used else run_with_progress)(
-        scale_change if scale_out.used else run,
+        wrap(scale_change if scale_out.used else run),
         display,
         **options,
         before=before,
@@ -172,6 +215,7 @@ def classify(
     top_k: TopK = 3,
     overwrite: o.Overwrite = False,
     allow_pixel_grid: o.AllowPixelGrid = False,
+    report: o.Report = None,
     engine: Engine,
     scale_out: ScaleOut,
     sources: Sources,
@@ -194,7 +238,7 @@ def classify(
         allow_pixel_grid=allow_pixel_grid,
         engine=engine,
     )
-    run_images(run, scale_classify, display, images, output, scale_out, sources, **options)
+    run_images(run, scale_classify, display, images, output, scale_out, sources, report, "classify", **options)
 
 
 @app.command()
@@ -203,14 +247,22 @@ def merge(
     output: MergeTarget,
     overwrite: o.Overwrite = False,
     keep_parts: o.KeepParts = False,
+    report: o.Report = None,
     *,
     display: Display,
 ) -> None:
     """Join the parts that array jobs wrote (--part I/N) into the outputs, and remove the parts."""
     from lemevit_geo.pipelines.scaleout.driver import merge_parts
 
+    task, inputs, model = "", [], ""
+    if report is not None:  # the job's own task, inputs and bundle, from its job.json
+        from lemevit_geo.pipelines.report.runs import merge_inputs
+
+        task, inputs, model = merge_inputs(output)
+    wrap = reporting(report, task, [Path(p) for p in inputs], Path(model), overwrite)
     run_scaled(
-        lambda progress: merge_parts(output, overwrite=overwrite, keep_parts=keep_parts, progress=progress), display
+        wrap(lambda progress: merge_parts(output, overwrite=overwrite, keep_parts=keep_parts, progress=progress)),
+        display,
     )
 
 
@@ -226,6 +278,7 @@ def detect(
     overlap: o.DetectOverlap = None,
     overwrite: o.Overwrite = False,
     allow_pixel_grid: o.AllowPixelGrid = False,
+    report: o.Report = None,
     engine: Engine,
     detection: Detection,
     scale_out: ScaleOut,
@@ -249,4 +302,4 @@ def detect(
         engine=engine,
         detection=detection,
     )
-    run_images(run, scale_detect, display, images, output, scale_out, sources, **options)
+    run_images(run, scale_detect, display, images, output, scale_out, sources, report, "detect", **options)

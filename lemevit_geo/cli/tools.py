@@ -87,6 +87,7 @@ def _demo_table(summary: dict[str, Any], size: int) -> None:
     out = Console()
     out.print(table)
     out.print("previews: " + ", ".join(summary["previews"].values()))
+    out.print(f"map report (open in a browser): {summary['report']}")
 
 
 @bundle_app.command("init")

@@ -4,7 +4,7 @@ Generates a two-date scene with land-cover labels, known changes and parked obje
 segmentation model, a change model, a scene classifier and an oriented object detector on the training
 part of the scene, runs ``segment``, ``change``, ``classify`` and ``detect`` on the full scene through the
 same functions as the commands, scores the held-out part with the functions of ``evaluate``, and writes
-PNG previews.
+PNG previews and a map report (``results/report.html``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ from lemevit_geo.pipelines.inference.classify import classify
 from lemevit_geo.pipelines.inference.detect import detect
 from lemevit_geo.pipelines.inference.segment import segment
 from lemevit_geo.pipelines.metrics import confusion_matrix, segmentation_scores
+from lemevit_geo.pipelines.report.overview import OverviewGrid
+from lemevit_geo.pipelines.report.page import MapReport
+from lemevit_geo.pipelines.report.runs import metric_rows
 from lemevit_geo.pipelines.training.train import train
 from lemevit_geo.settings import DenseOutputs, Engine, Hardware, Recipe
 
@@ -45,6 +48,38 @@ DEMO_DETECTOR = {"fpn_channels": 64, "num_convs": 2}
 #: ``detect`` runs the demo's detector (trained on the demo's tile size) on 256 px tiles: it is fully
 #: convolutional, and fewer, larger tiles mean less overlap to compute twice.
 DETECT_TILE = 256
+
+#: The demo's detector keeps boxes down to a low score (for mAP); its page draws the confident ones.
+DEMO_MIN_SCORE = 0.3
+
+
+def demo_report(
+    *,
+    path: str | Path,
+    before: Path,
+    after: Path,
+    results: Path,
+    tasks: dict[str, dict[str, Any]],
+    overwrite: bool = False,
+) -> Path:
+    """The demo's page: both dates, the land-cover, change, tile-class and object layers of ``results``, and
+    each task's held-out score (``tasks``: the demo's summary per task)."""
+    grid = OverviewGrid.of(results / "landcover.tif")
+    report = MapReport("lemevit-geo demo", grid, details=tasks)
+    report.add_base(f"before: {before.name}", before)
+    report.add_base(f"after: {after.name}", after)
+    report.add_classes("land cover", results / "landcover.tif", opacity=0.55)
+    report.add_classes("change", results / "change.tif", transparent=(0,), opacity=0.8, visible=False)
+    scene_colors = dict(zip(CLASSES, COLORS, strict=True))
+    report.add_vectors("tile classes", results / "scenes.gpkg", scene_colors, fill=0.4, visible=False)
+    objects = dict(zip(OBJECT_CLASSES, OBJECT_COLORS, strict=True))
+    report.add_vectors("objects", results / "objects.gpkg", objects, min_score=DEMO_MIN_SCORE)
+    report.summary = [("command", "lemevit-geo demo")]
+    for task, result in tasks.items():
+        seconds = f"train {result['train_seconds']} s, predict {result['predict_seconds']} s"
+        report.summary.append((task, f"{result['metric']} ({seconds})"))
+        report.summary += [(f"{task} {k}", v) for k, v in metric_rows(result.get("held_out")) if k != "bounds"]
+    return report.write(path, overwrite)
 
 
 def _held_out(path: Path, bounds: list[float]) -> Window:
@@ -286,8 +321,28 @@ def _previews(scene: GeneratedScene, results: Path) -> dict[str, str]:
     return out
 
 
-OUTPUTS = ("landcover.tif", "landcover.gpkg", "change.tif", "change.gpkg", "scenes.gpkg", "scenes.tif", "objects.gpkg")
+OUTPUTS = (
+    "landcover.tif",
+    "landcover.gpkg",
+    "change.tif",
+    "change.gpkg",
+    "scenes.gpkg",
+    "scenes.tif",
+    "objects.gpkg",
+    "report.html",
+)
 TASKS = ("segment", "change", "classify", "detect")
+
+
+def _folders(out: Path, overwrite: bool) -> tuple[Path, Path]:
+    """The demo's ``models`` and ``results`` folders in ``out``, made; every output checked (``overwrite``)."""
+    models, results = out / "models", out / "results"
+    for folder in (models, results):
+        folder.mkdir(parents=True, exist_ok=True)
+    bundles = [models / f"{task}.safetensors" for task in TASKS]
+    for path in [*(results / name for name in OUTPUTS), *bundles]:
+        check_output(path, overwrite)
+    return models, results
 
 
 def run_demo(
@@ -308,12 +363,7 @@ def run_demo(
     if size < 320:
         raise InputError(f"`size` {size} is too small for the demo: use at least 320 px")
     out = Path(out)
-    models, results = out / "models", out / "results"
-    for folder in (models, results):
-        folder.mkdir(parents=True, exist_ok=True)
-    bundles = [models / f"{task}.safetensors" for task in TASKS]
-    for path in [*(results / name for name in OUTPUTS), *bundles]:
-        check_output(path, overwrite)
+    models, results = _folders(out, overwrite)
     log(f"generating a {size} x {size} px two-date scene with objects (seed {seed})")
     t0 = time.perf_counter()
     scene = make_scene(out / "data", size, seed)
@@ -330,8 +380,10 @@ def run_demo(
         log=log,
     )
     tasks = {"segment": _segment(run), "change": _change(run), "classify": _classify(run), "detect": _detect(run)}
-    log("writing previews")
+    log("writing previews and the map report")
     previews = _previews(scene, results)
+    page = dict(before=scene.before, after=scene.after, results=results, tasks=tasks, overwrite=overwrite)
+    report = demo_report(path=results / "report.html", **page)
     return {
         "out": str(out),
         "scene": {
@@ -346,5 +398,6 @@ def run_demo(
         },
         "tasks": tasks,
         "previews": previews,
+        "report": str(report),
         "seconds": round(time.perf_counter() - start, 1),
     }

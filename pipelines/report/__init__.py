@@ -1,0 +1,1 @@
+"""HTML map reports: one self-contained page per run (Leaflet inlined, overviews as PNG data URIs)."""
