@@ -16,21 +16,67 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from lemevit_geo.errors import GDAL_ERRORS, LemevitError, LemevitWarning, with_flags
 
+#: The order a user meets the commands in; ``--help`` lists them so (any other command after them).
+COMMAND_ORDER = (
+    "segment",
+    "change",
+    "classify",
+    "detect",
+    "evaluate",
+    "train",
+    "pretrain",
+    "merge",
+    "bundle",
+    "demo",
+    "info",
+    "init",
+    "show",
+)
+
+
+def _flags_as_flags(params: list[Any]) -> list[Any]:
+    """Show flags (``--overwrite``, ``--help``) with no value type in the help boxes, as click does: Typer would
+    print ``<bool>``, which reads like an option that takes a value."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Commands(TyperGroup):
+    """The command group of ``lemevit-geo``: commands in :data:`COMMAND_ORDER`, flags shown as flags."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: COMMAND_ORDER.index(n) if n in COMMAND_ORDER else len(COMMAND_ORDER))
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        return _flags_as_flags(super().get_params(ctx))
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and not isinstance(command, Commands):
+            _flags_as_flags(command.get_params(ctx))
+        return command
+
+
 app = typer.Typer(
+    cls=Commands,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     help="Large remote-sensing scenes to maps with the LeMeViT vision transformer.",
 )
-bundle_app = typer.Typer(no_args_is_help=True, help="Make and inspect model bundles.")
+bundle_app = typer.Typer(cls=Commands, no_args_is_help=True, help="Make and inspect model bundles.")
 app.add_typer(bundle_app, name="bundle")
 
 #: Messages and progress go to stderr; stdout carries only JSON summaries.

@@ -15,10 +15,12 @@ from lemevit_geo.options import Display, grouped
 from lemevit_geo.settings import Hardware, PretrainRecipe, Recipe
 
 Dataset = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--dataset",
-        help="potsdam, vaihingen, loveda, levircd, oscd, ucmerced, resisc45, millionaid, dota or custom.",
+        help="potsdam, vaihingen, loveda, levircd, oscd, ucmerced, resisc45, millionaid, dota or custom "
+        "(the default with --images, --labels, --before or --after).",
+        show_default=False,
     ),
 ]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Bundle to write (.safetensors).")]
@@ -70,7 +72,7 @@ PretrainResume = Annotated[bool, typer.Option("--resume", help="Continue from th
 @app.command()
 @grouped(recipe=Recipe(), hardware=Hardware(), display=Display())
 def train(
-    dataset: Dataset,
+    dataset: Dataset = None,
     out: Out = Path("model.safetensors"),
     root: Root = None,
     images: Images = None,
@@ -98,6 +100,12 @@ def train(
 
     The summary puts the best validation metrics next to predicting the majority class (and, with --baseline,
     next to a per-pixel classifier)."""
+    if dataset is None and not any((images, labels, before, after)):
+        raise typer.BadParameter(
+            "name a torchgeo dataset (--root its folder), or give your own data with --images and --labels "
+            "(change: --before, --after and --labels)",
+            param_hint="'--dataset'",
+        )
     from lemevit_geo.pipelines.training.train import train as run
 
     quiet_lightning()

@@ -118,6 +118,19 @@ def load_data(
     return data, int(data.tile_size or tile_size or DEFAULT_TILE[wanted])
 
 
+def dataset_name(dataset: str | None, **own: Any) -> str:
+    """The dataset to train on: ``dataset``, else ``custom`` (own data). Own data given with a torchgeo dataset
+    would be ignored, so it is refused."""
+    name = (dataset or "custom").lower()
+    given = [f"`{flag}`" for flag, value in own.items() if value]
+    if name != "custom" and given:
+        raise InputError(
+            f"{', '.join(given)} give own data, which `dataset` {name} does not read: leave out `dataset` to train "
+            f"on own data, or leave out {', '.join(given)} to train on {name}"
+        )
+    return name
+
+
 def check_torchgeo_recipe(recipe: Recipe) -> None:
     """Refuse recipe options that only own data has: torchgeo's datamodules keep their own augmentations, and
     class balance needs own data's label counts."""
@@ -240,7 +253,7 @@ def make_trainer(
 
 def train(
     *,
-    dataset: str,
+    dataset: str | None = None,
     out: str | Path,
     root: str | Path | None = None,
     images: Any = None,
@@ -264,8 +277,8 @@ def train(
     head: dict[str, Any] | None = None,
     baseline: bool = False,
 ) -> dict[str, Any]:
-    """Train a model on ``dataset`` (a torchgeo dataset name, or ``custom`` for own rasters) into the bundle
-    ``out``; returns a summary. Own data: ``images`` + ``labels`` (+ ``label_column`` for vector labels),
+    """Train a model on ``dataset`` (a torchgeo dataset name, or ``custom`` for own rasters, the default) into the
+    bundle ``out``; returns a summary. Own data: ``images`` + ``labels`` (+ ``label_column`` for vector labels),
     or ``before`` + ``after`` + ``labels`` for change; ``task="classify"`` trains scene labels,
     ``task="detect"`` an oriented detector from polygons. ``head`` overrides head options (e.g. a small
     detector for a quick run: ``{"fpn_channels": 64, "num_convs": 2}``).
@@ -274,7 +287,11 @@ def train(
     classify), and with ``baseline`` (own data, segment and change) next to a per-pixel gradient-boosting
     classifier on the same split (:mod:`lemevit_geo.pipelines.training.baselines`)."""
     start = time.perf_counter()
-    out, name, arch = Path(out), dataset.lower(), Arch(arch)
+    out, name, arch = (
+        Path(out),
+        dataset_name(dataset, images=images, labels=labels, before=before, after=after),
+        Arch(arch),
+    )
     check_tile_size(tile_size)
     if not resume:
         given = [images, labels, before, after]
