@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from rasterio.features import rasterize, shapes
 from rasterio.windows import Window
 from shapely.geometry import shape
 
-from lemevit_geo.errors import InputError, OutputError
+from lemevit_geo.errors import InputError, LemevitWarning, OutputError
 from lemevit_geo.outputs import atomic_path, check_output, temporary_sibling
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".parquet": "parquet"}
@@ -254,15 +255,37 @@ def _gpkg_to_parquet(stage: Path, target: Path) -> None:
 CLASS_COLUMNS = ("class_name", "class")
 
 
+def repair_polygons(geoms: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
+    """``geoms`` with invalid geometries (a self-intersecting "bow-tie", a ring that touches itself) made valid by
+    ``shapely.make_valid`` (polygonal parts kept, collapsed parts dropped), and how many were repaired; a
+    warning names the count and the first rows."""
+    present = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
+    invalid = present & ~shapely.is_valid(geoms)
+    if not invalid.any():
+        return geoms, 0
+    geoms = np.array(geoms, dtype=object)
+    geoms[invalid] = shapely.make_valid(geoms[invalid], method="structure", keep_collapsed=False)
+    rows = ", ".join(str(i) for i in np.flatnonzero(invalid)[:5])
+    warnings.warn(
+        f"{path}: {int(invalid.sum())} invalid (self-intersecting) polygon(s) repaired with shapely.make_valid "
+        f"(rows {rows})",
+        LemevitWarning,
+        stacklevel=3,
+    )
+    return geoms, int(invalid.sum())
+
+
 def read_polygons(
     path: str | Path, column: str | None, crs: Any = None, what: str = "labels", allow_empty: bool = False
 ) -> gpd.GeoDataFrame:
     """Labelled polygons of a vector file, checked, in ``crs`` (reprojected when the file has another CRS).
 
     The class column is ``column``, else the first of :data:`CLASS_COLUMNS` the file has; it is returned as
-    strings in column ``class``. Refused with one clear line: a file that cannot be read, a missing class
-    column, a file without features (unless ``allow_empty``), features without a class, geometries that are
-    not polygons, and empty or degenerate (zero-area) polygons, naming the first rows at fault.
+    strings in column ``class``. Invalid polygons (self-intersecting "bow-ties") are repaired
+    (:func:`repair_polygons`; their count is ``attrs["repaired"]`` of the result). Refused with one clear line:
+    a file that cannot be read, a missing class column, a file without features (unless ``allow_empty``),
+    features without a class, geometries that are not polygons, and empty or degenerate (zero-area) polygons,
+    naming the first rows at fault.
     """
     path = Path(path)
     if not path.is_file():
@@ -277,7 +300,7 @@ def read_polygons(
         raise InputError(f"{path} has no {wanted}; name it with `label_column` (columns: {', '.join(gdf.columns)})")
     if not len(gdf) and not allow_empty:
         raise InputError(f"{path} holds no polygons")
-    geoms = gdf.geometry.values
+    geoms, repaired = repair_polygons(gdf.geometry.values, path)
     bad = [
         ("has no class", gdf[name].isna().to_numpy()),
         ("is not a polygon", ~np.isin(shapely.get_type_id(geoms), [3, 6]) & ~shapely.is_missing(geoms)),
@@ -291,9 +314,11 @@ def read_polygons(
             if problem == "has no class":
                 message = f"{int(rows.sum())} feature(s) without a class in {name!r} (rows {first})"
             raise InputError(f"{path}: {message}; fix or remove them")
+    gdf = gdf.set_geometry(geoms)
     if crs is not None and gdf.crs is not None and gdf.crs != crs:
         gdf = gdf.to_crs(crs)
     out = gpd.GeoDataFrame({"class": gdf[name].astype(str).to_numpy()}, geometry=gdf.geometry.values, crs=gdf.crs)
+    out.attrs["repaired"] = repaired
     for extra in ("difficult", "score"):
         if extra in gdf.columns and extra != name:
             out[extra] = gdf[extra].to_numpy()

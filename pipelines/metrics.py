@@ -54,11 +54,11 @@ def box_polygons(boxes: np.ndarray) -> np.ndarray:
 
 
 def _geometry(record: Mapping[str, Any]) -> Polygon:
-    """A record's polygon: ``polygon`` (a shapely polygon, ``(K, 2)`` corners or DOTA's flat 8 numbers) or
-    ``box`` ``(cx, cy, w, h, angle)``."""
+    """A record's polygon: ``polygon`` (a shapely polygon or multipolygon, ``(K, 2)`` corners or DOTA's flat 8
+    numbers) or ``box`` ``(cx, cy, w, h, angle)``."""
     if "polygon" in record:
         poly = record["polygon"]
-        if isinstance(poly, Polygon):
+        if isinstance(poly, shapely.Geometry):
             return poly
         return Polygon(np.asarray(poly, dtype=np.float64).reshape(-1, 2))
     if "box" in record:
