@@ -257,14 +257,18 @@ CLASS_COLUMNS = ("class_name", "class")
 
 def repair_polygons(geoms: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
     """``geoms`` with invalid geometries (a self-intersecting "bow-tie", a ring that touches itself) made valid by
-    ``shapely.make_valid`` (polygonal parts kept, collapsed parts dropped), and how many were repaired; a
-    warning names the count and the first rows."""
+    ``shapely.make_valid`` (polygonal parts kept, collapsed parts dropped; one that collapses whole is left as it
+    is, to be refused as degenerate), and how many were repaired; a warning names the count and the first rows."""
     present = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
     invalid = present & ~shapely.is_valid(geoms)
     if not invalid.any():
         return geoms, 0
+    fixed = shapely.make_valid(geoms[invalid], method="structure", keep_collapsed=False)
+    invalid[np.flatnonzero(invalid)[shapely.is_empty(fixed)]] = False  # collapsed (zero area): refused as such
+    if not invalid.any():
+        return geoms, 0
     geoms = np.array(geoms, dtype=object)
-    geoms[invalid] = shapely.make_valid(geoms[invalid], method="structure", keep_collapsed=False)
+    geoms[invalid] = fixed[~shapely.is_empty(fixed)]
     rows = ", ".join(str(i) for i in np.flatnonzero(invalid)[:5])
     warnings.warn(
         f"{path}: {int(invalid.sum())} invalid (self-intersecting) polygon(s) repaired with shapely.make_valid "

@@ -9,8 +9,15 @@ import re
 import subprocess
 from pathlib import Path
 
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from rasterio.transform import from_origin
+
 from lemevit_geo.pipelines.apps.synthetic import make_scene
-from tests.conftest import cli_main
+from tests.conftest import CRS, GSD, ORIGIN, cli_main, write_raster
 
 
 def one_line_error(r: subprocess.CompletedProcess, message: str, code: int = 1) -> str:
@@ -82,3 +89,140 @@ def test_train_refuses_own_data_with_a_torchgeo_dataset(tmp_path: Path) -> None:
     r = cli_main("train", "--dataset", "potsdam", "--root", tmp_path, "--images", scene.before, "--out", tmp_path / "m")
     one_line_error(r, "--images give own data, which --dataset potsdam does not read")
     assert listing(tmp_path) == before
+
+
+# -- evaluate: class rasters -----------------------------------------------------------------------------
+
+
+def class_raster(path: Path, data: np.ndarray, names: list[str] | None = None, **kwargs: object) -> Path:
+    """A one-band class raster (values ``data``), its classes named by ``CLASS_<n>`` tags when ``names``."""
+    write_raster(path, data[None], **kwargs)
+    if names:
+        with rasterio.open(path, "r+") as dst:
+            dst.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(names)})
+    return path
+
+
+def three_classes(dtype: str = "uint8") -> np.ndarray:
+    """A 64 x 64 raster of classes 0, 1, 2 in vertical stripes."""
+    return (np.arange(64)[None, :].repeat(64, 0) // 22).astype(dtype)
+
+
+def test_evaluate_refuses_a_reference_that_does_not_overlap(tmp_path: Path) -> None:
+    pred = class_raster(tmp_path / "pred.tif", three_classes(), ["a", "b", "c"], nodata=255)
+    far = from_origin(ORIGIN[0] + 1000, ORIGIN[1], GSD, GSD)
+    ref = class_raster(tmp_path / "ref.tif", three_classes(), ["a", "b", "c"], nodata=255, transform=far)
+    before = listing(tmp_path)
+    one_line_error(cli_main("evaluate", pred, ref), "share no valid pixel")
+    assert listing(tmp_path) == before
+
+
+def test_evaluate_refuses_reference_codes_outside_the_models_classes(tmp_path: Path) -> None:
+    """CORINE codes 111 / 211 / 311 against classes 0-2: nothing can be scored, so nothing is."""
+    pred = class_raster(tmp_path / "pred.tif", three_classes(), ["urban", "farmland", "forest"], nodata=255)
+    corine = np.choose(three_classes(), [111, 211, 311]).astype("uint16")
+    ref = class_raster(tmp_path / "corine.tif", corine)
+    before = listing(tmp_path)
+    line = one_line_error(cli_main("evaluate", pred, ref, "--json"), "no value of")
+    assert "111, 211, 311" in line and "urban" in line
+    assert listing(tmp_path) == before
+
+
+def test_evaluate_warns_when_class_names_share_no_name(tmp_path: Path) -> None:
+    pred = class_raster(tmp_path / "pred.tif", three_classes(), ["water", "forest", "urban"], nodata=255)
+    ref = class_raster(tmp_path / "ref.tif", three_classes(), ["Wasser", "Wald", "Stadt"], nodata=255)
+    r = cli_main("evaluate", pred, ref, "--json")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning:") and "share no name" in lines[0]
+    assert "matched by value" in lines[0]
+    summary = json.loads(r.stdout)
+    assert summary["classes_matched_by"] == "value" and summary["OA"] == 1.0
+
+
+def test_evaluate_matches_shared_names_and_counts_other_reference_classes(tmp_path: Path) -> None:
+    pred = class_raster(tmp_path / "pred.tif", three_classes(), ["water", "forest", "urban"], nodata=255)
+    # the reference lists its classes in another order and has one the model does not know
+    ref_values = np.choose(three_classes(), [1, 0, 3]).astype("uint8")  # water=1, forest=0, urban -> clouds (3)
+    ref = class_raster(tmp_path / "ref.tif", ref_values, ["forest", "water", "urban", "clouds"], nodata=255)
+    summary = json.loads(cli_main("evaluate", pred, ref, "--json").stdout)
+    assert summary["classes_matched_by"] == "name"
+    assert summary["IoU"]["water"] == 1.0 and summary["IoU"]["forest"] == 1.0
+    assert summary["reference_outside_classes"] == int((three_classes() == 2).sum())
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["named", "unnamed"])
+def test_evaluate_a_huge_value_builds_no_huge_matrix(tmp_path: Path, named: bool) -> None:
+    """One pixel of 60000 once built a 60001 x 60001 matrix (28 GB); it is a count (named classes) or one more
+    class (unnamed rasters: every value present is a class)."""
+    values = three_classes("uint16")
+    values[5, 5] = 60000
+    pred = class_raster(tmp_path / "pred.tif", values, ["a", "b", "c"] if named else None)
+    ref = class_raster(tmp_path / "ref.tif", three_classes(), ["a", "b", "c"] if named else None)
+    r = cli_main("evaluate", pred, ref, "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    matrix = summary["confusion_matrix"]["rows_reference_columns_prediction"]
+    if named:
+        assert len(matrix) == 3 and summary["prediction_outside_classes"] == 1
+        assert summary["pixels"] == 64 * 64 - 1 and summary["OA"] == 1.0
+    else:
+        assert summary["confusion_matrix"]["classes"] == ["class_0", "class_1", "class_2", "class_60000"]
+        assert summary["pixels"] == 64 * 64 and matrix[0][3] == 1
+
+
+def test_evaluate_refuses_a_probability_raster(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    pred = write_raster(tmp_path / "probs.tif", rng.random((1, 64, 64), dtype=np.float32))
+    ref = class_raster(tmp_path / "ref.tif", three_classes(), ["a", "b", "c"], nodata=255)
+    one_line_error(cli_main("evaluate", pred, ref, "--task", "segment"), "not whole numbers")
+
+
+def test_evaluate_change_refuses_a_mask_without_0_or_1(tmp_path: Path) -> None:
+    pred = class_raster(tmp_path / "change.tif", (three_classes() > 1).astype("uint8"), ["no change", "change"])
+    ref = class_raster(tmp_path / "truth.tif", np.full((64, 64), 7, "uint8"))
+    one_line_error(cli_main("evaluate", pred, ref), "holds no 0 (no change) or 1 (change)")
+
+
+def test_evaluate_bounds_outside_the_raster(tmp_path: Path) -> None:
+    pred = class_raster(tmp_path / "pred.tif", three_classes(), ["a", "b", "c"], nodata=255)
+    r = cli_main("evaluate", pred, pred, "--bounds", "0,0,10,10")
+    one_line_error(r, "--bounds [0.0, 0.0, 10.0, 10.0] do not overlap the prediction")
+
+
+# -- evaluate: detections --------------------------------------------------------------------------------
+
+
+def polygons(path: Path, geoms: list, classes: list[str], **columns: list) -> Path:
+    gpd.GeoDataFrame({"class_name": classes, **columns}, geometry=geoms, crs=CRS).to_file(path)
+    return path
+
+
+def detections(tmp: Path) -> Path:
+    x, y = ORIGIN
+    boxes = [shapely.box(x, y - 5, x + 10, y), shapely.box(x + 20, y - 25, x + 30, y - 20)]
+    return polygons(tmp / "dets.gpkg", boxes, ["car", "car"], score=[0.9, 0.8])
+
+
+def test_evaluate_repairs_a_bow_tie_reference_polygon(tmp_path: Path) -> None:
+    x, y = ORIGIN
+    bow_tie = shapely.Polygon([(x + 20, y - 25), (x + 30, y - 19), (x + 30, y - 25), (x + 20, y - 20)])
+    assert not bow_tie.is_valid
+    ref = polygons(tmp_path / "ref.gpkg", [shapely.box(x, y - 5, x + 10, y), bow_tie], ["car", "car"])
+    r = cli_main("evaluate", detections(tmp_path), ref, "--json")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "1 invalid (self-intersecting) polygon(s) repaired" in lines[0] and "rows 1" in lines[0]
+    summary = json.loads(r.stdout)
+    assert summary["repaired_reference_polygons"] == 1 and summary["num_reference"] == {"car": 2}
+
+
+def test_evaluate_refuses_an_empty_reference(tmp_path: Path) -> None:
+    empty = polygons(tmp_path / "empty.gpkg", [], [])
+    one_line_error(cli_main("evaluate", detections(tmp_path), empty), "holds no reference objects")
+
+
+def test_evaluate_refuses_bounds_away_from_the_reference_objects(tmp_path: Path) -> None:
+    dets = detections(tmp_path)
+    line = one_line_error(cli_main("evaluate", dets, dets, "--bounds", "0,0,10,10"), "no reference object of")
+    assert "--bounds" in line and "350000" in line

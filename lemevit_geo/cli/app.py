@@ -225,8 +225,18 @@ def _run(command: Callable[[], object]) -> None:
         console.print(f"[bold red]interrupted[/] ({exc}): unfinished outputs removed", highlight=False)
         sys.exit(128 + exc.signum)
     except MemoryError:
-        console.print("[bold red]error:[/] out of memory: lower --batch-size or --tile-size", highlight=False)
+        console.print(f"[bold red]error:[/] out of memory{_memory_advice()}", highlight=False)
         sys.exit(1)
+
+
+#: Commands whose memory --batch-size and --tile-size bound.
+TILED_COMMANDS = ("segment", "change", "classify", "detect", "train", "pretrain")
+
+
+def _memory_advice() -> str:
+    """What lowers the memory of the command being run (only options it takes)."""
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+    return ": lower --batch-size or --tile-size" if command in TILED_COMMANDS else ""
 
 
 def main() -> None:
