@@ -17,7 +17,7 @@ import shapely
 from rasterio.transform import from_origin
 
 from lemevit_geo.pipelines.apps.synthetic import make_scene
-from tests.conftest import CRS, GSD, ORIGIN, cli_main, write_raster
+from tests.conftest import CRS, GSD, ORIGIN, cli_main, textured_scene, write_raster
 
 
 def one_line_error(r: subprocess.CompletedProcess, message: str, code: int = 1) -> str:
@@ -226,3 +226,52 @@ def test_evaluate_refuses_bounds_away_from_the_reference_objects(tmp_path: Path)
     dets = detections(tmp_path)
     line = one_line_error(cli_main("evaluate", dets, dets, "--bounds", "0,0,10,10"), "no reference object of")
     assert "--bounds" in line and "350000" in line
+
+
+# -- pretrain: inputs checked before training ------------------------------------------------------------
+
+PRETRAIN_FAST = ["--epochs", 1, "--steps-per-epoch", 1, "--batch-size", 2, "--tile-size", 64]
+
+
+def test_pretrain_refuses_images_of_different_band_counts(tmp_path: Path) -> None:
+    four = make_scene(tmp_path / "scene", size=128, seed=1).before
+    three = write_raster(tmp_path / "rgb.tif", textured_scene(128, 128, bands=3))
+    before = listing(tmp_path)
+    r = cli_main("pretrain", "--images", four, "--images", three, "-o", tmp_path / "b.safetensors", *PRETRAIN_FAST)
+    line = one_line_error(r, "the images differ in band count")
+    assert f"{four} has 4 bands, {three} has 3" in line
+    assert listing(tmp_path) == before  # no backbone, no run folder
+
+
+def truncated(path: Path) -> Path:
+    """A GeoTIFF cut in half (opens, fails to read its last blocks)."""
+    write_raster(path, textured_scene(256, 256, bands=4))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_pretrain_refuses_an_unreadable_image_up_front(tmp_path: Path) -> None:
+    good = make_scene(tmp_path / "scene", size=128, seed=1).before
+    bad = truncated(tmp_path / "cut.tif")
+    before = listing(tmp_path)
+    r = cli_main("pretrain", "--images", good, "--images", bad, "-o", tmp_path / "b.safetensors", *PRETRAIN_FAST)
+    line = one_line_error(r, f"{bad} cannot be read as a raster")
+    assert "--skip-unreadable" in line
+    assert listing(tmp_path) == before
+    r = cli_main("pretrain", "--images", good, "--images", tmp_path / "nope.tif", "-o", tmp_path / "b.safetensors")
+    one_line_error(r, "image " + str(tmp_path / "nope.tif") + " does not exist")
+
+
+def test_pretrain_skips_unreadable_images_when_asked(tmp_path: Path) -> None:
+    good = make_scene(tmp_path / "scene", size=128, seed=1).before
+    bad = truncated(tmp_path / "cut.tif")
+    out = tmp_path / "b.safetensors"
+    r = cli_main(
+        "pretrain", "--images", good, "--images", bad, "-o", out, *PRETRAIN_FAST, "--skip-unreadable", "--json"
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == f"warning: skipped 1 unreadable image(s): {bad}"
+    summary = json.loads(r.stdout)
+    assert summary["images"] == 1 and summary["skipped_unreadable"] == [str(bad)] and out.is_file()

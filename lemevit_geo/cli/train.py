@@ -67,6 +67,9 @@ PretrainTile = Annotated[
     int | None, typer.Option("--tile-size", help="Tile side in pixels (default 128, capped to the images).")
 ]
 PretrainResume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this --out.")]
+SkipUnreadable = Annotated[
+    bool, typer.Option("--skip-unreadable", help="Leave out images that cannot be read (listed in a warning).")
+]
 
 
 @app.command()
@@ -147,6 +150,7 @@ def pretrain(
     arch: o.ArchOpt = o.Arch.tiny,
     tile_size: PretrainTile = None,
     resume: PretrainResume = False,
+    skip_unreadable: SkipUnreadable = False,
     overwrite: o.Overwrite = False,
     *,
     recipe: PretrainRecipe,
@@ -168,5 +172,6 @@ def pretrain(
         resume=resume,
         overwrite=overwrite,
         progress=display.progress,
+        skip_unreadable=skip_unreadable,
     )
     report(summary, display)
