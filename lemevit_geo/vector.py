@@ -297,7 +297,8 @@ def read_polygons(
     try:
         gdf = gpd.read_parquet(path) if path.suffix.lower() == ".parquet" else gpd.read_file(path)
     except Exception as exc:  # GDAL/pyarrow raise many types for unreadable files
-        raise InputError(f"{path} cannot be read as a vector file: {str(exc).splitlines()[0]}") from exc
+        first = str(exc).splitlines()[0].split("; It might help")[0]  # GDAL's hint about driver prefixes
+        raise InputError(f"{path} cannot be read as a vector file: {first}") from exc
     name = column or next((c for c in CLASS_COLUMNS if c in gdf.columns), None)
     if name is None or name not in gdf.columns:
         wanted = f"column {column!r}" if column else f"class column ({' or '.join(CLASS_COLUMNS)})"

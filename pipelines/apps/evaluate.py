@@ -329,10 +329,13 @@ def evaluate(
     box = None if bounds is None else (float(bounds[0]), float(bounds[1]), float(bounds[2]), float(bounds[3]))
     task = Task(task) if task else guess_task(prediction)
     if task == Task.detect:
+        for path in (prediction, reference):
+            if not _is_vector(path):
+                raise InputError(f"{path} is not a vector file: detections are scored against reference polygons")
         scores = evaluate_detections(prediction, reference, iou, label_column, box)
     elif task in (Task.segment, Task.change):
-        _check_raster(prediction)
-        _check_raster(reference)
+        _check_raster(prediction, "prediction", task)
+        _check_raster(reference, "reference", task)
         run = evaluate_change if task == Task.change else evaluate_classes
         try:
             scores = run(prediction, reference, box)
@@ -343,9 +346,25 @@ def evaluate(
     return {"prediction": str(prediction), "reference": str(reference), **scores}
 
 
-def _check_raster(path: Path) -> None:
+def _is_vector(path: Path) -> bool:
+    """Whether ``path`` names a vector file (by its extension)."""
+    return path.suffix.lower() in DRIVERS or path.suffix.lower() in (".shp", ".fgb")
+
+
+def _check_raster(path: Path, what: str, task: Task) -> None:
+    """Refuse what cannot be compared pixel by pixel: a vector file, an unreadable or multi-band raster, and (for
+    ``change``) a prediction whose classes are not those of a change raster."""
+    if _is_vector(path):
+        raise InputError(
+            f"{what} {path} is a vector file: {task.value} outputs are scored against label rasters (rasterize "
+            "the polygons onto the prediction's grid first)"
+        )
     try:
-        with rasterio.open(path):
-            pass
+        with rasterio.open(path) as src:
+            count, names = src.count, _class_names(src)
     except READ_ERRORS as exc:
         raise InputError(f"{path} cannot be read as a raster: {read_error(exc)}") from exc
+    if count != 1:
+        raise InputError(f"{what} {path} has {count} bands: a class raster or label raster has one")
+    if task == Task.change and what == "prediction" and names and names != CHANGE_CLASSES:
+        raise InputError(f"{path} is a class raster ({', '.join(names)}), not a change raster: leave out `task`")
