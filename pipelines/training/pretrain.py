@@ -20,6 +20,7 @@ import rasterio
 import torch
 
 from lemevit_geo import __version__
+from lemevit_geo.bundle import check_safetensors_name
 from lemevit_geo.choices import Arch, PretrainMethod
 from lemevit_geo.errors import InputError, LemevitWarning
 from lemevit_geo.outputs import check_output
@@ -57,6 +58,7 @@ def pretrain(
     start = time.perf_counter()
     out, method, arch = Path(out), PretrainMethod(method), Arch(arch)
     check_tile_size(tile_size)
+    check_safetensors_name(out, "backbone")
     files, skipped = check_images(expand_paths(images, "image"), skip_unreadable)
     if not resume:
         check_output(out, overwrite, files)
@@ -108,7 +110,7 @@ def check_images(files: list[str], skip_unreadable: bool = False) -> tuple[list[
         try:
             with rasterio.open(path) as src:
                 src.read(window=((src.height - 1, src.height), (0, min(src.width, 256))))
-                count = src.count
+                count, placed = src.count, src.crs is not None and not src.transform.is_identity
         except READ_ERRORS as exc:
             if not skip_unreadable:
                 raise InputError(
@@ -117,6 +119,11 @@ def check_images(files: list[str], skip_unreadable: bool = False) -> tuple[list[
                 ) from exc
             skipped.append(path)
             continue
+        if not placed:
+            raise InputError(
+                f"{path} has no CRS or geotransform: pretraining draws tiles by map position; give it one "
+                "(gdal_edit.py -a_srs ... -a_ullr ...)"
+            )
         if first is not None and count != first[1]:
             raise InputError(
                 f"the images differ in band count: {first[0]} has {first[1]} bands, {path} has {count}; pretrain "
@@ -138,7 +145,8 @@ def image_data(files: list[str], tile_size: int | None, recipe: PretrainRecipe, 
     fits = int(min((xs.stop - xs.start) / dataset.res[0], (ys.stop - ys.start) / dataset.res[1]) + 1e-6) // 32 * 32
     tile = tile_size or min(DEFAULT_TILE, fits)
     if tile < 32 or tile > fits:
-        raise InputError(f"the images span {fits} px at most, less than a tile of {max(tile, 32)} px")
+        span = int(min((xs.stop - xs.start) / dataset.res[0], (ys.stop - ys.start) / dataset.res[1]) + 1e-6)
+        raise InputError(f"the images span {span} px at most, less than a tile of {max(tile, 32)} px")
     dm = ImageDataModule(
         dataset,
         tile_size=tile,

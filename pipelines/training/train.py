@@ -19,7 +19,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from lemevit_geo.bundle import DEFAULT_TILE, BundleConfig, save_bundle
+from lemevit_geo.bundle import DEFAULT_TILE, BundleConfig, check_safetensors_name, save_bundle
 from lemevit_geo.choices import Arch, Precision, Schedule, Task
 from lemevit_geo.device import cpu_supports_bf16
 from lemevit_geo.errors import InputError
@@ -293,6 +293,7 @@ def train(
         Arch(arch),
     )
     check_tile_size(tile_size)
+    check_safetensors_name(out)
     if not resume:
         given = [images, labels, before, after]
         inputs = [p for g in given if g is not None for p in ([g] if isinstance(g, str | Path) else g)]
