@@ -285,11 +285,9 @@ def read_polygons(
     """Labelled polygons of a vector file, checked, in ``crs`` (reprojected when the file has another CRS).
 
     The class column is ``column``, else the first of :data:`CLASS_COLUMNS` the file has; it is returned as
-    strings in column ``class``. Invalid polygons (self-intersecting "bow-ties") are repaired
-    (:func:`repair_polygons`; their count is ``attrs["repaired"]`` of the result). Refused with one clear line:
-    a file that cannot be read, a missing class column, a file without features (unless ``allow_empty``),
-    features without a class, geometries that are not polygons, and empty or degenerate (zero-area) polygons,
-    naming the first rows at fault.
+    strings in column ``class``. Refused with one clear line: a file that cannot be read, a missing class
+    column, a file without features (unless ``allow_empty``), features without a class, geometries that are
+    not polygons, and empty or degenerate (zero-area) polygons, naming the first rows at fault.
     """
     path = Path(path)
     if not path.is_file():
@@ -299,13 +297,15 @@ def read_polygons(
     except Exception as exc:  # GDAL/pyarrow raise many types for unreadable files
         first = str(exc).splitlines()[0].split("; It might help")[0]  # GDAL's hint about driver prefixes
         raise InputError(f"{path} cannot be read as a vector file: {first}") from exc
+    geoms, repaired = repair_polygons(gdf.geometry.values, path)  # bow-ties made valid: result.attrs["repaired"]
+    gdf = gdf.set_geometry(geoms)
     name = column or next((c for c in CLASS_COLUMNS if c in gdf.columns), None)
     if name is None or name not in gdf.columns:
         wanted = f"column {column!r}" if column else f"class column ({' or '.join(CLASS_COLUMNS)})"
         raise InputError(f"{path} has no {wanted}; name it with `label_column` (columns: {', '.join(gdf.columns)})")
     if not len(gdf) and not allow_empty:
         raise InputError(f"{path} holds no polygons")
-    geoms, repaired = repair_polygons(gdf.geometry.values, path)
+    geoms = gdf.geometry.values
     bad = [
         ("has no class", gdf[name].isna().to_numpy()),
         ("is not a polygon", ~np.isin(shapely.get_type_id(geoms), [3, 6]) & ~shapely.is_missing(geoms)),
@@ -319,7 +319,6 @@ def read_polygons(
             if problem == "has no class":
                 message = f"{int(rows.sum())} feature(s) without a class in {name!r} (rows {first})"
             raise InputError(f"{path}: {message}; fix or remove them")
-    gdf = gdf.set_geometry(geoms)
     if crs is not None and gdf.crs is not None and gdf.crs != crs:
         gdf = gdf.to_crs(crs)
     out = gpd.GeoDataFrame({"class": gdf[name].astype(str).to_numpy()}, geometry=gdf.geometry.values, crs=gdf.crs)

@@ -136,6 +136,8 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*litlogger.*")
     # torchgeo's self-supervised tasks define a no-op validation step; pretraining has no validation data
     warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
+    # a rerun (--overwrite, or after a failed run) writes its checkpoints over the last run's, in its own folder
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     rasterio_log = logging.getLogger("rasterio")
     if GDAL_ERRORS not in rasterio_log.handlers:  # GDAL's own error lines go into our one error line
         rasterio_log.addHandler(GDAL_ERRORS)

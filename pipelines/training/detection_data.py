@@ -714,7 +714,12 @@ def detection_data(
     mean, std = _crop_stats(sources["train"], tile_size)
     train = DetectionCrops(sources["train"], tile_size, mean, std, length=length, augment=augment)
     val = DetectionCrops(sources["val"], tile_size, mean, std, grid=True)
-    report = {"crs": infos[0]["crs"].to_string(), "objects": int(found.sum()), "val_crops": len(val)}
+    report = {
+        "crs": infos[0]["crs"].to_string(),
+        "objects": int(found.sum()),
+        "val_crops": len(val),
+        "repaired_polygons": polys.attrs.get("repaired", 0),
+    }
     return TrainData(
         datamodule=DetectionDataModule(batch_size, num_workers, train, val),
         task=Task.detect,
