@@ -321,6 +321,8 @@ def read_polygons(
             raise InputError(f"{path}: {message}; fix or remove them")
     if crs is not None and gdf.crs is not None and gdf.crs != crs:
         gdf = gdf.to_crs(crs)
+    if crs is not None and gdf.crs is None:
+        warnings.warn(f"{path} has no CRS: its coordinates are taken to be in {crs}", LemevitWarning, stacklevel=2)
     out = gpd.GeoDataFrame({"class": gdf[name].astype(str).to_numpy()}, geometry=gdf.geometry.values, crs=gdf.crs)
     out.attrs["repaired"] = repaired
     for extra in ("difficult", "score"):

@@ -275,3 +275,132 @@ def test_pretrain_skips_unreadable_images_when_asked(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0] == f"warning: skipped 1 unreadable image(s): {bad}"
     summary = json.loads(r.stdout)
     assert summary["images"] == 1 and summary["skipped_unreadable"] == [str(bad)] and out.is_file()
+
+
+# -- twenty more hostile cases: detect -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def det_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("det") / "det.safetensors"
+    r = cli_main(
+        "bundle", "init", "--task", "detect", "--bands", 3, "--tile-size", 64, "--classes", "car,truck", "-o", path
+    )
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--score-threshold", "1.5"], "--score-threshold must be at least 0 and below 1, got 1.5"),
+        (["--iou-threshold", "2"], "--iou-threshold must lie between 0 and 1"),
+        (["--max-detections", "0"], "--max-detections must be at least 1, got 0"),
+        (["--classes", "plane"], "--classes names plane, not in the model's car, truck"),
+        (["--overlap", "200"], "--overlap 200 must be less than the tile size 64"),
+        (["--tile-size", "100"], "--tile-size 100 is not a positive multiple of 32"),
+        (["--bands", "1,2"], "2 input bands (1,2) but the model takes 3"),
+    ],
+)
+def test_detect_refuses_bad_options_in_one_line(
+    tmp_path: Path, det_bundle: Path, options: list[str], message: str
+) -> None:
+    scene = write_raster(tmp_path / "scene.tif", textured_scene(96, 96))
+    before = listing(tmp_path)
+    r = cli_main("detect", scene, "-o", tmp_path / "objects.gpkg", "-m", det_bundle, *options)
+    one_line_error(r, message)
+    assert r.stderr.startswith("error: ")  # no empty line before it (Rich's progress bar, off a terminal)
+    assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("objects.tif", "vector outputs are .gpkg, .parquet or .geojson"),
+        ("objects.shp", "vector outputs are .gpkg, .parquet or .geojson"),
+        ("scene.tif", "vector outputs are .gpkg, .parquet or .geojson"),
+        ("missing/objects.gpkg", "output directory"),
+    ],
+)
+def test_detect_refuses_bad_outputs(tmp_path: Path, det_bundle: Path, name: str, message: str) -> None:
+    scene = write_raster(tmp_path / "scene.tif", textured_scene(96, 96))
+    before = listing(tmp_path)
+    one_line_error(cli_main("detect", scene, "-o", tmp_path / name, "-m", det_bundle), message)
+    assert listing(tmp_path) == before
+
+
+def test_detect_with_a_segmentation_bundle(tmp_path: Path, seg_bundle: Path) -> None:
+    scene = write_raster(tmp_path / "scene.tif", textured_scene(96, 96))
+    one_line_error(cli_main("detect", scene, "-o", tmp_path / "o.gpkg", "-m", seg_bundle), "is a segment model")
+
+
+# -- twenty more hostile cases: evaluate -----------------------------------------------------------------
+
+
+def test_evaluate_a_raster_against_polygons_and_back(tmp_path: Path) -> None:
+    pred = class_raster(tmp_path / "pred.tif", three_classes(), ["a", "b", "c"], nodata=255)
+    dets = detections(tmp_path)
+    one_line_error(cli_main("evaluate", pred, dets), f"reference {dets} is a vector file")
+    one_line_error(cli_main("evaluate", dets, pred), f"{pred} is not a vector file")
+
+
+def test_evaluate_refuses_an_image_as_reference(tmp_path: Path) -> None:
+    pred = class_raster(tmp_path / "pred.tif", three_classes(), ["a", "b", "c"], nodata=255)
+    image = write_raster(tmp_path / "image.tif", textured_scene(64, 64, bands=4))
+    one_line_error(cli_main("evaluate", pred, image), f"reference {image} has 4 bands")
+
+
+def test_evaluate_task_change_on_a_class_raster(tmp_path: Path) -> None:
+    pred = class_raster(tmp_path / "pred.tif", three_classes(), ["a", "b", "c"], nodata=255)
+    mask = class_raster(tmp_path / "mask.tif", (three_classes() > 0).astype("uint8"))
+    one_line_error(cli_main("evaluate", pred, mask, "--task", "change"), "is a class raster (a, b, c), not a change")
+
+
+def test_evaluate_a_reference_that_is_not_a_vector_file(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.gpkg"
+    junk.write_text("not a geopackage")
+    line = one_line_error(cli_main("evaluate", detections(tmp_path), junk), "cannot be read as a vector file")
+    assert "It might help" not in line
+
+
+def test_evaluate_reference_polygons_without_a_crs(tmp_path: Path) -> None:
+    x, y = ORIGIN
+    ref = tmp_path / "nocrs.gpkg"
+    gpd.GeoDataFrame({"class_name": ["car"]}, geometry=[shapely.box(x, y - 5, x + 10, y)]).to_file(ref)
+    r = cli_main("evaluate", detections(tmp_path), ref, "--json")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == f"warning: {ref} has no CRS: its coordinates are taken to be in {CRS}"
+    assert json.loads(r.stdout)["recall"]["car"] == 1.0
+
+
+# -- twenty more hostile cases: pretrain -----------------------------------------------------------------
+
+
+def test_pretrain_output_must_be_safetensors(tmp_path: Path) -> None:
+    image = write_raster(tmp_path / "a.tif", textured_scene(128, 128))
+    before = listing(tmp_path)
+    one_line_error(cli_main("pretrain", "--images", image, "-o", tmp_path / "b.tif"), "name it .safetensors")
+    one_line_error(cli_main("train", "--images", image, "--labels", image, "-o", tmp_path / "m.pt"), ".safetensors")
+    assert listing(tmp_path) == before
+
+
+def test_pretrain_refuses_an_image_without_georeferencing(tmp_path: Path) -> None:
+    image = write_raster(tmp_path / "nocrs.tif", textured_scene(128, 128), crs=None)
+    before = listing(tmp_path)
+    r = cli_main("pretrain", "--images", image, "-o", tmp_path / "b.safetensors", *PRETRAIN_FAST)
+    one_line_error(r, f"{image} has no CRS or geotransform")
+    assert listing(tmp_path) == before
+
+
+def test_pretrain_on_an_image_smaller_than_a_tile(tmp_path: Path) -> None:
+    image = write_raster(tmp_path / "small.tif", textured_scene(20, 20))
+    before = listing(tmp_path)
+    r = cli_main("pretrain", "--images", image, "-o", tmp_path / "b.safetensors")
+    one_line_error(r, "the images span 20 px at most, less than a tile of 32 px")
+    assert listing(tmp_path) == before
+
+
+def test_pretrain_images_names_a_folder(tmp_path: Path) -> None:
+    r = cli_main("pretrain", "--images", tmp_path, "-o", tmp_path / "b.safetensors")
+    one_line_error(r, f"image {tmp_path} is not a file")
+    assert list(tmp_path.iterdir()) == []
