@@ -404,3 +404,95 @@ def test_pretrain_images_names_a_folder(tmp_path: Path) -> None:
     r = cli_main("pretrain", "--images", tmp_path, "-o", tmp_path / "b.safetensors")
     one_line_error(r, f"image {tmp_path} is not a file")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- twenty more hostile cases: train on own detection labels --------------------------------------------
+
+
+def bow_tie_labels(tmp: Path, scene_objects: Path) -> Path:
+    """The scene's object polygons with the first one drawn as a bow-tie (its corners in the wrong order)."""
+    objects = gpd.read_file(scene_objects)
+    x0, y0, x1, y1 = objects.geometry.iloc[0].bounds
+    objects.loc[0, "geometry"] = shapely.Polygon([(x0, y0), (x1, y1), (x1, y0), (x0, y1)])
+    assert not objects.geometry.iloc[0].is_valid
+    objects.to_file(tmp / "bowtie.gpkg")
+    return tmp / "bowtie.gpkg"
+
+
+def test_detection_labels_with_a_bow_tie_are_repaired_and_counted(tmp_path: Path) -> None:
+    from lemevit_geo.pipelines.training.detection_data import detection_data
+
+    scene = make_scene(tmp_path / "scene", size=256, seed=3)
+    labels = bow_tie_labels(tmp_path, scene.objects)
+    with pytest.warns(UserWarning, match=r"1 invalid \(self-intersecting\) polygon\(s\) repaired .*rows 0"):
+        data = detection_data(
+            images=str(scene.before),
+            labels=str(labels),
+            label_column=None,
+            classes=None,
+            tile_size=64,
+            batch_size=2,
+            num_workers=0,
+            val_fraction=0.3,
+            length=4,
+        )
+    assert data.split["repaired_polygons"] == 1 and data.split["objects"] == len(gpd.read_file(labels))
+
+
+def test_detection_labels_without_a_crs_are_taken_in_the_images_crs(tmp_path: Path) -> None:
+    from lemevit_geo.pipelines.training.detection_data import detection_data
+
+    scene = make_scene(tmp_path / "scene", size=256, seed=3)
+    objects = gpd.read_file(scene.objects)
+    objects.set_crs(None, allow_override=True).to_file(tmp_path / "nocrs.gpkg")
+    with pytest.warns(UserWarning, match="has no CRS: its coordinates are taken to be in EPSG:32633"):
+        data = detection_data(
+            images=str(scene.before),
+            labels=str(tmp_path / "nocrs.gpkg"),
+            label_column=None,
+            classes=None,
+            tile_size=64,
+            batch_size=2,
+            num_workers=0,
+            val_fraction=0.3,
+            length=4,
+        )
+    assert data.split["objects"] == len(objects)
+
+
+@pytest.mark.parametrize(
+    ("labels", "extra", "message"),
+    [
+        ("empty", [], "holds no polygons"),
+        ("raster", [], "cannot be read as a vector file"),
+        ("objects", ["--label-column", "nope"], "has no column 'nope'; name it with --label-column"),
+        ("objects", ["--classes", "car"], "has classes not in --classes"),
+        ("objects", ["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+        ("objects", ["--before", "x.tif"], "detection training takes --images and --labels"),
+    ],
+)
+def test_train_detect_refuses_bad_labels_in_one_line(
+    tmp_path: Path, labels: str, extra: list[str], message: str
+) -> None:
+    scene = make_scene(tmp_path / "scene", size=128, seed=3)
+    files = {"objects": scene.objects, "raster": scene.labels, "empty": tmp_path / "empty.gpkg"}
+    gpd.read_file(scene.objects).iloc[:0].to_file(files["empty"])
+    before = listing(tmp_path)
+    args = ["--task", "detect", "--images", scene.before, "--labels", files[labels], *extra]
+    r = cli_main("train", *args, "-o", tmp_path / "m.safetensors", "--fast-dev-run", "--tile-size", 64)
+    one_line_error(r, message)
+    assert listing(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_train_detect_with_a_bow_tie_label_through_the_cli(tmp_path: Path) -> None:
+    scene = make_scene(tmp_path / "scene", size=256, seed=3)
+    labels = bow_tie_labels(tmp_path, scene.objects)
+    out = tmp_path / "m.safetensors"
+    args = ["--task", "detect", "--images", scene.before, "--labels", labels, "-o", out, "--fast-dev-run"]
+    r = cli_main("train", *args, "--batch-size", 2, "--tile-size", 64, "--val-fraction", 0.3, "--json")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == f"warning: {labels}: 1 invalid (self-intersecting) polygon(s) repaired with " + (
+        "shapely.make_valid (rows 0)"
+    )
+    assert json.loads(r.stdout)["split"]["repaired_polygons"] == 1 and out.is_file()
