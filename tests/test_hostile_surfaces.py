@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -419,44 +420,37 @@ def bow_tie_labels(tmp: Path, scene_objects: Path) -> Path:
     return tmp / "bowtie.gpkg"
 
 
-def test_detection_labels_with_a_bow_tie_are_repaired_and_counted(tmp_path: Path) -> None:
+def own_detection_data(image: Path, labels: Path) -> Any:
+    """The training data ``train --task detect`` reads from ``image`` and ``labels`` (64 px crops)."""
     from lemevit_geo.pipelines.training.detection_data import detection_data
 
+    return detection_data(
+        images=str(image),
+        labels=str(labels),
+        label_column=None,
+        classes=None,
+        tile_size=64,
+        batch_size=2,
+        num_workers=0,
+        val_fraction=0.3,
+        length=4,
+    )
+
+
+def test_detection_labels_with_a_bow_tie_are_repaired_and_counted(tmp_path: Path) -> None:
     scene = make_scene(tmp_path / "scene", size=256, seed=3)
     labels = bow_tie_labels(tmp_path, scene.objects)
     with pytest.warns(UserWarning, match=r"1 invalid \(self-intersecting\) polygon\(s\) repaired .*rows 0"):
-        data = detection_data(
-            images=str(scene.before),
-            labels=str(labels),
-            label_column=None,
-            classes=None,
-            tile_size=64,
-            batch_size=2,
-            num_workers=0,
-            val_fraction=0.3,
-            length=4,
-        )
+        data = own_detection_data(scene.before, labels)
     assert data.split["repaired_polygons"] == 1 and data.split["objects"] == len(gpd.read_file(labels))
 
 
 def test_detection_labels_without_a_crs_are_taken_in_the_images_crs(tmp_path: Path) -> None:
-    from lemevit_geo.pipelines.training.detection_data import detection_data
-
     scene = make_scene(tmp_path / "scene", size=256, seed=3)
     objects = gpd.read_file(scene.objects)
     objects.set_crs(None, allow_override=True).to_file(tmp_path / "nocrs.gpkg")
     with pytest.warns(UserWarning, match="has no CRS: its coordinates are taken to be in EPSG:32633"):
-        data = detection_data(
-            images=str(scene.before),
-            labels=str(tmp_path / "nocrs.gpkg"),
-            label_column=None,
-            classes=None,
-            tile_size=64,
-            batch_size=2,
-            num_workers=0,
-            val_fraction=0.3,
-            length=4,
-        )
+        data = own_detection_data(scene.before, tmp_path / "nocrs.gpkg")
     assert data.split["objects"] == len(objects)
 
 
