@@ -72,6 +72,16 @@ SkipUnreadable = Annotated[
 ]
 
 
+def _need_dataset(dataset: str | None, *own: object) -> None:
+    """A usage error (exit 2) when neither a dataset nor own data is given: own data implies ``custom``."""
+    if dataset is None and not any(own):
+        raise typer.BadParameter(
+            "name a torchgeo dataset (--root its folder), or give your own data with --images and --labels "
+            "(change: --before, --after and --labels)",
+            param_hint="'--dataset'",
+        )
+
+
 @app.command()
 @grouped(recipe=Recipe(), hardware=Hardware(), display=Display())
 def train(
@@ -103,12 +113,7 @@ def train(
 
     The summary puts the best validation metrics next to predicting the majority class (and, with --baseline,
     next to a per-pixel classifier)."""
-    if dataset is None and not any((images, labels, before, after)):
-        raise typer.BadParameter(
-            "name a torchgeo dataset (--root its folder), or give your own data with --images and --labels "
-            "(change: --before, --after and --labels)",
-            param_hint="'--dataset'",
-        )
+    _need_dataset(dataset, images, labels, before, after)
     from lemevit_geo.pipelines.training.train import train as run
 
     quiet_lightning()

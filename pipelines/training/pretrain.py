@@ -51,10 +51,8 @@ def pretrain(
     skip_unreadable: bool = False,
 ) -> dict[str, Any]:
     """Pretrain a backbone on ``images`` (paths or globs) with ``method`` and write it to ``out``; returns a
-    summary (losses of the first and last epoch, normalisation, steps, seconds, images skipped).
-
-    Every image is checked before training (:func:`check_images`): one that cannot be read is refused, or with
-    ``skip_unreadable`` left out with a warning; images of different band counts are refused."""
+    summary (losses of the first and last epoch, normalisation, steps, seconds, images skipped). The images
+    are checked before training (:func:`check_images`; ``skip_unreadable`` leaves unreadable ones out)."""
     start = time.perf_counter()
     out, method, arch = Path(out), PretrainMethod(method), Arch(arch)
     check_tile_size(tile_size)

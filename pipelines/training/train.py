@@ -287,11 +287,8 @@ def train(
     classify), and with ``baseline`` (own data, segment and change) next to a per-pixel gradient-boosting
     classifier on the same split (:mod:`lemevit_geo.pipelines.training.baselines`)."""
     start = time.perf_counter()
-    out, name, arch = (
-        Path(out),
-        dataset_name(dataset, images=images, labels=labels, before=before, after=after),
-        Arch(arch),
-    )
+    out, arch = Path(out), Arch(arch)
+    name = dataset_name(dataset, images=images, labels=labels, before=before, after=after)
     check_tile_size(tile_size)
     check_safetensors_name(out)
     if not resume:
