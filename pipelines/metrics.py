@@ -36,6 +36,7 @@ __all__ = [
     "polygon_iou",
     "rows_to_detections",
     "segmentation_scores",
+    "split_pairs",
     "value_pairs",
 ]
 
@@ -247,16 +248,21 @@ def value_pairs(truth: np.ndarray, pred: np.ndarray, valid: np.ndarray) -> tuple
     return np.unique(keys, return_counts=True)
 
 
+def split_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The truth and prediction values of :func:`value_pairs`' keys (the high and the low 32 bits, signed)."""
+    keys = np.asarray(keys, dtype=np.int64)
+    return keys >> 32, (keys << 32) >> 32
+
+
 def confusion_from_pairs(
     keys: np.ndarray, counts: np.ndarray, truth_index: Mapping[int, int], pred_index: Mapping[int, int], k: int
 ) -> tuple[np.ndarray, int, int]:
     """Confusion matrix ``(k, k)`` (truth rows, prediction columns) from :func:`value_pairs`' keys and counts,
     with raster values mapped to class indices; also the pixels whose truth, and those whose prediction, is
     not a key of its mapping (values outside the known classes: counted, never made classes)."""
-    truth = (keys >> 32).tolist()
-    pred = ((keys << 32) >> 32).tolist()  # the low 32 bits, sign-extended
-    t = np.array([truth_index.get(v, -1) for v in truth], dtype=np.int64)
-    p = np.array([pred_index.get(v, -1) for v in pred], dtype=np.int64)
+    truth, pred = split_pairs(keys)
+    t = np.array([truth_index.get(v, -1) for v in truth.tolist()], dtype=np.int64)
+    p = np.array([pred_index.get(v, -1) for v in pred.tolist()], dtype=np.int64)
     counts = np.asarray(counts, dtype=np.int64)
     keep = (t >= 0) & (p >= 0)
     cm = np.zeros((k, k), dtype=np.int64)

@@ -490,3 +490,21 @@ def test_train_detect_with_a_bow_tie_label_through_the_cli(tmp_path: Path) -> No
         "shapely.make_valid (rows 0)"
     )
     assert json.loads(r.stdout)["split"]["repaired_polygons"] == 1 and out.is_file()
+
+
+def test_confusion_from_value_pairs_counts_values_outside_the_classes() -> None:
+    from lemevit_geo.pipelines.metrics import confusion_from_pairs, split_pairs, value_pairs
+
+    truth = np.array([[0, 1, 2, 111, 1]])
+    pred = np.array([[0, 1, 60000, -3, 1]])
+    keys, counts = value_pairs(truth, pred, np.ones_like(truth, dtype=bool))
+    t, p = split_pairs(keys)
+    assert sorted(zip(t.tolist(), p.tolist(), counts.tolist(), strict=True)) == [
+        (0, 0, 1),
+        (1, 1, 2),
+        (2, 60000, 1),
+        (111, -3, 1),
+    ]
+    index = {0: 0, 1: 1, 2: 2}
+    cm, truth_outside, pred_outside = confusion_from_pairs(keys, counts, index, index, 3)
+    assert cm.tolist() == [[1, 0, 0], [0, 2, 0], [0, 0, 0]] and (truth_outside, pred_outside) == (1, 1)

@@ -35,6 +35,7 @@ from lemevit_geo.pipelines.metrics import (
     confusion_from_pairs,
     detection_ap,
     segmentation_scores,
+    split_pairs,
     value_pairs,
 )
 from lemevit_geo.raster import READ_ERRORS, read_error
@@ -168,7 +169,7 @@ def _match_classes(
                 stacklevel=2,
             )
         return names, pred_index, dict(pred_index), "value"
-    values = sorted(set((keys >> 32).tolist()) | set(((keys << 32) >> 32).tolist()))
+    values = sorted(set(np.concatenate(split_pairs(keys)).tolist()))
     index = {v: i for i, v in enumerate(values)}
     return [ref_names.get(v, f"class_{v}") for v in values], index, index, "value"
 
@@ -180,8 +181,8 @@ def _nothing_scored(prediction: Path, reference: Path, keys: np.ndarray, names: 
             f"{prediction} and {reference} share no valid pixel (they do not overlap, or one is nodata where the "
             "other has data): nothing to score"
         )
-    held = ", ".join(str(v) for v in sorted(set((keys >> 32).tolist()))[:8])
-    predicted = ", ".join(str(v) for v in sorted(set(((keys << 32) >> 32).tolist()))[:8])
+    truth, pred = split_pairs(keys)
+    held, predicted = (", ".join(str(v) for v in np.unique(values)[:8].tolist()) for values in (truth, pred))
     return InputError(
         f"no value of {reference} ({held}) matches a class of {prediction} ({predicted}: {', '.join(names[:8])}; "
         f"matched by {by}): recode the reference, or name its classes with CLASS_<n> tags"
@@ -198,7 +199,7 @@ def evaluate_classes(prediction: Path, reference: Path, bounds: Bounds | None = 
     keys, counts = _pair_counts(prediction, reference, bounds)
     names, pred_index, ref_index, by = _match_classes(prediction, reference, keys)
     cm, ref_outside, pred_outside = confusion_from_pairs(keys, counts, ref_index, pred_index, len(names))
-    ref_values, pred_values = set((keys >> 32).tolist()), set(((keys << 32) >> 32).tolist())
+    ref_values, pred_values = (set(values.tolist()) for values in split_pairs(keys))
     if not cm.sum() or (len(ref_values) > 1 and not ref_values & pred_values):  # codes of another legend
         raise _nothing_scored(prediction, reference, keys, names, by)
     scores = segmentation_scores(cm)
