@@ -179,12 +179,14 @@ def plan_mask(src: Any, bands: Sequence[int] | None) -> tuple[MaskPlan, tuple[in
 
 
 def false_alpha(src: Any, mask: MaskPlan) -> bool:
-    """True if ``src`` has a band flagged as alpha that its mask plan reads as data (values other than 0 and 255)."""
-    return mask.alpha is None and mask.nodata is None and ColorInterp.alpha in src.colorinterp
+    """True if ``src`` has a band flagged as alpha that its mask plan does not use as the mask (it holds values
+    other than 0 and 255, or a nodata value comes first): the band is data."""
+    return mask.alpha is None and ColorInterp.alpha in src.colorinterp
 
 
 def data_bands_vrt(src: Any) -> str:
-    """A VRT (XML text, which GDAL opens as a file name) of every band of ``src`` with no band flagged as alpha.
+    """A VRT (XML text, which GDAL opens as a file name) of every band of ``src`` with no band flagged as alpha
+    (the nodata value kept).
 
     GDAL's warper uses a band flagged as alpha as the source's transparency (it weights resampling by it and
     refuses to add an alpha band of its own); a "false alpha" that holds data must be warped as data instead.
@@ -199,6 +201,8 @@ def data_bands_vrt(src: Any) -> str:
         gdal_type = rasterio.dtypes.typename_fwd[rasterio.dtypes.dtype_rev[src.dtypes[band - 1]]]
         vrt_band = ET.SubElement(root, "VRTRasterBand", dataType=gdal_type, band=str(band))
         ET.SubElement(vrt_band, "ColorInterp").text = "Undefined"
+        if src.nodatavals[band - 1] is not None:
+            ET.SubElement(vrt_band, "NoDataValue").text = repr(float(src.nodatavals[band - 1]))
         source = ET.SubElement(vrt_band, "SimpleSource")
         ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = src.name
         ET.SubElement(source, "SourceBand").text = str(band)

@@ -7,6 +7,7 @@ an alpha band of its own for the area outside the image. A true alpha (0 / 255) 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def dates(true_alpha: bool) -> tuple[np.ndarray, np.ndarray]:
     return before, after
 
 
-def to_4326(tmp: Path, data: np.ndarray) -> Path:
+def to_4326(tmp: Path, data: np.ndarray, nodata: float | None = None) -> Path:
     """The later date, cropped by :data:`CROP` rows and columns at the top left (so part of the earlier grid
     lies outside it), reprojected to EPSG:4326 (nearest; outside the image: 0 in every band), 4 bands with
     default options (band 4 flagged alpha)."""
@@ -92,7 +93,7 @@ def to_4326(tmp: Path, data: np.ndarray) -> Path:
             dst_crs="EPSG:4326",
             resampling=Resampling.nearest,
         )
-    return write_raster(out, warped, crs="EPSG:4326", transform=transform)
+    return write_raster(out, warped, crs="EPSG:4326", transform=transform, nodata=nodata)
 
 
 def run(tmp: Path, before: Path, after: Path, bands: int) -> tuple[np.ndarray, dict, rasterio.Affine]:
@@ -132,17 +133,22 @@ def origin_of(transform: rasterio.Affine) -> tuple[int, int]:
     return round((ORIGIN[1] - transform.f) / GSD), round((transform.c - ORIGIN[0]) / GSD)
 
 
+@pytest.mark.parametrize("nodata", [None, 0], ids=["no-nodata", "nodata-0"])
 @pytest.mark.parametrize("reprojected", [False, True], ids=["same-grid", "epsg4326"])
-def test_false_alpha_is_read_and_warped_as_data(tmp_path: Path, reprojected: bool) -> None:
+def test_false_alpha_is_read_and_warped_as_data(tmp_path: Path, reprojected: bool, nodata: int | None) -> None:
+    """Band 4 is NIR: read as data, and warped as data (never as GDAL's source alpha). With a nodata value the
+    mask comes from it (GDAL's order), and band 4 is data all the same."""
     before_arr, after_arr = dates(true_alpha=False)
-    before = write_raster(tmp_path / "before.tif", before_arr)
-    after = write_raster(tmp_path / "after.tif", after_arr)
+    before = write_raster(tmp_path / "before.tif", before_arr, nodata=nodata)
+    after = write_raster(tmp_path / "after.tif", after_arr, nodata=nodata)
     with rasterio.open(after) as src:
         assert src.colorinterp[3] == ColorInterp.alpha  # GDAL's default for 4-band uint8
     if reprojected:
-        after = to_4326(tmp_path, after_arr)
-    with pytest.warns(UserWarning, match="flagged as alpha but holds values"):
+        after = to_4326(tmp_path, after_arr, nodata)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         out, summary, transform = run(tmp_path, before, after, bands=4)
+    assert nodata is not None or any("flagged as alpha but holds values" in str(w.message) for w in caught)
     assert summary["alignment"]["resampled"] is reprojected
     expected = np.zeros((H, W), dtype=np.uint8)
     expected[SQUARE] = 1  # only NIR changed: found only if band 4 is read as data
@@ -153,8 +159,11 @@ def test_false_alpha_is_read_and_warped_as_data(tmp_path: Path, reprojected: boo
     assert (out[~inside_after(transform, out.shape, after, margin=-1.0)] == 255).all()
     assert (out[~inside_after(transform, out.shape, after, margin=-1.0)] == 255).any()
     inside = inside_after(transform, out.shape, after, margin=2.0)
-    assert (out[inside] != 255).all()
     at = origin_of(transform)
+    if nodata is not None:  # the reprojected image's corners outside the cropped date hold 0: nodata
+        rows, cols = np.mgrid[: out.shape[0], : out.shape[1]] + np.array(at)[:, None, None]
+        inside &= (rows >= CROP + 2) & (cols >= CROP + 2) & (rows < H - 2) & (cols < W - 2)
+    assert (out[inside] != 255).all()
     assert (out[shrink(SQUARE, 2, at)] == 1).all()
     far = np.ones(out.shape, dtype=bool)
     far[shrink(SQUARE, -3, at)] = False

@@ -46,14 +46,13 @@ class WarpedSource:
 
     def __init__(self, info: SourceInfo, crs: Any, transform: Affine, width: int, height: int) -> None:
         self._src = rasterio.open(info.path)
-        extra: dict[str, Any] = {}
-        if self._src.nodata is not None:
-            extra["nodata"] = self._src.nodata
-        elif false_alpha(self._src, info.mask):  # a band flagged alpha that holds data is warped as data
+        if false_alpha(self._src, info.mask):  # a band flagged alpha that the mask plan reads as data
             data = rasterio.open(data_bands_vrt(self._src))
             self._src.close()
             self._src = data
-            extra["add_alpha"] = True
+        extra: dict[str, Any] = {}
+        if self._src.nodata is not None:
+            extra["nodata"] = self._src.nodata
         elif ColorInterp.alpha not in self._src.colorinterp:
             extra["add_alpha"] = True
         self._vrt = WarpedVRT(
