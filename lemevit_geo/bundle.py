@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from lemevit_geo import __version__
 from lemevit_geo.choices import Arch, Task
-from lemevit_geo.errors import BundleError
+from lemevit_geo.errors import BundleError, OutputError
 
 if TYPE_CHECKING:
     import torch
@@ -136,6 +136,13 @@ class BundleConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
+
+
+def check_safetensors_name(path: str | Path, what: str = "bundle") -> None:
+    """Refuse a bundle or backbone output not named ``.safetensors``: loaders tell the format by the name (a
+    backbone named otherwise would be read as a pickled ``.pth`` checkpoint)."""
+    if Path(path).suffix.lower() != ".safetensors":
+        raise OutputError(f"{path}: a {what} is a safetensors file; name it .safetensors")
 
 
 def build_model(config: BundleConfig) -> torch.nn.Module:

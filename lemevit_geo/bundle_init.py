@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lemevit_geo.bundle import CHANGE_CLASSES, BundleConfig, build_model, save_bundle
+from lemevit_geo.bundle import CHANGE_CLASSES, BundleConfig, build_model, check_safetensors_name, save_bundle
 from lemevit_geo.choices import Arch, Task
 from lemevit_geo.errors import BundleError
 from lemevit_geo.models.factory import backbone_of, head_options
@@ -51,6 +51,7 @@ def init_bundle(
             raise BundleError("`classes` is required: the class names, in output order")
         classes = CHANGE_CLASSES
     output = Path(output)
+    check_safetensors_name(output)
     check_output(output, overwrite)
     config = BundleConfig(
         task=task,

@@ -188,6 +188,37 @@ def plan_mask(src: Any, bands: Sequence[int] | None, label: str = "") -> tuple[M
     return MaskPlan("none", finite=finite), all_bands
 
 
+def false_alpha(src: Any, mask: MaskPlan) -> bool:
+    """True if ``src`` has a band flagged as alpha that its mask plan does not use as the mask (it holds values
+    other than 0 and 255, or a nodata value comes first): the band is data."""
+    return mask.alpha is None and ColorInterp.alpha in src.colorinterp
+
+
+def data_bands_vrt(src: Any) -> str:
+    """A VRT (XML text, which GDAL opens as a file name) of every band of ``src`` with no band flagged as alpha
+    (the nodata value kept).
+
+    GDAL's warper uses a band flagged as alpha as the source's transparency (it weights resampling by it and
+    refuses to add an alpha band of its own); a "false alpha" that holds data must be warped as data instead.
+    """
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("VRTDataset", rasterXSize=str(src.width), rasterYSize=str(src.height))
+    if src.crs is not None:
+        ET.SubElement(root, "SRS").text = src.crs.to_wkt()
+    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in src.transform.to_gdal())
+    for band in src.indexes:
+        gdal_type = rasterio.dtypes.typename_fwd[rasterio.dtypes.dtype_rev[src.dtypes[band - 1]]]
+        vrt_band = ET.SubElement(root, "VRTRasterBand", dataType=gdal_type, band=str(band))
+        ET.SubElement(vrt_band, "ColorInterp").text = "Undefined"
+        if src.nodatavals[band - 1] is not None:
+            ET.SubElement(vrt_band, "NoDataValue").text = repr(float(src.nodatavals[band - 1]))
+        source = ET.SubElement(vrt_band, "SimpleSource")
+        ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = src.name
+        ET.SubElement(source, "SourceBand").text = str(band)
+    return ET.tostring(root, encoding="unicode")
+
+
 def read_error(exc: BaseException) -> str:
     """The most telling line of a GDAL error (GDAL often ends with "See previous exception"), with the
     root cause GDAL logged before it, if any."""

@@ -290,7 +290,7 @@ class TrainSpec:
     """Everything ``train`` is asked to do, as one value from the command line to the training steps.
 
     Attributes:
-        dataset: A torchgeo dataset name (``potsdam``, ...), or ``custom`` for own rasters.
+        dataset: A torchgeo dataset name (``potsdam``, ...), or ``custom`` for own rasters (the default).
         out: The bundle to write.
         root: The folder holding a torchgeo dataset.
         images, labels, before, after: Own data: paths or globs (``labels``: rasters, or one vector file).
@@ -311,7 +311,7 @@ class TrainSpec:
         baseline: Also score a per-pixel classifier on the same split.
     """
 
-    dataset: str
+    dataset: str | None = None
     out: Path = Path("model.safetensors")
     root: Path | None = None
     images: str | Path | Sequence[str | Path] | None = None
@@ -335,12 +335,24 @@ class TrainSpec:
     baseline: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dataset", self.dataset.lower())
+        object.__setattr__(self, "dataset", self._dataset_name())
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "arch", Arch(self.arch))
         if self.task is not None:
             object.__setattr__(self, "task", Task(self.task))
         check_tile_size(self.tile_size)
+
+    def _dataset_name(self) -> str:
+        """``dataset``, else ``custom`` (own data). Own data given with a torchgeo dataset would be ignored, so
+        it is refused."""
+        name = (self.dataset or "custom").lower()
+        given = [f"`{flag}`" for flag in ("images", "labels", "before", "after") if getattr(self, flag)]
+        if name != "custom" and given:
+            raise InputError(
+                f"{', '.join(given)} give own data, which `dataset` {name} does not read: leave out `dataset` to "
+                f"train on own data, or leave out {', '.join(given)} to train on {name}"
+            )
+        return name
 
     @property
     def own(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from rasterio.features import rasterize, shapes
 from rasterio.windows import Window
 from shapely.geometry import shape
 
-from lemevit_geo.errors import InputError, OutputError
+from lemevit_geo.errors import InputError, LemevitWarning, OutputError
 from lemevit_geo.outputs import atomic_path, check_output, temporary_sibling
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".parquet": "parquet"}
@@ -254,6 +255,30 @@ def _gpkg_to_parquet(stage: Path, target: Path) -> None:
 CLASS_COLUMNS = ("class_name", "class")
 
 
+def repair_polygons(geoms: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
+    """``geoms`` with invalid geometries (a self-intersecting "bow-tie", a ring that touches itself) made valid by
+    ``shapely.make_valid`` (polygonal parts kept, collapsed parts dropped; one that collapses whole is left as it
+    is, to be refused as degenerate), and how many were repaired; a warning names the count and the first rows."""
+    present = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
+    invalid = present & ~shapely.is_valid(geoms)
+    if not invalid.any():
+        return geoms, 0
+    fixed = shapely.make_valid(geoms[invalid], method="structure", keep_collapsed=False)
+    invalid[np.flatnonzero(invalid)[shapely.is_empty(fixed)]] = False  # collapsed (zero area): refused as such
+    if not invalid.any():
+        return geoms, 0
+    geoms = np.array(geoms, dtype=object)
+    geoms[invalid] = fixed[~shapely.is_empty(fixed)]
+    rows = ", ".join(str(i) for i in np.flatnonzero(invalid)[:5])
+    warnings.warn(
+        f"{path}: {int(invalid.sum())} invalid (self-intersecting) polygon(s) repaired with shapely.make_valid "
+        f"(rows {rows})",
+        LemevitWarning,
+        stacklevel=3,
+    )
+    return geoms, int(invalid.sum())
+
+
 def read_polygons(
     path: str | Path, column: str | None, crs: Any = None, what: str = "labels", allow_empty: bool = False
 ) -> gpd.GeoDataFrame:
@@ -270,7 +295,10 @@ def read_polygons(
     try:
         gdf = gpd.read_parquet(path) if path.suffix.lower() == ".parquet" else gpd.read_file(path)
     except Exception as exc:  # GDAL/pyarrow raise many types for unreadable files
-        raise InputError(f"{path} cannot be read as a vector file: {str(exc).splitlines()[0]}") from exc
+        first = str(exc).splitlines()[0].split("; It might help")[0]  # GDAL's hint about driver prefixes
+        raise InputError(f"{path} cannot be read as a vector file: {first}") from exc
+    geoms, repaired = repair_polygons(gdf.geometry.values, path)  # bow-ties made valid: result.attrs["repaired"]
+    gdf = gdf.set_geometry(geoms)
     name = column or next((c for c in CLASS_COLUMNS if c in gdf.columns), None)
     if name is None or name not in gdf.columns:
         wanted = f"column {column!r}" if column else f"class column ({' or '.join(CLASS_COLUMNS)})"
@@ -293,7 +321,10 @@ def read_polygons(
             raise InputError(f"{path}: {message}; fix or remove them")
     if crs is not None and gdf.crs is not None and gdf.crs != crs:
         gdf = gdf.to_crs(crs)
+    if crs is not None and gdf.crs is None:
+        warnings.warn(f"{path} has no CRS: its coordinates are taken to be in {crs}", LemevitWarning, stacklevel=2)
     out = gpd.GeoDataFrame({"class": gdf[name].astype(str).to_numpy()}, geometry=gdf.geometry.values, crs=gdf.crs)
+    out.attrs["repaired"] = repaired
     for extra in ("difficult", "score"):
         if extra in gdf.columns and extra != name:
             out[extra] = gdf[extra].to_numpy()

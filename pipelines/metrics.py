@@ -30,11 +30,14 @@ __all__ = [
     "best_matches",
     "binary_scores",
     "change_scores",
+    "confusion_from_pairs",
     "confusion_matrix",
     "detection_ap",
     "polygon_iou",
     "rows_to_detections",
     "segmentation_scores",
+    "split_pairs",
+    "value_pairs",
 ]
 
 
@@ -42,11 +45,11 @@ __all__ = [
 
 
 def _geometry(record: Mapping[str, Any]) -> Polygon:
-    """A record's polygon: ``polygon`` (a shapely polygon, ``(K, 2)`` corners or DOTA's flat 8 numbers) or
-    ``box`` ``(cx, cy, w, h, angle)``."""
+    """A record's polygon: ``polygon`` (a shapely polygon or multipolygon, ``(K, 2)`` corners or DOTA's flat 8
+    numbers) or ``box`` ``(cx, cy, w, h, angle)``."""
     if "polygon" in record:
         poly = record["polygon"]
-        if isinstance(poly, Polygon):
+        if isinstance(poly, shapely.Geometry):
             return poly
         return Polygon(np.asarray(poly, dtype=np.float64).reshape(-1, 2))
     if "box" in record:
@@ -223,6 +226,36 @@ def confusion_matrix(
     if p.size and (p.min() < 0 or p.max() >= num_classes):
         raise ValueError(f"predicted classes must lie in [0, {num_classes}), got {p.min()}..{p.max()}")
     return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def value_pairs(truth: np.ndarray, pred: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``(truth, prediction)`` integer value pairs of the valid pixels, as 64-bit keys (truth in the
+    high 32 bits; :func:`confusion_from_pairs` decodes them), and their pixel counts. A confusion matrix of any
+    raster values, whose size is the number of pairs present, not the largest value."""
+    keys = (truth[valid].astype(np.int64) << 32) | (pred[valid].astype(np.int64) & 0xFFFFFFFF)
+    return np.unique(keys, return_counts=True)
+
+
+def split_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The truth and prediction values of :func:`value_pairs`' keys (the high and the low 32 bits, signed)."""
+    keys = np.asarray(keys, dtype=np.int64)
+    return keys >> 32, (keys << 32) >> 32
+
+
+def confusion_from_pairs(
+    keys: np.ndarray, counts: np.ndarray, truth_index: Mapping[int, int], pred_index: Mapping[int, int], k: int
+) -> tuple[np.ndarray, int, int]:
+    """Confusion matrix ``(k, k)`` (truth rows, prediction columns) from :func:`value_pairs`' keys and counts,
+    with raster values mapped to class indices; also the pixels whose truth, and those whose prediction, is
+    not a key of its mapping (values outside the known classes: counted, never made classes)."""
+    truth, pred = split_pairs(keys)
+    t = np.array([truth_index.get(v, -1) for v in truth.tolist()], dtype=np.int64)
+    p = np.array([pred_index.get(v, -1) for v in pred.tolist()], dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    keep = (t >= 0) & (p >= 0)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (t[keep], p[keep]), counts[keep])
+    return cm, int(counts[t < 0].sum()), int(counts[(p < 0) & (t >= 0)].sum())
 
 
 def segmentation_scores(cm: np.ndarray) -> dict[str, Any]:

@@ -174,7 +174,7 @@ def test_evaluate_command_and_bad_inputs(tmp_path: Path) -> None:
         ([tmp_path / "d.gpkg", tmp_path / "flat.gpkg"], "degenerate"),
         ([tmp_path / "d.gpkg", tmp_path / "r.gpkg", "--iou", "1.5"], "--iou"),
         ([tmp_path / "d.gpkg", tmp_path / "r.gpkg", "--bounds", "1,2,3"], "--bounds"),
-        ([tmp_path / "d.gpkg", tmp_path / "r.gpkg", "--task", "segment"], "cannot be read as a raster"),
+        ([tmp_path / "d.gpkg", tmp_path / "r.gpkg", "--task", "segment"], "is a vector file"),
     ]
     for args, message in cases:
         assert message in cli_error("evaluate", *args)

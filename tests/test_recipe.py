@@ -154,9 +154,11 @@ def test_summary_reports_majority_and_pixel_baselines(tmp_path: Path) -> None:
 def test_baseline_and_augmentation_options_are_refused_where_they_do_not_apply(tmp_path: Path) -> None:
     from tests.conftest import cli_main
 
-    r = cli_main("train", "--dataset", "potsdam", "--root", tmp_path, "--no-augment", "-o", tmp_path / "m")
+    r = cli_main("train", "--dataset", "potsdam", "--root", tmp_path, "--no-augment", "-o", tmp_path / "m.safetensors")
     assert r.returncode == 1 and "--augment" in r.stderr and "own data" in r.stderr
-    r = cli_main("train", "--dataset", "potsdam", "--root", tmp_path, "--class-balance", 1, "-o", tmp_path / "m")
+    r = cli_main(
+        "train", "--dataset", "potsdam", "--root", tmp_path, "--class-balance", 1, "-o", tmp_path / "m.safetensors"
+    )
     assert r.returncode == 1 and "--class-balance" in r.stderr
 
 

@@ -16,21 +16,67 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from lemevit_geo.errors import GDAL_ERRORS, LemevitError, LemevitWarning, with_flags
 
+#: The order a user meets the commands in; ``--help`` lists them so (any other command after them).
+COMMAND_ORDER = (
+    "segment",
+    "change",
+    "classify",
+    "detect",
+    "evaluate",
+    "train",
+    "pretrain",
+    "merge",
+    "bundle",
+    "demo",
+    "info",
+    "init",
+    "show",
+)
+
+
+def _flags_as_flags(params: list[Any]) -> list[Any]:
+    """Show flags (``--overwrite``, ``--help``) with no value type in the help boxes, as click does: Typer would
+    print ``<bool>``, which reads like an option that takes a value."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Commands(TyperGroup):
+    """The command group of ``lemevit-geo``: commands in :data:`COMMAND_ORDER`, flags shown as flags."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: COMMAND_ORDER.index(n) if n in COMMAND_ORDER else len(COMMAND_ORDER))
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        return _flags_as_flags(super().get_params(ctx))
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and not isinstance(command, Commands):
+            _flags_as_flags(command.get_params(ctx))
+        return command
+
+
 app = typer.Typer(
+    cls=Commands,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     help="Large remote-sensing scenes to maps with the LeMeViT vision transformer.",
 )
-bundle_app = typer.Typer(no_args_is_help=True, help="Make and inspect model bundles.")
+bundle_app = typer.Typer(cls=Commands, no_args_is_help=True, help="Make and inspect model bundles.")
 app.add_typer(bundle_app, name="bundle")
 
 #: Messages and progress go to stderr; stdout carries only JSON summaries.
@@ -93,6 +139,8 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*litlogger.*")
     # torchgeo's self-supervised tasks define a no-op validation step; pretraining has no validation data
     warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
+    # a rerun (--overwrite, or after a failed run) writes its checkpoints over the last run's, in its own folder
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     rasterio_log = logging.getLogger("rasterio")
     if GDAL_ERRORS not in rasterio_log.handlers:  # GDAL's own error lines go into our one error line
         rasterio_log.addHandler(GDAL_ERRORS)
@@ -183,8 +231,18 @@ def _run(command: Callable[[], object]) -> None:
         console.print(f"[bold red]interrupted[/] ({exc}){removed}", highlight=False)
         sys.exit(128 + exc.signum)
     except MemoryError:
-        console.print("[bold red]error:[/] out of memory: lower --batch-size or --tile-size", highlight=False)
+        console.print(f"[bold red]error:[/] out of memory{_memory_advice()}", highlight=False)
         sys.exit(1)
+
+
+#: Commands whose memory --batch-size and --tile-size bound.
+TILED_COMMANDS = ("segment", "change", "classify", "detect", "train", "pretrain")
+
+
+def _memory_advice() -> str:
+    """What lowers the memory of the command being run (only options it takes)."""
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+    return ": lower --batch-size or --tile-size" if command in TILED_COMMANDS else ""
 
 
 def main() -> None:

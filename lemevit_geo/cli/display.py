@@ -93,8 +93,9 @@ def tile_progress(display: Display) -> Iterator[TileProgress]:
     try:
         yield progress
     except BaseException:
-        progress.bar.live.transient = True  # a failed run's error stays the only line
+        progress.bar.live.transient = True  # a failed run's error stays the only line:
+        progress.bar.live.stop()  # Progress.stop would add an empty line when stderr is not a terminal
         raise
     finally:
-        if progress.bar.live.is_started:  # stopping a bar never shown would print an empty line
+        if progress.bar.live.is_started:  # (Progress.stop prints that line even when the bar never started)
             progress.bar.stop()

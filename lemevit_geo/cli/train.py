@@ -15,10 +15,12 @@ from lemevit_geo.options import Display, grouped
 from lemevit_geo.settings import Hardware, PretrainRecipe, Recipe, TrainSpec
 
 Dataset = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--dataset",
-        help="potsdam, vaihingen, loveda, levircd, oscd, ucmerced, resisc45, millionaid, dota or custom.",
+        help="potsdam, vaihingen, loveda, levircd, oscd, ucmerced, resisc45, millionaid, dota or custom "
+        "(the default with --images, --labels, --before or --after).",
+        show_default=False,
     ),
 ]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Bundle to write (.safetensors).")]
@@ -65,12 +67,25 @@ PretrainTile = Annotated[
     int | None, typer.Option("--tile-size", help="Tile side in pixels (default 128, capped to the images).")
 ]
 PretrainResume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this --out.")]
+SkipUnreadable = Annotated[
+    bool, typer.Option("--skip-unreadable", help="Leave out images that cannot be read (listed in a warning).")
+]
+
+
+def _need_dataset(dataset: str | None, *own: object) -> None:
+    """A usage error (exit 2) when neither a dataset nor own data is given: own data implies ``custom``."""
+    if dataset is None and not any(own):
+        raise typer.BadParameter(
+            "name a torchgeo dataset (--root its folder), or give your own data with --images and --labels "
+            "(change: --before, --after and --labels)",
+            param_hint="'--dataset'",
+        )
 
 
 @app.command()
 @grouped(recipe=Recipe(), hardware=Hardware(), display=Display())
 def train(
-    dataset: Dataset,
+    dataset: Dataset = None,
     out: Out = Path("model.safetensors"),
     root: Root = None,
     images: Images = None,
@@ -98,6 +113,7 @@ def train(
 
     The summary puts the best validation metrics next to predicting the majority class (and, with --baseline,
     next to a per-pixel classifier)."""
+    _need_dataset(dataset, images, labels, before, after)
     from lemevit_geo.pipelines.training.train import train as run
 
     quiet_lightning()
@@ -139,6 +155,7 @@ def pretrain(
     arch: o.ArchOpt = o.Arch.tiny,
     tile_size: PretrainTile = None,
     resume: PretrainResume = False,
+    skip_unreadable: SkipUnreadable = False,
     overwrite: o.Overwrite = False,
     *,
     recipe: PretrainRecipe,
@@ -160,5 +177,6 @@ def pretrain(
         resume=resume,
         overwrite=overwrite,
         progress=display.progress,
+        skip_unreadable=skip_unreadable,
     )
     report(summary, display)

@@ -15,6 +15,7 @@ limits the scoring to an area: pixels inside it, objects whose centroid lies ins
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,15 @@ from rasterio.windows import Window, from_bounds
 
 from lemevit_geo.bundle import CHANGE_CLASSES
 from lemevit_geo.choices import Task
-from lemevit_geo.errors import InputError
-from lemevit_geo.pipelines.metrics import binary_scores, confusion_matrix, detection_ap, segmentation_scores
+from lemevit_geo.errors import InputError, LemevitWarning
+from lemevit_geo.pipelines.metrics import (
+    binary_scores,
+    confusion_from_pairs,
+    detection_ap,
+    segmentation_scores,
+    split_pairs,
+    value_pairs,
+)
 from lemevit_geo.raster import READ_ERRORS, read_error
 from lemevit_geo.vector import DRIVERS, read_polygons
 
@@ -106,35 +114,94 @@ def _blocks(prediction: Path, reference: Path, bounds: Bounds | None) -> Iterato
                 yield np.ma.getdata(pred), np.ma.getdata(truth), valid
 
 
-def _reference_lookup(prediction: Path, reference: Path) -> tuple[list[str], np.ndarray | None]:
-    """The prediction's class names, and a lookup from reference values to prediction classes when both
-    name their classes (matched by name; unnamed reference values are ignored), else ``None`` (values)."""
-    with rasterio.open(prediction) as p, rasterio.open(reference) as r:
-        names, ref_names = _class_names(p), _class_names(r)
-        if not names:  # not one of our outputs: the values found name the classes
-            top = max(
-                [int(b.max()) for _, w in p.block_windows(1) if (b := p.read(1, window=w, masked=True)).count()] + [1]
+#: Distinct (reference, prediction) value pairs a class raster comparison may hold; more is not a class raster.
+MAX_PAIRS = 1 << 16
+
+
+def _class_map(src: rasterio.io.DatasetReader) -> dict[int, str]:
+    """Value -> class name from ``CLASS_<n>`` tags (empty when the raster names no classes)."""
+    return dict(enumerate(_class_names(src)))
+
+
+def _pair_counts(prediction: Path, reference: Path, bounds: Bounds | None) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (reference, prediction) value pairs over the valid pixels, with their counts, read block by
+    block (memory: the pairs present, whatever the values)."""
+    keys, counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    for pred, truth, valid in _blocks(prediction, reference, bounds):
+        for values, path in ((pred, prediction), (truth, reference)):
+            if values.dtype.kind == "f" and not np.array_equal(values[valid], np.round(values[valid])):
+                raise InputError(f"{path} holds values that are not whole numbers: score class rasters")
+        k, c = value_pairs(truth, pred, valid)
+        keys, inverse = np.unique(np.concatenate([keys, k]), return_inverse=True)
+        counts = np.bincount(inverse, weights=np.concatenate([counts, c]), minlength=len(keys)).astype(np.int64)
+        if len(keys) > MAX_PAIRS:
+            raise InputError(
+                f"{prediction} and {reference} hold more than {MAX_PAIRS} distinct pairs of values: score class "
+                "rasters (one value per class)"
             )
-            names = [f"class_{i}" for i in range(top + 1)]
-    if not ref_names or ref_names == names or not set(ref_names) & set(names):
-        return names, None
-    lookup = np.full(65536, -1, dtype=np.int64)
-    for value, name in enumerate(ref_names):
-        lookup[value] = names.index(name) if name in names else -1
-    return names, lookup
+    return keys, counts
+
+
+def _match_classes(
+    prediction: Path, reference: Path, keys: np.ndarray
+) -> tuple[list[str], dict[int, int], dict[int, int], str]:
+    """The classes scored (names), the class index of each prediction and reference value, and how the classes
+    were matched. A prediction that names its classes (our outputs) defines them, matched to a reference that
+    names its own by name; else the reference's named classes; else every value either raster holds is a
+    class, matched by value."""
+    with rasterio.open(prediction) as p, rasterio.open(reference) as r:
+        pred_names, ref_names = _class_map(p), _class_map(r)
+    if not pred_names and ref_names:  # the reference's legend: prediction values matched to it by value
+        names = [ref_names[v] for v in sorted(ref_names)]
+        return names, dict(zip(sorted(ref_names), range(len(names)), strict=True)), {v: v for v in ref_names}, "value"
+    if pred_names:
+        names = [pred_names[v] for v in sorted(pred_names)]
+        pred_index = {v: v for v in pred_names}
+        shared = set(names) & set(ref_names.values())
+        if shared:
+            ref_index = {v: names.index(n) for v, n in ref_names.items() if n in names}
+            return names, pred_index, ref_index, "name"
+        if ref_names:
+            warnings.warn(
+                f"the class names of {prediction} ({', '.join(names)}) and {reference} "
+                f"({', '.join(ref_names.values())}) share no name: classes matched by value (0 = {names[0]})",
+                LemevitWarning,
+                stacklevel=2,
+            )
+        return names, pred_index, dict(pred_index), "value"
+    values = sorted(set(np.concatenate(split_pairs(keys)).tolist()))
+    index = {v: i for i, v in enumerate(values)}
+    return [ref_names.get(v, f"class_{v}") for v in values], index, index, "value"
+
+
+def _nothing_scored(prediction: Path, reference: Path, keys: np.ndarray, names: list[str], by: str) -> InputError:
+    """Why no pixel could be scored, as the error to raise."""
+    if not len(keys):
+        return InputError(
+            f"{prediction} and {reference} share no valid pixel (they do not overlap, or one is nodata where the "
+            "other has data): nothing to score"
+        )
+    truth, pred = split_pairs(keys)
+    held, predicted = (", ".join(str(v) for v in np.unique(values)[:8].tolist()) for values in (truth, pred))
+    return InputError(
+        f"no value of {reference} ({held}) matches a class of {prediction} ({predicted}: {', '.join(names[:8])}; "
+        f"matched by {by}): recode the reference, or name its classes with CLASS_<n> tags"
+    )
 
 
 def evaluate_classes(prediction: Path, reference: Path, bounds: Bounds | None = None) -> dict[str, Any]:
-    """Overall accuracy, per-class IoU, mean IoU and the confusion matrix of a class raster."""
-    names, lookup = _reference_lookup(prediction, reference)
-    k = len(names)
-    cm = np.zeros((k, k), dtype=np.int64)
-    for pred, truth, valid in _blocks(prediction, reference, bounds):
-        truth = truth.astype(np.int64)
-        if lookup is not None:
-            truth = np.where((truth >= 0) & (truth < len(lookup)), lookup[np.clip(truth, 0, len(lookup) - 1)], -1)
-        valid &= pred.astype(np.int64) < k
-        cm += confusion_matrix(pred, truth, k, valid)
+    """Overall accuracy, per-class IoU, mean IoU and the confusion matrix of a class raster.
+
+    The matrix is built over the classes (:func:`_match_classes`), never over the largest value; pixels whose
+    value lies outside the classes are counted (``reference_outside_classes``, ``prediction_outside_classes``)
+    and not scored. A comparison where no pixel can be scored is refused.
+    """
+    keys, counts = _pair_counts(prediction, reference, bounds)
+    names, pred_index, ref_index, by = _match_classes(prediction, reference, keys)
+    cm, ref_outside, pred_outside = confusion_from_pairs(keys, counts, ref_index, pred_index, len(names))
+    ref_values, pred_values = (set(values.tolist()) for values in split_pairs(keys))
+    if not cm.sum() or (len(ref_values) > 1 and not ref_values & pred_values):  # codes of another legend
+        raise _nothing_scored(prediction, reference, keys, names, by)
     scores = segmentation_scores(cm)
     return {
         "task": Task.segment.value,
@@ -142,19 +209,31 @@ def evaluate_classes(prediction: Path, reference: Path, bounds: Bounds | None = 
         "OA": scores["OA"],
         "mIoU": scores["mIoU"],
         "IoU": {c: clean(v) for c, v in zip(names, scores["IoU"], strict=True)},
-        "classes_matched_by": "value" if lookup is None else "name",
+        "classes_matched_by": by,
+        "reference_outside_classes": ref_outside,
+        "prediction_outside_classes": pred_outside,
         "confusion_matrix": {"classes": names, "rows_reference_columns_prediction": cm.tolist()},
     }
 
 
 def evaluate_change(prediction: Path, reference: Path, bounds: Bounds | None = None) -> dict[str, Any]:
     """Precision, recall, F1 and IoU of the change class (1) of a change raster against a change mask."""
-    tp = fp = fn = pixels = 0
+    tp = fp = fn = pixels = overlap = 0
     for pred, truth, valid in _blocks(prediction, reference, bounds):
+        overlap += int(valid.sum())
         valid &= truth <= 1  # other reference values are unlabelled
         t, p = (truth == 1) & valid, (pred == 1) & valid
         tp, fp, fn = tp + int((t & p).sum()), fp + int((~t & p).sum()), fn + int((t & ~p).sum())
         pixels += int(valid.sum())
+    if not pixels:
+        raise (
+            _nothing_scored(prediction, reference, np.zeros(0, np.int64), [], "value")
+            if not overlap
+            else InputError(
+                f"{reference} holds no 0 (no change) or 1 (change) where {prediction} has data: nothing to score; "
+                "a change mask marks change with 1"
+            )
+        )
     return {"task": Task.change.value, "pixels": pixels, **binary_scores(tp, fp, fn), "changed_pixels": tp + fn}
 
 
@@ -167,6 +246,21 @@ def _inside(gdf: Any, bounds: Bounds | None) -> Any:
     if bounds is None:
         return gdf
     return gdf[shapely.contains_xy(shapely.box(*bounds), *shapely.get_coordinates(gdf.geometry.centroid.values).T)]
+
+
+def _scored_objects(refs: Any, dets: Any, reference: Path, bounds: Bounds | None) -> tuple[Any, Any]:
+    """The reference objects and detections inside ``bounds``; refused when no reference object is left (an empty
+    reference, or ``bounds`` away from it): AP over no objects is no score."""
+    inside = _inside(refs, bounds)
+    if len(inside):
+        return inside, _inside(dets, bounds)
+    if not len(refs):
+        raise InputError(f"{reference} holds no reference objects: nothing to score the detections against")
+    extent = ", ".join(f"{v:.6g}" for v in refs.total_bounds)
+    raise InputError(
+        f"no reference object of {reference} has its centre inside `bounds` {list(bounds or ())} (the objects "
+        f"lie within {extent}, in the prediction's CRS): nothing to score"
+    )
 
 
 def evaluate_detections(
@@ -183,8 +277,9 @@ def evaluate_detections(
     dets = read_polygons(prediction, "class_name", what="prediction", allow_empty=True)
     if "score" not in dets.columns:
         raise InputError(f"{prediction} has no `score` column: is it a detection output?")
-    refs = _inside(read_polygons(reference, label_column, crs=dets.crs, what="reference", allow_empty=True), bounds)
-    dets = _inside(dets, bounds)
+    refs = read_polygons(reference, label_column, crs=dets.crs, what="reference", allow_empty=True)
+    repaired = refs.attrs.get("repaired", 0)
+    refs, dets = _scored_objects(refs, dets, reference, bounds)
     difficult = refs["difficult"].astype(bool).to_numpy() if "difficult" in refs.columns else np.zeros(len(refs), bool)
     records = [
         {"image": 0, "class": c, "score": float(s), "polygon": g}
@@ -208,6 +303,7 @@ def evaluate_detections(
         "num_detections": result["num_det"],
         "recall": {c: clean(result["recall"][c]) for c in classes},
         "difficult": int(difficult.sum()),
+        "repaired_reference_polygons": repaired,
     }
 
 
@@ -234,10 +330,13 @@ def evaluate(
     box = None if bounds is None else (float(bounds[0]), float(bounds[1]), float(bounds[2]), float(bounds[3]))
     task = Task(task) if task else guess_task(prediction)
     if task == Task.detect:
+        for path in (prediction, reference):
+            if not _is_vector(path):
+                raise InputError(f"{path} is not a vector file: detections are scored against reference polygons")
         scores = evaluate_detections(prediction, reference, iou, label_column, box)
     elif task in (Task.segment, Task.change):
-        _check_raster(prediction)
-        _check_raster(reference)
+        _check_raster(prediction, "prediction", task)
+        _check_raster(reference, "reference", task)
         run = evaluate_change if task == Task.change else evaluate_classes
         try:
             scores = run(prediction, reference, box)
@@ -248,9 +347,25 @@ def evaluate(
     return {"prediction": str(prediction), "reference": str(reference), **scores}
 
 
-def _check_raster(path: Path) -> None:
+def _is_vector(path: Path) -> bool:
+    """Whether ``path`` names a vector file (by its extension)."""
+    return path.suffix.lower() in DRIVERS or path.suffix.lower() in (".shp", ".fgb")
+
+
+def _check_raster(path: Path, what: str, task: Task) -> None:
+    """Refuse what cannot be compared pixel by pixel: a vector file, an unreadable or multi-band raster, and (for
+    ``change``) a prediction whose classes are not those of a change raster."""
+    if _is_vector(path):
+        raise InputError(
+            f"{what} {path} is a vector file: {task.value} outputs are scored against label rasters (rasterize "
+            "the polygons onto the prediction's grid first)"
+        )
     try:
-        with rasterio.open(path):
-            pass
+        with rasterio.open(path) as src:
+            count, names = src.count, _class_names(src)
     except READ_ERRORS as exc:
         raise InputError(f"{path} cannot be read as a raster: {read_error(exc)}") from exc
+    if count != 1:
+        raise InputError(f"{what} {path} has {count} bands: a class raster or label raster has one")
+    if task == Task.change and what == "prediction" and names and names != CHANGE_CLASSES:
+        raise InputError(f"{path} is a class raster ({', '.join(names)}), not a change raster: leave out `task`")

@@ -24,19 +24,32 @@ from lemevit_geo.inputs import check_exists, dataset
 from lemevit_geo.pipelines.inference.dense import plan_dense, run_dense
 from lemevit_geo.pipelines.inference.engine import Progress
 from lemevit_geo.pipelines.inference.plan import ModelArg, Plan, Sources, bundle_config, source_for
-from lemevit_geo.raster import READ_ERRORS, MaskPlan, SourceInfo, inspect_source, plan_mask
+from lemevit_geo.raster import (
+    READ_ERRORS,
+    MaskPlan,
+    SourceInfo,
+    data_bands_vrt,
+    false_alpha,
+    inspect_source,
+    plan_mask,
+)
 from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 
 
 class WarpedSource:
     """A source warped onto another grid (bilinear, windowed reads); closes what it opened.
 
-    The warp keeps the source's nodata value or alpha band; a source with neither gets an added alpha
-    band (the last band), so pixels the source does not cover are nodata.
+    The warp keeps the source's nodata value or alpha band; a source with neither (or with a band flagged alpha
+    that holds data, which is warped as data) gets an added alpha band (the last band), so pixels the source
+    does not cover are nodata.
     """
 
-    def __init__(self, path: str, crs: Any, transform: Affine, width: int, height: int) -> None:
-        self._src = rasterio.open(path)
+    def __init__(self, info: SourceInfo, crs: Any, transform: Affine, width: int, height: int) -> None:
+        self._src = rasterio.open(info.path)
+        if false_alpha(self._src, info.mask):  # a band flagged alpha that the mask plan reads as data
+            data = rasterio.open(data_bands_vrt(self._src))
+            self._src.close()
+            self._src = data
         extra: dict[str, Any] = {}
         if self._src.nodata is not None:
             extra["nodata"] = self._src.nodata
@@ -171,7 +184,7 @@ def change_sources(
     if alignment.after_offset is not None:
         src_a.offset = alignment.after_offset
     else:
-        src_a.opener = lambda: WarpedSource(info_a.path, grid.crs, grid.transform, grid.width, grid.height)
+        src_a.opener = lambda: WarpedSource(info_a, grid.crs, grid.transform, grid.width, grid.height)
         with rasterio.open(info_a.path) as src:
             src_a.mask = WarpedSource.mask_plan(info_a, src.count)
     masks = [s.mask_plan.describe() for s in (src_b, src_a)]

@@ -19,7 +19,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from lemevit_geo.bundle import DEFAULT_TILE, BundleConfig, save_bundle
+from lemevit_geo.bundle import DEFAULT_TILE, BundleConfig, check_safetensors_name, save_bundle
 from lemevit_geo.choices import Arch, Precision, Schedule, Task
 from lemevit_geo.device import cpu_supports_bf16
 from lemevit_geo.errors import InputError
@@ -230,6 +230,7 @@ def train(spec: TrainSpec | None = None, /, *, progress: bool = True, **options:
     classifier on the same split (:mod:`lemevit_geo.pipelines.training.baselines`)."""
     start = time.perf_counter()
     spec = spec or TrainSpec(**options)
+    check_safetensors_name(spec.out)
     if not spec.resume:
         check_output(spec.out, spec.overwrite, spec.inputs)
     with run_folder(spec.out) as run_dir:

@@ -267,10 +267,12 @@ VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".parquet", ".fgb")
 
 
 def expand_paths(spec: str | Path | Sequence[str | Path], what: str) -> list[str]:
-    """Files named by a path, a glob, or a list of them."""
+    """Files named by a path, a glob, or a list of them; a path named outright must be a file."""
     specs = [spec] if isinstance(spec, str | Path) else list(spec)
     files: list[str] = []
     for s in specs:
+        if not any(ch in str(s) for ch in "*?[") and not Path(s).is_file():
+            raise InputError(f"{what} {s} {'is not a file' if Path(s).exists() else 'does not exist'}")
         matches = sorted(glob.glob(str(s))) if any(ch in str(s) for ch in "*?[") else [str(s)]
         files.extend(m for m in matches if Path(m).is_file())
     if not files:
@@ -721,7 +723,12 @@ def detection_data(
     mean, std = _crop_stats(sources["train"], tile_size)
     train = DetectionCrops(sources["train"], tile_size, mean, std, length=length, augment=augment)
     val = DetectionCrops(sources["val"], tile_size, mean, std, grid=True)
-    report = {"crs": infos[0]["crs"].to_string(), "objects": int(found.sum()), "val_crops": len(val)}
+    report = {
+        "crs": infos[0]["crs"].to_string(),
+        "objects": int(found.sum()),
+        "val_crops": len(val),
+        "repaired_polygons": polys.attrs.get("repaired", 0),
+    }
     return TrainData(
         datamodule=DetectionDataModule(batch_size, num_workers, train, val),
         task=Task.detect,
