@@ -319,7 +319,7 @@ def test_detect_refuses_bad_options_in_one_line(
     [
         ("objects.tif", "vector outputs are .gpkg, .parquet or .geojson"),
         ("objects.shp", "vector outputs are .gpkg, .parquet or .geojson"),
-        ("scene.tif", "vector outputs are .gpkg, .parquet or .geojson"),
+        ("scene.tif", "is one of the inputs"),  # the one check of every command comes first
         ("missing/objects.gpkg", "output directory"),
     ],
 )

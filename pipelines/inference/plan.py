@@ -158,8 +158,8 @@ def check_plan_outputs(plan: Plan, defer_existing: bool = False) -> None:
     dense = plan.task in (Task.segment, Task.change)
     rasters = [plan.output if dense else None, plan.outputs.probabilities, plan.raster]
     vectors = [None if dense else plan.output, plan.outputs.vector]
-    check_formats(rasters, vectors)
     check_outputs([*rasters, *vectors], plan.overwrite or defer_existing, plan.files_read)
+    check_formats(rasters, vectors)
 
 
 def check_formats(rasters: Sequence[Path | None], vectors: Sequence[Path | None] = ()) -> None:
