@@ -192,6 +192,7 @@ def test_failed_compile_falls_back_to_eager_with_one_warning() -> None:
     torch.testing.assert_close(out, model.eager(x))
 
 
+@pytest.mark.slow  # six Python processes that each import torch
 def test_gpu_benchmark_script_dry_run_on_the_cpu(tmp_path: Path) -> None:
     """``benchmarks/gpu.sh --device cpu --dry-run``: every section at toy sizes, results joined."""
     import json

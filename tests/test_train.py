@@ -17,7 +17,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 from lemevit_geo.bundle import read_config
 from lemevit_geo.pipelines.apps.synthetic import CLASSES, COLORS, make_scene
 from lemevit_geo.pipelines.training.detection_data import custom_data
-from tests.conftest import cli, cli_subprocess, textured_scene, write_raster
+from tests.conftest import cli, cli_main, cli_subprocess, textured_scene, write_raster
 from tests.fake_datasets import FAKE_DATASETS
 
 EXPECTED = {  # task, bands, classes
@@ -332,7 +332,7 @@ def test_resume_continues_to_the_same_epoch_count(tmp_path: Path) -> None:
 def test_training_errors_are_clear(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = cli_subprocess("train", "--dataset", "potsdam", "--root", empty, "--out", tmp_path / "m.safetensors")
+    r = cli_main("train", "--dataset", "potsdam", "--root", empty, "--out", tmp_path / "m.safetensors")
     assert r.returncode == 1 and "4_Ortho_RGBIR" in r.stderr and "isprs" in r.stderr.lower()
     a = write_raster(tmp_path / "a.tif", textured_scene(64, 64))
     far = write_raster(
@@ -340,9 +340,7 @@ def test_training_errors_are_clear(tmp_path: Path) -> None:
         np.zeros((1, 64, 64), dtype=np.uint8),
         transform=rasterio.transform.from_origin(0, 0, 1, 1),
     )
-    r = cli_subprocess(
-        "train", "--dataset", "custom", "--images", a, "--labels", far, "--out", tmp_path / "x.safetensors"
-    )
+    r = cli_main("train", "--dataset", "custom", "--images", a, "--labels", far, "--out", tmp_path / "x.safetensors")
     assert r.returncode == 1 and "do not overlap" in r.stderr, r.stderr
 
 
@@ -388,8 +386,6 @@ def _labels(tmp: Path, values: np.ndarray, nodata: float | None, dtype: str = "i
 
 
 def test_label_values_are_checked_and_nodata_is_ignored(tmp_path: Path) -> None:
-    from tests.conftest import cli_main
-
     image = write_raster(tmp_path / "image.tif", textured_scene(128, 128))
     values = np.tile(np.arange(128) // 43, (128, 1))  # classes 0, 1, 2 in stripes
     for bad, message in [(-3, "labels hold the value -3"), (300, "labels hold the value 300")]:
