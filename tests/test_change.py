@@ -18,7 +18,7 @@ from lemevit_geo.bundle import BundleConfig
 from lemevit_geo.models.factory import build_task_model
 from lemevit_geo.pipelines.inference.change import change
 from lemevit_geo.settings import DenseOutputs, Engine, Tiling
-from tests.conftest import CRS, GSD, ORIGIN, cli, cli_main, textured_scene, write_raster
+from tests.conftest import CRS, GSD, ORIGIN, cli_main, textured_scene, write_raster
 
 CONFIG = BundleConfig(
     task="change", arch="tiny", classes=["no change", "change"], bands=3, mean=[128.0] * 3, std=[40.0] * 3, tile_size=64
@@ -143,10 +143,9 @@ def test_after_in_another_crs_is_warped_onto_before_grid(tmp_path: Path) -> None
     assert found.intersection(square).area / found.union(square).area > 0.85
 
 
-def test_bad_pairs_are_refused(tmp_path: Path) -> None:
+def test_bad_pairs_are_refused(tmp_path: Path, change_bundle: Path) -> None:
     before, after, _ = pair(tmp_path)
-    bundle = tmp_path / "change.safetensors"
-    cli("bundle", "init", "--task", "change", "--bands", "3", "--tile-size", "64", "-o", bundle)
+    bundle = change_bundle
     far = write_raster(
         tmp_path / "far.tif", smooth_scene(50, 50), transform=from_origin(ORIGIN[0] + 10_000, ORIGIN[1], GSD, GSD)
     )
