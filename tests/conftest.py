@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import pytest
@@ -24,9 +24,6 @@ from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
 from lemevit_geo.cli import app
-
-if TYPE_CHECKING:
-    from lemevit_geo.pipelines.apps.synthetic import Scene
 
 
 def _split_threads_between_workers() -> None:
@@ -157,15 +154,25 @@ def change_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+class SceneFiles(Protocol):
+    """The files of a generated scene (what ``make_scene`` returns), by what they hold rather than by class."""
+
+    before: Path
+    after: Path
+    labels: Path
+    change: Path
+    objects: Path
+
+
 @pytest.fixture(scope="session")
-def synthetic_scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
+def synthetic_scene(tmp_path_factory: pytest.TempPathFactory) -> SceneFiles:
     """The demo's generated place at 320 px (seed 5): two 4-band dates, land-cover and change labels, objects."""
     from lemevit_geo.pipelines.apps.synthetic import make_scene
 
     return make_scene(tmp_path_factory.mktemp("synthetic") / "scene", size=320, seed=5)
 
 
-def _train_inputs(task: str, scene: Scene) -> list[object]:
+def _train_inputs(task: str, scene: SceneFiles) -> list[object]:
     """The ``train --dataset custom`` inputs for ``task`` from a generated scene."""
     inputs: dict[str, list[object]] = {
         "segment": ["--images", scene.before, "--labels", scene.labels],
@@ -180,7 +187,7 @@ SHORT_TRAINING = ["--epochs", 1, "--steps-per-epoch", 2, "--batch-size", 2, "--t
 
 @pytest.fixture(scope="session")
 def trained_bundle(
-    synthetic_scene: Scene, tmp_path_factory: pytest.TempPathFactory
+    synthetic_scene: SceneFiles, tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[[str], tuple[Path, dict]]:
     """``trained_bundle(task)``: a bundle from two training steps on ``synthetic_scene`` and the ``--json``
     summary of its ``train`` run, one per task for the session."""

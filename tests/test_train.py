@@ -16,9 +16,9 @@ import torch
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from lemevit_geo.bundle import read_config
-from lemevit_geo.pipelines.apps.synthetic import CLASSES, COLORS, Scene, make_scene
+from lemevit_geo.pipelines.apps.synthetic import CLASSES, COLORS, make_scene
 from lemevit_geo.pipelines.training.detection_data import custom_data
-from tests.conftest import cli, cli_main, cli_subprocess, textured_scene, write_raster
+from tests.conftest import SceneFiles, cli, cli_main, cli_subprocess, textured_scene, write_raster
 from tests.fake_datasets import FAKE_DATASETS
 
 EXPECTED = {  # task, bands, classes
@@ -79,7 +79,7 @@ def test_torchgeo_dataset_trains_and_its_bundle_runs(tmp_path: Path, name: str) 
 
 
 def test_own_segmentation_bundle_maps_its_scene(
-    tmp_path: Path, synthetic_scene: Scene, trained_bundle: Callable[[str], tuple[Path, dict]]
+    tmp_path: Path, synthetic_scene: SceneFiles, trained_bundle: Callable[[str], tuple[Path, dict]]
 ) -> None:
     bundle, summary = trained_bundle("segment")
     assert summary["epochs"] == 1 and summary["split"]["shared_area"] == 0.0
@@ -193,7 +193,7 @@ def test_own_rasters_with_labels_in_another_crs(tmp_path: Path) -> None:
 
 
 def test_own_change_data_and_vector_labels(
-    tmp_path: Path, synthetic_scene: Scene, trained_bundle: Callable[[str], tuple[Path, dict]]
+    tmp_path: Path, synthetic_scene: SceneFiles, trained_bundle: Callable[[str], tuple[Path, dict]]
 ) -> None:
     import geopandas as gpd
     import shapely
@@ -243,7 +243,7 @@ def test_own_change_data_and_vector_labels(
 
 
 def test_own_detection_training_and_its_bundle_runs(
-    tmp_path: Path, synthetic_scene: Scene, trained_bundle: Callable[[str], tuple[Path, dict]]
+    tmp_path: Path, synthetic_scene: SceneFiles, trained_bundle: Callable[[str], tuple[Path, dict]]
 ) -> None:
     scene = synthetic_scene
     bundle, summary = trained_bundle("detect")
@@ -415,7 +415,7 @@ def test_task_modules_keep_true_hyperparameters_and_freeze_what_is_asked() -> No
         ClassificationModule(num_classes=5, freeze_decoder=True)
 
 
-def test_training_prints_our_lines_only(tmp_path: Path, synthetic_scene: Scene) -> None:
+def test_training_prints_our_lines_only(tmp_path: Path, synthetic_scene: SceneFiles) -> None:
     scene = synthetic_scene
     r = cli_subprocess(
         "train",
