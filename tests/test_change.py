@@ -18,7 +18,7 @@ from lemevit_geo.bundle import BundleConfig
 from lemevit_geo.models.factory import build_task_model
 from lemevit_geo.pipelines.inference.change import change
 from lemevit_geo.settings import DenseOutputs, Engine, Tiling
-from tests.conftest import CRS, GSD, ORIGIN, cli, cli_subprocess, textured_scene, write_raster
+from tests.conftest import CRS, GSD, ORIGIN, cli_main, textured_scene, write_raster
 
 CONFIG = BundleConfig(
     task="change", arch="tiny", classes=["no change", "change"], bands=3, mean=[128.0] * 3, std=[40.0] * 3, tile_size=64
@@ -143,10 +143,9 @@ def test_after_in_another_crs_is_warped_onto_before_grid(tmp_path: Path) -> None
     assert found.intersection(square).area / found.union(square).area > 0.85
 
 
-def test_bad_pairs_are_refused(tmp_path: Path) -> None:
+def test_bad_pairs_are_refused(tmp_path: Path, change_bundle: Path) -> None:
     before, after, _ = pair(tmp_path)
-    bundle = tmp_path / "change.safetensors"
-    cli("bundle", "init", "--task", "change", "--bands", "3", "--tile-size", "64", "-o", bundle)
+    bundle = change_bundle
     far = write_raster(
         tmp_path / "far.tif", smooth_scene(50, 50), transform=from_origin(ORIGIN[0] + 10_000, ORIGIN[1], GSD, GSD)
     )
@@ -157,10 +156,10 @@ def test_bad_pairs_are_refused(tmp_path: Path) -> None:
         ([before, four], "the dates differ in bands"),
         ([before, tmp_path / "missing.tif"], "does not exist"),
     ]:
-        r = cli_subprocess("change", *args, "-o", out, "-m", bundle)
+        r = cli_main("change", *args, "-o", out, "-m", bundle)
         assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not out.exists()
-    r = cli_subprocess("change", before, after, "-o", out, "-m", bundle, "--vector", tmp_path / "v.gpkg", "--json")
+    r = cli_main("change", before, after, "-o", out, "-m", bundle, "--vector", tmp_path / "v.gpkg", "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["outputs"]["vector"].endswith("v.gpkg") and summary["alignment"]["same_crs"]
@@ -171,8 +170,8 @@ def test_bad_pairs_are_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("arch", ["tiny", "small", "base"])
 def test_change_model_trains_at_every_size(arch: str) -> None:
     model = build_task_model("change", arch, in_chans=3, num_classes=2, dim=32, tokens=4).train()
-    x = torch.randn(2, 6, 256, 256)
+    x = torch.randn(2, 6, 128, 128)  # 128 px: every stage (down to 1/32) at a quarter of 256 px's cost
     out = model(x)
-    assert out.shape == (2, 2, 256, 256)
-    torch.nn.functional.cross_entropy(out, torch.randint(0, 2, (2, 256, 256))).backward()
+    assert out.shape == (2, 2, 128, 128)
+    torch.nn.functional.cross_entropy(out, torch.randint(0, 2, (2, 128, 128))).backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []

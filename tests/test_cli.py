@@ -11,7 +11,7 @@ import pytest
 import rasterio
 from safetensors.torch import save_file
 
-from tests.conftest import GSD, ORIGIN, cli, cli_subprocess, textured_scene, write_raster
+from tests.conftest import GSD, ORIGIN, cli, cli_main, textured_scene, write_raster
 
 
 def test_help_and_info() -> None:
@@ -122,7 +122,7 @@ def test_bundle_errors(tmp_path: Path, seg_bundle: Path, cls_bundle: Path) -> No
         (src, "not a lemevit-geo model bundle"),
         (tmp_path / "missing.safetensors", "does not exist"),
     ]:
-        r = cli_subprocess("segment", src, "-o", tmp_path / "o.tif", "-m", model)
+        r = cli_main("segment", src, "-o", tmp_path / "o.tif", "-m", model)
         assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "o.tif").exists()
 
@@ -151,12 +151,12 @@ def test_bad_inputs_give_one_line_and_no_output(tmp_path: Path, seg_bundle: Path
         ([good, "-o", out, "--tile-size", "100"], "multiple of 32"),
     ]
     for args, message in cases:
-        r = cli_subprocess("segment", *args, "-m", seg_bundle)
+        r = cli_main("segment", *args, "-m", seg_bundle)
         assert r.returncode == 1, (args, r.stderr)
         assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not out.exists()
     assert existing.read_bytes() == b"keep"
-    r = cli_subprocess("segment", nocrs, "-o", out, "-m", seg_bundle, "--allow-pixel-grid", "-q")
+    r = cli_main("segment", nocrs, "-o", out, "-m", seg_bundle, "--allow-pixel-grid", "-q")
     assert r.returncode == 0 and out.exists()
     left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
     assert left == []
@@ -172,7 +172,7 @@ def test_unwritable_directory(tmp_path: Path, seg_bundle: Path) -> None:
         ro.mkdir(mode=0o555)
         targets.append(ro / "o.tif")
     for target in targets:
-        r = cli_subprocess("segment", good, "-o", target, "-m", seg_bundle)
+        r = cli_main("segment", good, "-o", target, "-m", seg_bundle)
         assert r.returncode == 1 and "not writable" in r.stderr, r.stderr
 
 
@@ -184,7 +184,7 @@ def test_vector_formats_by_extension(tmp_path: Path, seg_bundle: Path, suffix: s
     gdf = gpd.read_parquet(vec) if suffix == ".parquet" else gpd.read_file(vec)
     assert gdf.crs.to_epsg() == 32632 and len(gdf) > 0
     assert gdf["area"].sum() == pytest.approx(128 * 128 * GSD * GSD)
-    r = cli_subprocess("segment", src, "-o", tmp_path / "m2.tif", "-m", seg_bundle, "--vector", tmp_path / "p.shp")
+    r = cli_main("segment", src, "-o", tmp_path / "m2.tif", "-m", seg_bundle, "--vector", tmp_path / "p.shp")
     assert r.returncode == 1 and ".gpkg, .parquet or .geojson" in r.stderr and not (tmp_path / "m2.tif").exists()
 
 
@@ -206,7 +206,7 @@ def test_unknown_bundle_format_version(tmp_path: Path, seg_bundle: Path) -> None
     future = tmp_path / "future.safetensors"
     save_file({"w": torch.zeros(1)}, str(future), metadata=meta)
     src = write_raster(tmp_path / "scene.tif", textured_scene(64, 64))
-    r = cli_subprocess("segment", src, "-o", tmp_path / "o.tif", "-m", future)
+    r = cli_main("segment", src, "-o", tmp_path / "o.tif", "-m", future)
     assert r.returncode == 1 and "format version 99" in r.stderr and "reads version 1" in r.stderr
 
 

@@ -162,6 +162,7 @@ def run_grid(model: torch.nn.Module, runtime: Runtime, grid: TileGrid) -> tuple[
     return writer.bands, stats
 
 
+@pytest.mark.slow  # a real torch.compile (inductor builds C++); the fallback and the padding are checked by default
 def test_compiled_model_equals_eager(tmp_path: Path) -> None:
     """``torch.compile`` on padded fixed-size batches (5 tiles a row, batch 4: a full and a padded batch)."""
     grid = TileGrid(96, 160, 32, 0)
@@ -192,6 +193,7 @@ def test_failed_compile_falls_back_to_eager_with_one_warning() -> None:
     torch.testing.assert_close(out, model.eager(x))
 
 
+@pytest.mark.slow  # six Python processes that each import torch
 def test_gpu_benchmark_script_dry_run_on_the_cpu(tmp_path: Path) -> None:
     """``benchmarks/gpu.sh --device cpu --dry-run``: every section at toy sizes, results joined."""
     import json

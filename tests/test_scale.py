@@ -248,6 +248,7 @@ def run_on(executor: str, tmp_path: Path, scene: Path, bundle: Path, reference: 
     return summary
 
 
+@pytest.mark.cluster
 def test_dask_local_cluster_gives_the_same_bytes(tmp_path: Path, scene: Path, bundle: Path, reference: dict) -> None:
     pytest.importorskip("distributed")
     summary = run_on("dask:local:2", tmp_path, scene, bundle, reference)
@@ -267,6 +268,7 @@ def local_ray() -> Iterator[None]:
     shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.cluster
 def test_ray_gives_the_same_bytes(local_ray: None, tmp_path: Path, scene: Path, bundle: Path, reference: dict) -> None:
     summary = run_on("ray", tmp_path, scene, bundle, reference)
     assert {p["device"] for p in summary["parts"]} == {"cpu"}

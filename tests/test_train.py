@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import geopandas as gpd
@@ -17,7 +18,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 from lemevit_geo.bundle import read_config
 from lemevit_geo.pipelines.apps.synthetic import CLASSES, COLORS, make_scene
 from lemevit_geo.pipelines.training.train_data import custom_data
-from tests.conftest import cli, cli_subprocess, textured_scene, write_raster
+from tests.conftest import SceneFiles, cli, cli_main, cli_subprocess, textured_scene, write_raster
 from tests.fake_datasets import FAKE_DATASETS
 
 EXPECTED = {  # task, bands, classes
@@ -75,6 +76,18 @@ def test_torchgeo_dataset_trains_and_its_bundle_runs(tmp_path: Path, name: str) 
     if task not in ("classify", "detect"):
         with rasterio.open(out) as ds:
             assert (ds.width, ds.height) == (130, 96) and ds.read(1).max() < len(config.classes)
+
+
+def test_own_segmentation_bundle_maps_its_scene(
+    tmp_path: Path, synthetic_scene: SceneFiles, trained_bundle: Callable[[str], tuple[Path, dict]]
+) -> None:
+    bundle, summary = trained_bundle("segment")
+    assert summary["epochs"] == 1 and summary["split"]["shared_area"] == 0.0
+    out = tmp_path / "landcover.tif"
+    cli("segment", synthetic_scene.before, "-o", out, "-m", bundle, "-q")
+    with rasterio.open(out) as got, rasterio.open(synthetic_scene.labels) as ref:
+        assert (got.crs, got.transform, got.shape) == (ref.crs, ref.transform, ref.shape)
+        assert got.read(1).max() < len(CLASSES) and got.tags(1)["CLASS_0"] == CLASSES[0]
 
 
 def _scene_with_reprojected_labels(tmp: Path) -> tuple[Path, Path]:
@@ -179,36 +192,14 @@ def test_own_rasters_with_labels_in_another_crs(tmp_path: Path) -> None:
     assert Path(summary["best_checkpoint"]).is_file()
 
 
-def test_own_change_data_and_vector_labels(tmp_path: Path) -> None:
+def test_own_change_data_and_vector_labels(
+    tmp_path: Path, synthetic_scene: SceneFiles, trained_bundle: Callable[[str], tuple[Path, dict]]
+) -> None:
     import geopandas as gpd
     import shapely
 
-    scene = make_scene(tmp_path / "scene", size=256, seed=2)
-    bundle = tmp_path / "change.safetensors"
-    cli(
-        "train",
-        "--dataset",
-        "custom",
-        "--before",
-        scene.before,
-        "--after",
-        scene.after,
-        "--labels",
-        scene.change,
-        "--out",
-        bundle,
-        "--epochs",
-        1,
-        "--steps-per-epoch",
-        2,
-        "--batch-size",
-        2,
-        "--tile-size",
-        64,
-        "--val-fraction",
-        0.3,
-        "-q",
-    )
+    scene = synthetic_scene
+    bundle, _ = trained_bundle("change")
     config = read_config(bundle)
     assert config.task.value == "change" and config.classes == ["no change", "change"] and config.bands == 4
     # vector labels with a class-name column
@@ -251,35 +242,11 @@ def test_own_change_data_and_vector_labels(tmp_path: Path) -> None:
     assert read_config(seg).classes == ["field", "wood"]
 
 
-def test_own_detection_training_and_its_bundle_runs(tmp_path: Path) -> None:
-    scene = make_scene(tmp_path / "scene", size=320, seed=5)
-    bundle = tmp_path / "det.safetensors"
-    summary = json.loads(
-        cli(
-            "train",
-            "--dataset",
-            "custom",
-            "--task",
-            "detect",
-            "--images",
-            scene.before,
-            "--labels",
-            scene.objects,
-            "--out",
-            bundle,
-            "--epochs",
-            1,
-            "--steps-per-epoch",
-            2,
-            "--batch-size",
-            2,
-            "--tile-size",
-            64,
-            "--val-fraction",
-            0.25,
-            "--json",
-        ).output
-    )
+def test_own_detection_training_and_its_bundle_runs(
+    tmp_path: Path, synthetic_scene: SceneFiles, trained_bundle: Callable[[str], tuple[Path, dict]]
+) -> None:
+    scene = synthetic_scene
+    bundle, summary = trained_bundle("detect")
     config = read_config(bundle)
     assert config.task.value == "detect" and config.classes == ["car", "container", "truck"] and config.bands == 4
     assert config.overlap == summary["overlap"] == 32  # trucks up to 30 px long, capped at half the tile
@@ -332,7 +299,7 @@ def test_resume_continues_to_the_same_epoch_count(tmp_path: Path) -> None:
 def test_training_errors_are_clear(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = cli_subprocess("train", "--dataset", "potsdam", "--root", empty, "--out", tmp_path / "m.safetensors")
+    r = cli_main("train", "--dataset", "potsdam", "--root", empty, "--out", tmp_path / "m.safetensors")
     assert r.returncode == 1 and "4_Ortho_RGBIR" in r.stderr and "isprs" in r.stderr.lower()
     a = write_raster(tmp_path / "a.tif", textured_scene(64, 64))
     far = write_raster(
@@ -340,9 +307,7 @@ def test_training_errors_are_clear(tmp_path: Path) -> None:
         np.zeros((1, 64, 64), dtype=np.uint8),
         transform=rasterio.transform.from_origin(0, 0, 1, 1),
     )
-    r = cli_subprocess(
-        "train", "--dataset", "custom", "--images", a, "--labels", far, "--out", tmp_path / "x.safetensors"
-    )
+    r = cli_main("train", "--dataset", "custom", "--images", a, "--labels", far, "--out", tmp_path / "x.safetensors")
     assert r.returncode == 1 and "do not overlap" in r.stderr, r.stderr
 
 
@@ -388,8 +353,6 @@ def _labels(tmp: Path, values: np.ndarray, nodata: float | None, dtype: str = "i
 
 
 def test_label_values_are_checked_and_nodata_is_ignored(tmp_path: Path) -> None:
-    from tests.conftest import cli_main
-
     image = write_raster(tmp_path / "image.tif", textured_scene(128, 128))
     values = np.tile(np.arange(128) // 43, (128, 1))  # classes 0, 1, 2 in stripes
     for bad, message in [(-3, "labels hold the value -3"), (300, "labels hold the value 300")]:
@@ -452,8 +415,8 @@ def test_task_modules_keep_true_hyperparameters_and_freeze_what_is_asked() -> No
         ClassificationModule(num_classes=5, freeze_decoder=True)
 
 
-def test_training_prints_our_lines_only(tmp_path: Path) -> None:
-    scene = make_scene(tmp_path / "scene", size=256, seed=5)
+def test_training_prints_our_lines_only(tmp_path: Path, synthetic_scene: SceneFiles) -> None:
+    scene = synthetic_scene
     r = cli_subprocess(
         "train",
         "--dataset",
