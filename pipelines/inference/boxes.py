@@ -231,7 +231,7 @@ class BoxMerger:
         write: Called with finished boxes ``(N, 7)`` in scene pixels, one call per finished tile row.
         iou_threshold: Rotated IoU above which boxes of two tiles are one object.
         keep_classes: Class indices to keep (``None``: all).
-        score_threshold: Boxes written score above this (after merging).
+        score_threshold: Boxes written score above this (after merging): one value, or one per class index.
     """
 
     def __init__(
@@ -240,10 +240,10 @@ class BoxMerger:
         write: Callable[[np.ndarray], None],
         iou_threshold: float,
         keep_classes: Sequence[int] | None = None,
-        score_threshold: float = 0.0,
+        score_threshold: float | Sequence[float] = 0.0,
     ) -> None:
         self.grid, self.write, self.iou_threshold = grid, write, iou_threshold
-        self.score_threshold = score_threshold
+        self.score_threshold = np.asarray(score_threshold, dtype=np.float64)
         self.keep = None if keep_classes is None else np.asarray(sorted(keep_classes), dtype=np.int64)
         self.xs = Axis.of(grid.xs, grid.tile, grid.width)
         self.ys = Axis.of(grid.ys, grid.tile, grid.height)
@@ -326,7 +326,10 @@ class BoxMerger:
         out = Boxes.concat([*self.done, pool.take(emit)])
         self.done = []
         self.recent = out
-        out = out.take(out.rows[:, 5] > self.score_threshold)
+        limit = self.score_threshold
+        if limit.ndim:
+            limit = limit[out.rows[:, 6].astype(np.int64)]
+        out = out.take(out.rows[:, 5] > limit)
         if len(out):
             self.counts["written"] += len(out)
             self.counts["partial"] += int((out.tier == CUT).sum())

@@ -35,20 +35,31 @@ from lemevit_geo.vector import VectorStream, check_vector_path
 
 def configure_detector(net: torch.nn.Module, config: BundleConfig, detection: Detection) -> dict[str, Any]:
     """Set the detector's thresholds from ``detection`` (the bundle's where not given); return the settings
-    in force, with the indices of the classes to keep (``None``: all).
+    in force: the score threshold per class and its source, and the indices of the classes to keep
+    (``None``: all).
 
-    A score threshold above the bundle's is applied after merging across tiles: the detector keeps using
-    the bundle's, so weaker whole views of objects still win over stronger fragments of them.
+    By default each class's score threshold is the bundle's (the operating point chosen on validation data,
+    see :meth:`~lemevit_geo.bundle.BundleConfig.score_thresholds`); ``score_threshold`` sets one for every
+    class, and 0 (or ``all_scores``) keeps every box the detector reports. A score threshold above the
+    head's candidate threshold is applied after merging across tiles: the detector keeps using the head's,
+    so weaker whole views of objects still win over stronger fragments of them.
     """
-    score = float(net.score_threshold if detection.score_threshold is None else detection.score_threshold)
-    net.score_threshold = min(score, float(net.score_threshold))
+    if detection.all_scores or detection.score_threshold == 0:
+        scores, source = dict.fromkeys(config.classes, 0.0), "all scores (--score-threshold 0)"
+    elif detection.score_threshold is not None:
+        scores, source = dict.fromkeys(config.classes, float(detection.score_threshold)), "--score-threshold"
+    else:
+        calibrated = config.score_thresholds()
+        scores, source = calibrated["thresholds"], calibrated["source"]
+    net.score_threshold = min(min(scores.values()), float(net.score_threshold))
     for name in ("iou_threshold", "max_detections"):
         value = getattr(detection, name)
         if value is not None:
             setattr(net, name, value)
     net.pre_nms_top_k = max(int(net.pre_nms_top_k), int(net.max_detections))
     return {
-        "score_threshold": score,
+        "score_thresholds": {c: round(float(v), 4) for c, v in scores.items()},
+        "threshold_source": source,
         "iou_threshold": float(net.iou_threshold),
         "max_detections": int(net.max_detections),
         "keep": kept_classes(config, detection),
@@ -127,7 +138,8 @@ def detect_scene(
     template = box_features(np.zeros((0, 7)), info.transform, config.classes, info.crs)
     with VectorStream(output, overwrite, template, inputs=inputs) as stream:
         start = time.perf_counter()
-        merger = BoxMerger(grid, write, settings["iou_threshold"], settings["keep"], settings["score_threshold"])
+        thresholds = [settings["score_thresholds"][c] for c in config.classes]
+        merger = BoxMerger(grid, write, settings["iou_threshold"], settings["keep"], thresholds)
         runtime.fit(model, (len(info.bands), grid.tile, grid.tile), row=len(grid.xs))
         reader = TileReader([source_for(info, config)], grid, threads=runtime.threads, prefetch=4 * runtime.batch_size)
         with gdal_env([info], grid.tile):

@@ -35,7 +35,7 @@ from lemevit_geo.pipelines.training.detection_data import (
     detection_data,
     torchgeo_data,
 )
-from lemevit_geo.pipelines.training.tasks import TASK_MODULES, LeMeViTTask
+from lemevit_geo.pipelines.training.tasks import TASK_MODULES, DetectionModule, LeMeViTTask
 from lemevit_geo.settings import Hardware, Recipe, check_tile_size
 
 
@@ -414,6 +414,7 @@ def export_bundle(
     if best_path and Path(best_path).is_file():
         state = torch.load(best_path, map_location="cpu", weights_only=False)
         module.load_state_dict(state["state_dict"])
+        module.on_load_checkpoint(state)  # type: ignore[attr-defined]
         best_epoch = state["epoch"]
     config = BundleConfig(
         task=data.task,
@@ -427,6 +428,7 @@ def export_bundle(
         gsd=data.gsd,
         head=dict(module.hparams["head"]),
         overlap=data.overlap,
+        detect=module.calibration() if isinstance(module, DetectionModule) else None,
     )
     if trainer.is_global_zero:
         save_bundle(out, module.model.cpu(), config)
@@ -449,4 +451,5 @@ def export_bundle(
         "head": dict(module.hparams["head"]),
         "class_weights": module.hparams["class_weights"],
         "overlap": data.overlap,
+        **({"score_thresholds": config.score_thresholds()} if config.task == Task.detect else {}),
     }
