@@ -1,4 +1,5 @@
-"""Detections usable with the defaults (issue 20): the operating threshold chosen on validation data."""
+"""Detections usable with the defaults (issue 20): the operating threshold chosen on validation data, strips of
+one scene."""
 
 from __future__ import annotations
 
@@ -8,12 +9,19 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pytest
+import torch
 
-from lemevit_geo.bundle import read_config
+from lemevit_geo.bundle import build_model, read_config, save_bundle
 from lemevit_geo.pipelines.apps.synthetic import Scene, make_scene
+from lemevit_geo.pipelines.inference import detect as detect_module
+from lemevit_geo.pipelines.inference.detect import detect, detect_job
+from lemevit_geo.pipelines.inference.engine import Runtime
+from lemevit_geo.pipelines.scaleout.merge import merge_job
+from lemevit_geo.pipelines.scaleout.parts import detect_part
 from lemevit_geo.pipelines.training.train import train
-from lemevit_geo.settings import Hardware, Recipe
+from lemevit_geo.settings import Detection, Engine, Hardware, Recipe
 from tests.conftest import cli, cli_error, textured_scene, write_raster
+from tests.standins import BlobDetector, add, blob_config, paint, random_objects
 
 TINY = {"fpn_channels": 32, "num_convs": 1}
 
@@ -102,3 +110,73 @@ def test_untrained_bundles_say_they_are_uncalibrated(tmp_path: Path) -> None:
     line = cli_error("detect", src, "-o", tmp_path / "p.gpkg", "-m", bundle, "--all-scores", "--score-threshold", "0.3")
     assert "--all-scores" in line and "--score-threshold" in line
     assert np.isclose(summary["score_thresholds"]["car"], 0.05)
+
+
+# -- strips of one scene ----------------------------------------------------------------------------------
+
+
+def strip_scene(tmp: Path) -> tuple[Path, Path]:
+    """A painted scene of 330 x 150 px (six tile rows of 64 px, overlap 16) with objects everywhere, bars longer
+    than the overlap among them (their pieces are joined across tile rows), and the stand-in detector's
+    bundle (a real bundle file: parts load it by path)."""
+    rng = np.random.default_rng(11)
+    objects: list[tuple[float, ...]] = []
+    for cy in (40.0, 88.0, 136.0, 184.0, 232.0, 280.0):  # vertical bars across the tile rows' seams
+        add(objects, (20.0 + cy / 3, cy, 36.0, 4.0, np.pi / 2, 1))
+    for obj in random_objects(rng, 330, 150, 70, sizes=(3, 12)):
+        add(objects, obj)
+    scene = write_raster(tmp / "strips.tif", paint(330, 150, objects))
+    config = blob_config(64, 16)
+    config.head = {"fpn_channels": 16, "num_convs": 1}
+    bundle = save_bundle(tmp / "blob.safetensors", build_model(config), config)
+    return scene, bundle
+
+
+def strip_run(scene: Path, bundle: Path, out: Path, parts: int) -> tuple[gpd.GeoDataFrame, dict]:
+    """``detect`` of ``scene`` in ``parts`` strips through the job planner, the parts and the merge, with the
+    stand-in detector in place of the bundle's network."""
+    job = detect_job(image=scene, output=out, model=bundle, parts=parts, detection=Detection(score_threshold=0.05))
+    job.parts_dir.mkdir()
+    runtime, config = Runtime(torch.device("cpu"), torch.float32, 3, 2), read_config(bundle)
+    sidecars = [detect_part(job, i, BlobDetector(), config, runtime, None) for i in range(job.count)]
+    merge_job(job, sidecars)
+    return sorted_boxes(gpd.read_file(out)), {"job": job, "sidecars": sidecars}
+
+
+def sorted_boxes(boxes: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Boxes in a fixed order: by centre, then class and score."""
+    centre = boxes.geometry.centroid
+    order = np.lexsort((boxes["score"], boxes["class_id"], np.round(centre.x, 6), np.round(centre.y, 6)))
+    return boxes.iloc[order].reset_index(drop=True)
+
+
+def single_run(scene: Path, bundle: Path, out: Path) -> gpd.GeoDataFrame:
+    model = (BlobDetector(), read_config(bundle))
+    engine = Engine(device="cpu", precision="fp32", batch_size=3, threads=2)
+    detect(image=scene, output=out, model=model, engine=engine, detection=Detection(score_threshold=0.05))
+    return sorted_boxes(gpd.read_file(out))
+
+
+def test_strips_give_the_boxes_of_one_run(tmp_path: Path) -> None:
+    scene, bundle = strip_scene(tmp_path)
+    want = single_run(scene, bundle, tmp_path / "single.gpkg")
+    assert len(want) > 40 and (want["length"] > 8).sum() >= 6  # bars longer than the overlap (16 px = 8 m)
+    for parts in (2, 3, 6):
+        got, run = strip_run(scene, bundle, tmp_path / f"parts{parts}.gpkg", parts)
+        strips = run["job"].strips
+        assert len(strips) == parts and strips[0].y0 == 0 and strips[-1].y1 == 330
+        assert all(a.y1 == b.y0 for a, b in zip(strips, strips[1:], strict=False))  # the rows are shared out
+        assert sum(s["halo_tiles_run"] for s in run["sidecars"]) > 0
+        assert sum(s["objects"] for s in run["sidecars"]) == len(want)
+        assert got.drop(columns="geometry").equals(want.drop(columns="geometry")), parts
+        assert got.geometry.geom_equals_exact(want.geometry, 1e-9).all(), parts
+
+
+def test_strips_without_the_halo_differ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The negative control: without the halo rows, objects across the strips' seams come out otherwise."""
+    scene, bundle = strip_scene(tmp_path)
+    want = single_run(scene, bundle, tmp_path / "single.gpkg")
+    monkeypatch.setattr(detect_module, "BOX_HALO", False)
+    got, run = strip_run(scene, bundle, tmp_path / "nohalo.gpkg", 3)
+    assert sum(s["halo_tiles_run"] for s in run["sidecars"]) == 0
+    assert keys(got) != keys(want)

@@ -232,6 +232,8 @@ class BoxMerger:
         iou_threshold: Rotated IoU above which boxes of two tiles are one object.
         keep_classes: Class indices to keep (``None``: all).
         score_threshold: Boxes written score above this (after merging): one value, or one per class index.
+        rows: The tile rows ``[first, stop)`` that will be added (a strip of a scale-out part; default: all).
+        own: Write only the boxes whose centre lies in these scene rows ``[y0, y1)`` (a strip's own objects).
     """
 
     def __init__(
@@ -241,8 +243,12 @@ class BoxMerger:
         iou_threshold: float,
         keep_classes: Sequence[int] | None = None,
         score_threshold: float | Sequence[float] = 0.0,
+        rows: tuple[int, int] | None = None,
+        own: tuple[float, float] | None = None,
     ) -> None:
         self.grid, self.write, self.iou_threshold = grid, write, iou_threshold
+        first, stop = rows or (0, len(grid.ys))
+        self.expected, self.own = (stop - first) * len(grid.xs), own
         self.score_threshold = np.asarray(score_threshold, dtype=np.float64)
         self.keep = None if keep_classes is None else np.asarray(sorted(keep_classes), dtype=np.int64)
         self.xs = Axis.of(grid.xs, grid.tile, grid.width)
@@ -254,11 +260,13 @@ class BoxMerger:
         self.pending = Boxes.empty()  # pooled, undecided
         self.recent = Boxes.empty()  # written at the last row end: they still drop cut boxes reaching up
         self.counts = {"found": 0, "written": 0, "merged": 0, "partial": 0}
+        self.rows_run: list[int] = []  # the tile row of each tile run (not skipped as nodata)
 
     def add(self, item: TileData, output: np.ndarray) -> None:
         """Take one tile's detections."""
         self._advance(item.tile)
         self.seen += 1
+        self.rows_run.append(item.tile.row)
         boxes = self._tile_boxes(item, np.asarray(output, dtype=np.float64).reshape(-1, 7))
         self.counts["found"] += len(boxes)
         lo, hi = boxes.bounds[:, :2], boxes.bounds[:, 2:]
@@ -274,7 +282,7 @@ class BoxMerger:
 
     def close(self) -> None:
         """Decide and write everything left; after a run that stopped early (an error), write nothing more."""
-        if self.seen == len(self.grid):
+        if self.seen == self.expected:
             self._finish_row(np.inf)
 
     def _advance(self, tile: Tile) -> None:
@@ -329,7 +337,10 @@ class BoxMerger:
         limit = self.score_threshold
         if limit.ndim:
             limit = limit[out.rows[:, 6].astype(np.int64)]
-        out = out.take(out.rows[:, 5] > limit)
+        keep = out.rows[:, 5] > limit
+        if self.own is not None:
+            keep &= (out.rows[:, 1] >= self.own[0]) & (out.rows[:, 1] < self.own[1])
+        out = out.take(keep)
         if len(out):
             self.counts["written"] += len(out)
             self.counts["partial"] += int((out.tier == CUT).sum())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.inference.boxes import BoxMerger, box_features
 from lemevit_geo.pipelines.inference.dense import make_grid, run_summary, source_for
 from lemevit_geo.pipelines.inference.engine import BackgroundSink, Progress, Runtime, TileReader, eager_model, run_tiles
-from lemevit_geo.pipelines.inference.tiling import TileGrid, strips
+from lemevit_geo.pipelines.inference.tiling import Strip, TileGrid, strips
 from lemevit_geo.pipelines.scaleout.jobs import GridSpec, Job, bundle_sha, read_bundle, seal
 from lemevit_geo.raster import SourceInfo, gdal_env, inspect_source
 from lemevit_geo.settings import Detection, Engine, Tiling
@@ -124,9 +125,13 @@ def detect_scene(
     runtime: Runtime,
     detection: Detection,
     progress: Progress | None = None,
+    strip: Strip | None = None,
 ) -> dict[str, Any]:
     """Run the detector ``model`` (prepared for ``runtime``) over ``grid`` of the checked source ``info`` and write
-    the merged boxes to ``output`` (the detector's thresholds are set from ``detection``); the run's summary."""
+    the merged boxes to ``output`` (the detector's thresholds are set from ``detection``); the run's summary.
+
+    With a ``strip`` (a scale-out part) the tile rows of :func:`box_rows` run and only the objects whose centre
+    lies in the strip's scene rows are written."""
     settings = configure_detector(eager_model(model), config, detection)
     classes: Counter[str] = Counter()
 
@@ -139,14 +144,19 @@ def detect_scene(
     with VectorStream(output, overwrite, template, inputs=inputs) as stream:
         start = time.perf_counter()
         thresholds = [settings["score_thresholds"][c] for c in config.classes]
-        merger = BoxMerger(grid, write, settings["iou_threshold"], settings["keep"], thresholds)
+        rows = None if strip is None else box_rows(grid, strip)
+        own = None if strip is None else (strip.y0, strip.y1)
+        merger = BoxMerger(grid, write, settings["iou_threshold"], settings["keep"], thresholds, rows, own)
         runtime.fit(model, (len(info.bands), grid.tile, grid.tile), row=len(grid.xs))
-        reader = TileReader([source_for(info, config)], grid, threads=runtime.threads, prefetch=4 * runtime.batch_size)
+        prefetch = 4 * runtime.batch_size
+        reader = TileReader([source_for(info, config)], grid, threads=runtime.threads, prefetch=prefetch, rows=rows)
         with gdal_env([info], grid.tile):
             stats = run_tiles(iter(reader), model, BackgroundSink(merger), runtime, progress)
         written = {"vector": str(stream.finish())}
     summary = run_summary(stats, runtime, grid, info, time.perf_counter() - start, written)
     summary["mask"] = [info.mask.describe()]
+    if strip is not None:
+        summary["strip_tiles"] = box_part_tiles(grid, strip, merger.rows_run)
     return {**summary, **box_summary(merger, classes, config, settings)}
 
 
@@ -182,11 +192,10 @@ def detect_job(
 ) -> Job:
     """Plan ``detect`` of ``image`` as one part (see :mod:`~lemevit_geo.pipelines.scaleout.driver`).
 
-    A scene is one part: boxes are merged across tile rows by a streaming merger whose decisions reach over
-    several rows (pieces of long objects), so strips of one scene would not give the boxes of one run.
+    ``parts`` > 1 cuts the scene into strips of tile rows (:func:`box_strips`): each owns the objects whose
+    centre lies in its scene rows and runs a halo of tile rows above and below it (:func:`box_rows`), so the
+    merged boxes are those of one run.
     """
-    if parts > 1:
-        raise InputError("`parts`: detect runs every scene as one part (scenes are not cut into strips)")
     output = Path(output)
     check_vector_path(output)
     config = read_bundle(model, Task.detect)
@@ -206,7 +215,7 @@ def detect_job(
         tile=grid.tile,
         overlap=grid.overlap,
         stitch=Stitch.crop,
-        strips=tuple(strips(grid, 1, Stitch.crop)),
+        strips=tuple(box_strips(grid, parts)),
         engine=engine,
         bands=tuple(bands) if bands else None,
         allow_pixel_grid=allow_pixel_grid,
@@ -215,3 +224,44 @@ def detect_job(
         report={"mask": [info.mask.describe()]},
     )
     return seal(job)
+
+
+#: Strips run the halo of :func:`box_rows` (off only in the negative control of the identity test).
+BOX_HALO = True
+
+
+def box_rows(grid: TileGrid, strip: Strip) -> tuple[int, int]:
+    """The tile rows ``[start, stop)`` a ``detect`` strip runs so that its objects are merged as in one run.
+
+    The strip owns the objects whose centre lies in its scene rows ``[y0, y1)``. Objects reach up to the
+    overlap (the bundle's: the largest object trained on) beyond their centre, and the boxes that decide
+    their fate as far again: the halo is every tile row reaching within twice the overlap of the strip's
+    rows, and one more on each side, so the merger's state when it reaches them is that of one run.
+    """
+    if not BOX_HALO:
+        return strip.first, strip.stop
+    ys, reach = grid.ys, 2 * max(grid.overlap, 1)
+    start = next(q for q, y in enumerate(ys) if y + grid.tile > strip.y0 - reach)
+    stop = max(q for q, y in enumerate(ys) if y < strip.y1 + reach) + 1
+    return max(0, start - 1), min(len(ys), stop + 1)
+
+
+def box_strips(grid: TileGrid, count: int) -> list[Strip]:
+    """``count`` strips of tile rows for ``detect`` (fewer if the grid has fewer tile rows), each owning the
+    scene rows its tile rows own, with the upper halo of :func:`box_rows` as ``halo``."""
+    return [replace(s, halo=box_rows(grid, s)[0]) for s in strips(grid, count, Stitch.crop)]
+
+
+def box_part_tiles(grid: TileGrid, strip: Strip, rows_run: list[int]) -> dict[str, int]:
+    """The tile counts of a ``detect`` part (the tile row of each tile it ran given): its own tile rows', and
+    the halo rows' it ran besides."""
+    start, stop = box_rows(grid, strip)
+    tiles = (strip.stop - strip.first) * len(grid.xs)
+    own = sum(strip.first <= r < strip.stop for r in rows_run)
+    return {
+        "tiles": tiles,
+        "tiles_run": own,
+        "tiles_skipped_nodata": tiles - own,
+        "halo_tiles": (stop - start) * len(grid.xs) - tiles,
+        "halo_tiles_run": len(rows_run) - own,
+    }

@@ -129,7 +129,7 @@ def classify_part(
 def detect_part(
     job: Job, index: int, net: torch.nn.Module, config: BundleConfig, runtime: Runtime, progress: Progress | None
 ) -> dict[str, Any]:
-    """Detect the objects of the job's scene (one part: the whole scene) into a GeoParquet part file."""
+    """Detect the objects of strip ``index`` of the job's scene (with its halo rows) into a GeoParquet part file."""
     info = inspect_source(job.inputs[0], job.bands, config.bands, job.allow_pixel_grid)
     grid = make_grid(info, job.tile, job.overlap)
     _same_grid(job, grid)
@@ -139,18 +139,15 @@ def detect_part(
     try:  # the cached model serves later jobs with the bundle's thresholds
         inputs = [*job.inputs, job.model]
         part = job.part_file(index)
-        summary = detect_scene(info, grid, net, config, part, True, inputs, runtime, job.detection, progress)
+        strip = job.strips[index]
+        summary = detect_scene(info, grid, net, config, part, True, inputs, runtime, job.detection, progress, strip)
     finally:
         for name, value in thresholds.items():
             setattr(detector, name, value)
     return {
         "class_objects": summary["class_objects"],
         **{k: summary[k] for k in ("objects", "boxes_found", "merged_across_tiles", "partial_boxes")},
-        "tiles": summary["tiles"],
-        "tiles_run": summary["tiles_run"],
-        "tiles_skipped_nodata": summary["tiles_skipped_nodata"],
-        "halo_tiles": 0,
-        "halo_tiles_run": 0,
+        **summary["strip_tiles"],
     }
 
 
