@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from rasterio.features import rasterize, shapes
 from rasterio.windows import Window
 from shapely.geometry import shape
 
-from lemevit_geo.errors import InputError, OutputError
+from lemevit_geo.errors import InputError, LemevitWarning, OutputError
 from lemevit_geo.outputs import atomic_path, check_output, temporary_sibling
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".parquet": "parquet"}
@@ -254,8 +255,42 @@ def _gpkg_to_parquet(stage: Path, target: Path) -> None:
 CLASS_COLUMNS = ("class_name", "class")
 
 
+def points_to_squares(geoms: np.ndarray, size: float) -> np.ndarray:
+    """Points (and multipoints: their centroid) as axis-aligned squares of side ``size``; other geometries as
+    they are."""
+    if not size > 0:
+        raise InputError(f"`point_size` must be a positive length in map units, got {size}")
+    point = np.isin(shapely.get_type_id(geoms), [0, 4]) & ~shapely.is_empty(geoms)
+    out = np.array(geoms, dtype=object)
+    centres = shapely.centroid(out[point])
+    out[point] = shapely.buffer(centres, size / 2, cap_style="square")
+    return out
+
+
+def _skip_other(gdf: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
+    """``gdf`` without its lines, other non-area non-point geometries and empty ones, and one warning counting
+    them."""
+    geoms = gdf.geometry.values
+    empty = shapely.is_missing(geoms) | shapely.is_empty(geoms)
+    other = ~empty & ~np.isin(shapely.get_type_id(geoms), [0, 3, 4, 6])
+    if empty.any() or other.any():
+        warnings.warn(
+            f"{path}: skipped {int(other.sum())} line or other non-polygon feature(s) and {int(empty.sum())} empty "
+            f"one(s) of {len(gdf)}",
+            LemevitWarning,
+            stacklevel=3,
+        )
+    return gdf[~empty & ~other]
+
+
 def read_polygons(
-    path: str | Path, column: str | None, crs: Any = None, what: str = "labels", allow_empty: bool = False
+    path: str | Path,
+    column: str | None,
+    crs: Any = None,
+    what: str = "labels",
+    allow_empty: bool = False,
+    point_size: float | None = None,
+    skip_other: bool = False,
 ) -> gpd.GeoDataFrame:
     """Labelled polygons of a vector file, checked, in ``crs`` (reprojected when the file has another CRS).
 
@@ -263,6 +298,9 @@ def read_polygons(
     strings in column ``class``. Refused with one clear line: a file that cannot be read, a missing class
     column, a file without features (unless ``allow_empty``), features without a class, geometries that are
     not polygons, and empty or degenerate (zero-area) polygons, naming the first rows at fault.
+
+    With ``point_size`` points become squares of that side in ``crs`` units (centred on them, axis-aligned);
+    with ``skip_other`` lines, other geometries and empty ones are counted and left out with one warning.
     """
     path = Path(path)
     if not path.is_file():
@@ -277,6 +315,14 @@ def read_polygons(
         raise InputError(f"{path} has no {wanted}; name it with `label_column` (columns: {', '.join(gdf.columns)})")
     if not len(gdf) and not allow_empty:
         raise InputError(f"{path} holds no polygons")
+    if skip_other:
+        gdf = _skip_other(gdf, path)
+    if point_size is not None:
+        if crs is not None and gdf.crs is not None and gdf.crs != crs:
+            gdf = gdf.to_crs(crs)
+        gdf = gdf.set_geometry(points_to_squares(gdf.geometry.values, point_size))
+    elif skip_other and np.isin(shapely.get_type_id(gdf.geometry.values), [0, 4]).any():
+        raise InputError(f"{path} holds points: give `point_size`, the side of the box around each (in map units)")
     geoms = gdf.geometry.values
     bad = [
         ("has no class", gdf[name].isna().to_numpy()),

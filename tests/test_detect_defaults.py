@@ -9,18 +9,21 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pytest
+import shapely
 import torch
+from affine import Affine
 
 from lemevit_geo.bundle import build_model, read_config, save_bundle
 from lemevit_geo.pipelines.apps.synthetic import Scene, make_scene
 from lemevit_geo.pipelines.inference import detect as detect_module
 from lemevit_geo.pipelines.inference.detect import detect, detect_job
 from lemevit_geo.pipelines.inference.engine import Runtime
+from lemevit_geo.pipelines.metrics import box_polygons
 from lemevit_geo.pipelines.scaleout.merge import merge_job
 from lemevit_geo.pipelines.scaleout.parts import detect_part
 from lemevit_geo.pipelines.training.train import train
 from lemevit_geo.settings import Detection, Engine, Hardware, Recipe
-from tests.conftest import cli, cli_error, textured_scene, write_raster
+from tests.conftest import CRS, GSD, ORIGIN, cli, cli_error, textured_scene, write_raster
 from tests.standins import BlobDetector, add, blob_config, paint, random_objects
 
 TINY = {"fpn_channels": 32, "num_convs": 1}
@@ -180,3 +183,36 @@ def test_strips_without_the_halo_differ(tmp_path: Path, monkeypatch: pytest.Monk
     got, run = strip_run(scene, bundle, tmp_path / "nohalo.gpkg", 3)
     assert sum(s["halo_tiles_run"] for s in run["sidecars"]) == 0
     assert keys(got) != keys(want)
+
+
+# -- defaults that fit a real scene -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_default_detection_training_fits_its_tile_to_the_validation_strip(tmp_path: Path) -> None:
+    """A 1224 x 1860 px scene (a Landsat strip's size) trains with the default options: the default tile
+    (1024 px) is capped to the 372 px validation strip."""
+    rng = np.random.default_rng(2)
+    objects = random_objects(rng, 1224, 1860, 120, sizes=(6, 20))
+    image = write_raster(tmp_path / "strip.tif", paint(1224, 1860, objects))
+    t = Affine(GSD, 0, ORIGIN[0], 0, -GSD, ORIGIN[1])
+    corners = box_polygons(np.array([o[:5] for o in objects]))
+    polys = [shapely.Polygon([t * tuple(p) for p in c]) for c in corners]
+    names = [["car", "truck", "container"][int(o[5])] for o in objects]
+    gpd.GeoDataFrame({"class": names}, geometry=polys, crs=CRS).to_file(tmp_path / "objects.gpkg")
+    out = tmp_path / "det.safetensors"
+    args = [
+        "train",
+        "--dataset",
+        "custom",
+        "--task",
+        "detect",
+        "--images",
+        image,
+        "--labels",
+        tmp_path / "objects.gpkg",
+    ]
+    summary = json.loads(cli(*args, "--out", out, "--fast-dev-run", "--json").output)
+    assert summary["tile_size"] == 352 and read_config(out).tile_size == 352
+    val = summary["split"]["val_bounds"]
+    assert (val[2] - val[0]) / GSD == pytest.approx(372) and summary["split"]["val_crops"] >= 3

@@ -33,6 +33,10 @@ LabelColumn = Annotated[
     str | None,
     typer.Option("--label-column", help="Class column of vector labels (detection default: class_name or class)."),
 ]
+PointSize = Annotated[
+    float | None,
+    typer.Option("--point-size", help="Detection: point labels become square boxes of this side (map units)."),
+]
 OwnTask = Annotated[
     o.Task | None,
     typer.Option(
@@ -78,6 +82,7 @@ def train(
     before: BeforeImages = None,
     after: AfterImages = None,
     label_column: LabelColumn = None,
+    point_size: PointSize = None,
     classes: o.Classes = None,
     task: OwnTask = None,
     arch: o.ArchOpt = o.Arch.tiny,
@@ -125,6 +130,7 @@ def train(
         overwrite=overwrite,
         progress=display.progress,
         baseline=baseline,
+        point_size=point_size,
     )
     report(summary, display)
     report_baselines(summary, display)

@@ -680,26 +680,32 @@ def detection_data(
     labels: Any,
     label_column: str | None,
     classes: Sequence[str] | None,
-    tile_size: int,
+    tile_size: int | None,
     batch_size: int,
     num_workers: int,
     val_fraction: float,
     length: int,
     augment: bool = True,
+    default_tile: int = 1024,
+    point_size: float | None = None,
 ) -> TrainData:
     """Oriented-detection training data from the user's images and labelled polygons (any CRS: reprojected).
 
-    Each polygon becomes its smallest rotated rectangle in the pixels of the image it lies in. Training crops
+    Each polygon becomes its smallest rotated rectangle in the pixels of the image it lies in; each point a square
+    of side ``point_size`` (map units of the images' CRS); lines and empty geometries are counted and skipped
+    with one warning. Training crops
     are drawn at random from the training region (flipped and turned by quarter turns, boxes with them, with
     ``augment``), validation crops cover the validation region (the same spatial split as for segmentation); a
-    box that lies less than 70 % in a crop is ignored there.
+    box that lies less than 70 % in a crop is ignored there. Without ``tile_size`` the crops are ``default_tile``
+    capped to fit the training and the validation strip (as for segmentation), so any scene a few tiles large
+    trains with the defaults.
     """
     from lemevit_geo.pipelines.training.datamodules import DetectionCrops, DetectionDataModule
     from lemevit_geo.vector import read_polygons
 
     infos = _detection_images(expand_paths(images, "image"))
     label_file = expand_paths(labels, "label")[0]
-    polys = read_polygons(label_file, label_column, crs=infos[0]["crs"])
+    polys = read_polygons(label_file, label_column, crs=infos[0]["crs"], point_size=point_size, skip_other=True)
     names = list(classes) if classes else sorted(set(polys["class"]))
     unknown = sorted(set(polys["class"]) - set(names))
     if unknown:
@@ -708,6 +714,8 @@ def detection_data(
     if not found.any():
         raise InputError(f"{label_file}: none of its {len(polys)} polygons lie in the images ({infos[0]['crs']})")
     split = spatial_split(shapely.union_all(footprints).bounds, val_fraction)
+    res = (abs(infos[0]["transform"].a), abs(infos[0]["transform"].e))
+    tile_size = tile_size or fit_tile(default_tile, split, res)
     sources = _split_sources(infos, objects, split, tile_size)
     mean, std = _crop_stats(sources["train"], tile_size)
     train = DetectionCrops(sources["train"], tile_size, mean, std, length=length, augment=augment)
@@ -723,4 +731,5 @@ def detection_data(
         gsd=abs(infos[0]["transform"].a) if infos[0]["crs"].is_projected else None,
         split={**split["report"], **report},
         overlap=overlap_for(largest_extent([b for b, _ in objects]), tile_size),
+        tile_size=tile_size,
     )

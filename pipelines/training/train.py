@@ -62,6 +62,9 @@ def load_data(
     work_dir: Path,
 ) -> tuple[TrainData, int]:
     """The training data of a torchgeo dataset (``name``) or of own rasters (``own``), and the tile size."""
+    point_size = own.pop("point_size", None)
+    if point_size is not None and (name != "custom" or task is None or Task(task) != Task.detect):
+        raise InputError("`point_size` applies to own detection labels (`task` detect): points become boxes")
     if name != "custom":
         if name not in DATASETS:
             raise InputError(f"unknown dataset {name!r}; choose one of custom, {', '.join(DATASETS)}")
@@ -84,20 +87,21 @@ def load_data(
                 "`schedule` and `warmup` do not apply to detection training: it warms up over 10 % of the steps "
                 "(at most 500) and decays by cosine"
             )
-        tile = tile_size or DEFAULT_TILE[wanted]
         data = detection_data(
             images=own.get("images"),
             labels=own.get("labels"),
             label_column=own.get("label_column"),
             classes=own.get("classes"),
-            tile_size=tile,
+            tile_size=tile_size,
+            default_tile=DEFAULT_TILE[wanted],
+            point_size=point_size,
             batch_size=recipe.batch_size,
             num_workers=hardware.num_workers,
             val_fraction=val_fraction,
             length=recipe.steps_per_epoch * recipe.batch_size,
             augment=recipe.augment,
         )
-        return data, tile
+        return data, int(data.tile_size)
     augmentation = None
     if recipe.augment or recipe.scale_jitter or recipe.band_jitter:
         augmentation = TileAugmentation(recipe.augment, recipe.scale_jitter, recipe.band_jitter)
@@ -263,11 +267,13 @@ def train(
     progress: bool = True,
     head: dict[str, Any] | None = None,
     baseline: bool = False,
+    point_size: float | None = None,
 ) -> dict[str, Any]:
     """Train a model on ``dataset`` (a torchgeo dataset name, or ``custom`` for own rasters) into the bundle
     ``out``; returns a summary. Own data: ``images`` + ``labels`` (+ ``label_column`` for vector labels),
     or ``before`` + ``after`` + ``labels`` for change; ``task="classify"`` trains scene labels,
-    ``task="detect"`` an oriented detector from polygons. ``head`` overrides head options (e.g. a small
+    ``task="detect"`` an oriented detector from polygons (and points, as squares of side ``point_size`` in map
+    units). ``head`` overrides head options (e.g. a small
     detector for a quick run: ``{"fpn_channels": 64, "num_convs": 2}``).
 
     The summary reports the best validation metrics next to predicting the majority class (segment, change,
@@ -286,7 +292,13 @@ def train(
             out=out,
             run_dir=run_dir,
             own=dict(
-                images=images, before=before, after=after, labels=labels, label_column=label_column, classes=classes
+                images=images,
+                before=before,
+                after=after,
+                labels=labels,
+                label_column=label_column,
+                classes=classes,
+                point_size=point_size,
             ),
             root=root,
             task=task,
