@@ -162,11 +162,12 @@ ScoreThreshold = Annotated[
     float | None,
     typer.Option(
         "--score-threshold",
-        help="Minimum box score for every class (default: the bundle's per class, chosen on validation; 0: all).",
+        help="Minimum box score for every class (default: the bundle's per class, chosen on validation; 0: all boxes).",
     ),
 ]
 AllScores = Annotated[
-    bool, typer.Option("--all-scores", help="Keep every box whatever its score (as --score-threshold 0; for mAP).")
+    bool,
+    typer.Option("--all-scores", help="Keep every box the detector reports (as --score-threshold 0; for mAP)."),
 ]
 IouThreshold = Annotated[
     float | None,

@@ -182,7 +182,9 @@ def detection_ap(
     Returns:
         ``mAP`` (mean over the classes with at least one ground truth that is not difficult; NaN if
         there is none), ``AP`` per class (NaN without such ground truths), ``num_gt`` (not difficult) and
-        ``num_det`` per class, and ``recall`` per class (the recall of all its detections).
+        ``num_det`` per class, ``recall`` per class (the recall of all its detections), and ``tp`` and ``fp``
+        per class: its detections that found an object first, and those that found none or a found one
+        (matches to difficult objects count as neither).
     """
     gts: dict[Hashable, dict[Hashable, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for g in ground_truths:
@@ -190,10 +192,11 @@ def detection_ap(
     dets: dict[Hashable, list[Mapping[str, Any]]] = defaultdict(list)
     for d in detections:
         dets[d["class"]].append(d)
-    ap, num_gt, num_det, recall = {}, {}, {}, {}
+    ap, num_gt, num_det, recall, hits, misses = {}, {}, {}, {}, {}, {}
     for c in classes:
         scores, tp, npos = _ranked_matches(dets.get(c, []), gts.get(c, {}), iou)
         num_gt[c], num_det[c] = npos, len(dets.get(c, []))
+        hits[c], misses[c] = int(tp.sum()), int(len(tp) - tp.sum())
         ctp, cfp = np.cumsum(tp), np.cumsum(1 - tp)
         if npos == 0:
             ap[c], recall[c] = float("nan"), float("nan")
@@ -209,6 +212,8 @@ def detection_ap(
         "num_gt": num_gt,
         "num_det": num_det,
         "recall": recall,
+        "tp": hits,
+        "fp": misses,
     }
 
 

@@ -41,9 +41,11 @@ def configure_detector(net: torch.nn.Module, config: BundleConfig, detection: De
 
     By default each class's score threshold is the bundle's (the operating point chosen on validation data,
     see :meth:`~lemevit_geo.bundle.BundleConfig.score_thresholds`); ``score_threshold`` sets one for every
-    class, and 0 (or ``all_scores``) keeps every box the detector reports. A score threshold above the
-    head's candidate threshold is applied after merging across tiles: the detector keeps using the head's,
-    so weaker whole views of objects still win over stronger fragments of them.
+    class, and 0 (or ``all_scores``) keeps every box the detector reports (above its candidate threshold, the
+    head's ``score_threshold``, 0.05 by default: the boxes of an mAP). A score threshold above the candidate
+    threshold is applied after merging across tiles: the detector keeps using the candidate threshold, so
+    weaker whole views of objects still win over stronger fragments of them, and every threshold keeps a
+    subset of the boxes that 0 keeps.
     """
     if detection.all_scores or detection.score_threshold == 0:
         scores, source = dict.fromkeys(config.classes, 0.0), "all scores (--score-threshold 0)"
@@ -52,7 +54,9 @@ def configure_detector(net: torch.nn.Module, config: BundleConfig, detection: De
     else:
         calibrated = config.score_thresholds()
         scores, source = calibrated["thresholds"], calibrated["source"]
-    net.score_threshold = min(min(scores.values()), float(net.score_threshold))
+    lowest = min(scores.values())
+    if lowest > 0:  # a threshold below the candidate threshold lowers it
+        net.score_threshold = min(lowest, float(net.score_threshold))
     for name in ("iou_threshold", "max_detections"):
         value = getattr(detection, name)
         if value is not None:
