@@ -194,6 +194,7 @@ def test_points_become_boxes_and_lines_and_empty_geometries_are_skipped(tmp_path
     assert len(ours) == 1
     assert "skipped 1 line or other non-polygon feature(s) and 2 empty one(s) of 7" in str(ours[0].message)
     assert data.split["objects"] == 4
+    assert data.head == {"use_p2": True}  # three of the four objects are under 16 px: the stride-4 level
     sources = [*data.datamodule.train_dataset.sources, *data.datamodule.val_dataset.sources]
     boxes = np.concatenate([s.objects()[0] for s in sources[:1]])
     labels = np.concatenate([s.objects()[1] for s in sources[:1]])

@@ -674,6 +674,19 @@ def largest_extent(boxes: Sequence[np.ndarray]) -> float:
     return max((float(np.ptp(box_polygons(b), axis=1).max()) for b in boxes if len(b)), default=0.0)
 
 
+#: Objects shorter than this (px, longer side) are small: the detector gets the stride-4 level (P2) for them.
+SMALL_OBJECT = 16.0
+#: ... when at least this share of the objects is small.
+SMALL_SHARE = 0.25
+
+
+def small_object_head(boxes: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Head options the objects call for: the stride-4 level when many are small (measured on the demo's
+    detector: ``benchmarks/README.md``, "Detections usable with the defaults")."""
+    sides = np.concatenate([b[:, 2:4].max(1) for b in boxes if len(b)] or [np.zeros(0)])
+    return {"use_p2": True} if len(sides) and (sides < SMALL_OBJECT).mean() >= SMALL_SHARE else {}
+
+
 def detection_data(
     *,
     images: Any,
@@ -732,4 +745,5 @@ def detection_data(
         split={**split["report"], **report},
         overlap=overlap_for(largest_extent([b for b, _ in objects]), tile_size),
         tile_size=tile_size,
+        head=small_object_head([b for b, _ in objects]),
     )
