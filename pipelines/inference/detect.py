@@ -148,9 +148,11 @@ def detect_scene(
     with VectorStream(output, overwrite, template, inputs=inputs) as stream:
         start = time.perf_counter()
         thresholds = [settings["score_thresholds"][c] for c in config.classes]
+        calibrated = config.score_thresholds()["thresholds"]
         rows = None if strip is None else box_rows(grid, strip)
         own = None if strip is None else (strip.y0, strip.y1)
-        merger = BoxMerger(grid, write, settings["iou_threshold"], settings["keep"], thresholds, rows, own)
+        join = [calibrated[c] for c in config.classes]
+        merger = BoxMerger(grid, write, settings["iou_threshold"], settings["keep"], thresholds, rows, own, join)
         runtime.fit(model, (len(info.bands), grid.tile, grid.tile), row=len(grid.xs))
         prefetch = 4 * runtime.batch_size
         reader = TileReader([source_for(info, config)], grid, threads=runtime.threads, prefetch=prefetch, rows=rows)
