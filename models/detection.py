@@ -74,7 +74,6 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "iou_threshold": 0.1,  # inference: rotated NMS threshold, per class
     "pre_nms_top_k": 1000,  # inference: candidates per image entering NMS
     "max_detections": 1000,  # inference: rows per image in the output
-    "test_time_flips": False,  # inference: also run the mirrored image; NMS over both views' boxes
 }
 _MAX_LOG_DISTANCE = 12.0  # exp(12) strides: far beyond any image
 
@@ -224,8 +223,8 @@ class OrientedFCOS(nn.Module):
         drop_path_rate: Stochastic depth of the backbone.
         fpn_channels, num_convs, use_p2, regress_ranges, center_sampling_radius, angle_free_classes,
         focal_alpha, focal_gamma, box_loss, box_loss_weight, score_threshold, iou_threshold,
-        pre_nms_top_k, max_detections, test_time_flips: head options, see :data:`DEFAULT_OPTIONS`. The
-        inference options are plain attributes, settable after construction.
+        pre_nms_top_k, max_detections: head options, see :data:`DEFAULT_OPTIONS`. The four inference
+        options are plain attributes, settable after construction.
     """
 
     def __init__(
@@ -249,7 +248,6 @@ class OrientedFCOS(nn.Module):
         iou_threshold: float = 0.1,
         pre_nms_top_k: int = 1000,
         max_detections: int = 1000,
-        test_time_flips: bool = False,
     ) -> None:
         super().__init__()
         if box_loss not in ("probiou", "kld"):
@@ -289,7 +287,6 @@ class OrientedFCOS(nn.Module):
         self.iou_threshold = iou_threshold
         self.pre_nms_top_k = pre_nms_top_k
         self.max_detections = max_detections
-        self.test_time_flips = test_time_flips
 
     def forward_raw(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         """Raw per-level outputs (see the module docstring), in any mode."""
@@ -302,10 +299,7 @@ class OrientedFCOS(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]] | torch.Tensor:
         """Raw outputs in train mode; ``(B, max_detections, 7)`` detections in eval mode."""
         outputs = self.forward_raw(images)
-        if self.training:
-            return outputs
-        mirrored = self.forward_raw(images.flip(-1)) if self.test_time_flips else None
-        return self.postprocess(outputs, mirrored, float(images.shape[-1]))
+        return outputs if self.training else self.postprocess(outputs)
 
     def locations(self, outputs: dict[str, list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Points ``(L, 2)`` (cell centres ``((j + 0.5) s, (i + 0.5) s)``), strides ``(L,)`` and regression
@@ -388,48 +382,29 @@ class OrientedFCOS(nn.Module):
         total = loss_cls + loss_ctr + self.box_loss_weight * loss_box
         return {"loss_cls": loss_cls, "loss_centerness": loss_ctr, "loss_box": loss_box, "loss": total}
 
-    def _candidates(
-        self, flat: dict[str, torch.Tensor], points: torch.Tensor, b: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Boxes, scores and classes of image ``b`` above the score threshold (the best ``pre_nms_top_k``)."""
-        scores = (flat["cls"][b].sigmoid() * flat["centerness"][b].sigmoid()).sqrt()  # (L, K)
-        k = scores.shape[1]
-        s = scores.flatten()
-        cand = (s > self.score_threshold).nonzero().squeeze(1)
-        if cand.numel() > self.pre_nms_top_k:
-            cand = cand[s[cand].topk(int(self.pre_nms_top_k)).indices]
-        loc, cls = cand // k, cand % k
-        angle = flat["angle"][b, loc, 0]
-        angle = torch.where(torch.isin(cls, self._angle_free), torch.zeros_like(angle), angle)
-        return decode_distances(points[loc], flat["distances"][b, loc], angle), s[cand], cls
-
     @torch.no_grad()
-    def postprocess(
-        self,
-        outputs: dict[str, list[torch.Tensor]],
-        mirrored: dict[str, list[torch.Tensor]] | None = None,
-        width: float = 0.0,
-    ) -> torch.Tensor:
+    def postprocess(self, outputs: dict[str, list[torch.Tensor]]) -> torch.Tensor:
         """Detections ``(B, max_detections, 7)`` from raw outputs: score threshold, top-k, rotated NMS per
-        class, the best ``max_detections`` (see the module docstring for the rows). With ``mirrored``, the raw
-        outputs of the images flipped left-right (``width`` px wide), their boxes are mirrored back and join
-        the candidates before NMS."""
+        class, the best ``max_detections`` (see the module docstring for the rows)."""
         flat = self._flatten(outputs)
         points, _, _ = self.locations(outputs)
-        flat_m = None if mirrored is None else self._flatten(mirrored)
-        batch = flat["cls"].shape[0]
+        scores = (flat["cls"].sigmoid() * flat["centerness"].sigmoid()).sqrt()  # (B, L, K)
+        batch, _, k = scores.shape
         m = int(self.max_detections)
-        out = flat["cls"].new_zeros(batch, m, 7)
+        out = scores.new_zeros(batch, m, 7)
         out[..., 6] = -1
         for b in range(batch):
-            boxes, sc, cls = self._candidates(flat, points, b)
-            if flat_m is not None:
-                back, sc_m, cls_m = self._candidates(flat_m, points, b)
-                back = torch.stack([width - back[:, 0], back[:, 1], back[:, 2], back[:, 3], -back[:, 4]], dim=-1)
-                boxes, sc, cls = torch.cat([boxes, back]), torch.cat([sc, sc_m]), torch.cat([cls, cls_m])
-            if sc.numel() == 0:
+            s = scores[b].flatten()
+            cand = (s > self.score_threshold).nonzero().squeeze(1)
+            if cand.numel() > self.pre_nms_top_k:
+                cand = cand[s[cand].topk(int(self.pre_nms_top_k)).indices]
+            if cand.numel() == 0:
                 continue
+            loc, cls, sc = cand // k, cand % k, s[cand]
+            angle = flat["angle"][b, loc, 0]
             free = torch.isin(cls, self._angle_free)
+            angle = torch.where(free, torch.zeros_like(angle), angle)
+            boxes = decode_distances(points[loc], flat["distances"][b, loc], angle)
             keep = nms_rotated(boxes, sc, self.iou_threshold, cls)[:m]
             boxes = torch.where(free[keep, None], boxes[keep], regularize_boxes(boxes[keep]))
             n = keep.numel()

@@ -530,24 +530,3 @@ def train_and_evaluate(steps: int) -> tuple[dict, float]:
     result = detection_ap(detections, truths, [0, 1, 2])
     result["mAP_07"] = detection_ap(detections, truths, [0, 1, 2], use_07=True)["mAP"]
     return result, time.perf_counter() - start
-
-
-def test_test_time_flips_mirror_the_boxes_back(tiny_detector: OrientedFCOS) -> None:
-    """With flips, an image and its mirror give mirrored detections (both views join the same NMS), and the
-    flipped view adds boxes to the plain one's candidates."""
-    model = tiny_detector.eval()
-    model.score_threshold, model.max_detections = 0.05, 30
-    torch.manual_seed(1)
-    x = torch.randn(1, 3, 64, 96)
-    with torch.no_grad():
-        plain = model(x)[0]
-        model.test_time_flips = True
-        both, mirror = model(x)[0], model(x.flip(-1))[0]
-    model.test_time_flips = False
-    real = both[:, 6] >= 0
-    assert real.sum() >= (plain[:, 6] >= 0).sum() and torch.equal(both[:, 6] >= 0, mirror[:, 6] >= 0)
-    back = mirror[real].double().numpy().copy()
-    back[:, 0], back[:, 4] = 96 - back[:, 0], -back[:, 4]
-    for row, other in zip(both[real].double().numpy(), back, strict=True):
-        a, b = Polygon(box_polygons(row[None, :5])[0]), Polygon(box_polygons(other[None, :5])[0])
-        assert a.symmetric_difference(b).area < 1e-3 * max(a.area, 1e-6) and row[5] == pytest.approx(other[5], abs=1e-5)
