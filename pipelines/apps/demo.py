@@ -281,8 +281,9 @@ def _draw_boxes(canvas: Any, vector: Path, to_pixel: Any, width: int) -> None:
 
 def boxes_preview(image: Path, vector: Path, png: Path, detail: list[float] | None = None, side: int = 384) -> Path:
     """A PNG of the image (at most PREVIEW px) with the detected boxes outlined in their class colours; with
-    ``detail`` (map bounds, e.g. the held-out strip) beside it a ``side`` px crop from the middle of that
-    area at full resolution, shown twice as large, where each object and its box are visible."""
+    ``detail`` (map bounds, e.g. the held-out strip) beside it a ``side`` px crop of that area at full
+    resolution (where it holds the most boxes), shown twice as large, where each object and its box are
+    visible."""
     from affine import Affine
     from PIL import Image
 
@@ -295,8 +296,7 @@ def boxes_preview(image: Path, vector: Path, png: Path, detail: list[float] | No
             overview.save(png)
             return png
         win = _held_out(image, detail)
-        x0 = int(win.col_off + max(0, (win.width - side) // 2))
-        y0 = int(win.row_off + max(0, (win.height - side) // 2))
+        x0, y0 = _busiest(win, side, vector, inverse)
         crop_win = Window(x0, y0, min(side, src.width - x0), min(side, src.height - y0))
         crop = src.read([1, 2, 3], window=crop_win)
     zoom = 2
@@ -308,6 +308,23 @@ def boxes_preview(image: Path, vector: Path, png: Path, detail: list[float] | No
     _draw_boxes_frame(canvas, crop_win, scale)
     canvas.save(png)
     return png
+
+
+def _busiest(area: Window, side: int, vector: Path, to_pixel: Any) -> tuple[int, int]:
+    """The top-left corner of the ``side`` px window inside ``area`` (steps of a quarter side) that holds the
+    most box centres of ``vector``."""
+    import geopandas as gpd
+
+    centres = gpd.read_file(vector).geometry.centroid
+    px = np.array([to_pixel * (p.x, p.y) for p in centres]).reshape(-1, 2)
+    step = max(1, side // 4)
+    xs = range(int(area.col_off), max(int(area.col_off), int(area.col_off + area.width - side)) + 1, step)
+    ys = range(int(area.row_off), max(int(area.row_off), int(area.row_off + area.height - side)) + 1, step)
+
+    def count(x: int, y: int) -> int:
+        return int(((px[:, 0] >= x) & (px[:, 0] < x + side) & (px[:, 1] >= y) & (px[:, 1] < y + side)).sum())
+
+    return max(((x, y) for y in ys for x in xs), key=lambda xy: count(*xy))
 
 
 def _draw_boxes_frame(canvas: Any, window: Window, scale: float) -> None:
