@@ -124,7 +124,7 @@ def predict_only(out: Path, batch_size: int) -> dict:
     return {
         "mAP": round(m["mAP"], 4),
         "mAP_07": round(m["mAP_07"], 4),
-        **{k: d[k] for k in ("precision", "recall", "F1", "boxes_per_object")},
+        **d["as_written"],
         "objects_found_in_scene": found["objects"],
         "largest_box_m": round(float(gpd.read_file(default)["length"].max()), 2),
         "predict_seconds": round(predict_s, 1),

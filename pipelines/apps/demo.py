@@ -250,7 +250,7 @@ def _detect(run: DemoRun) -> dict[str, Any]:
         "mAP": None if m["mAP"] is None else round(m["mAP"], 4),
         "mAP_07": None if m["mAP_07"] is None else round(m["mAP_07"], 4),
         "AP": {c: None if v is None else round(v, 4) for c, v in m["AP"].items()},
-        **{k: default[k] for k in ("precision", "recall", "F1", "boxes_per_object")},
+        **default["as_written"],
         "objects": sum(m["num_reference"].values()),
         "objects_found_in_scene": found["objects"],
         "score_thresholds": found["score_thresholds"],

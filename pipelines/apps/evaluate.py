@@ -208,7 +208,7 @@ def evaluate_detections(
         "num_detections": result["num_det"],
         "recall": {c: clean(result["recall"][c]) for c in classes},
         "difficult": int(difficult.sum()),
-        **detection_counts(result),
+        "as_written": detection_counts(result),
     }
 
 
