@@ -267,6 +267,19 @@ def points_to_squares(geoms: np.ndarray, size: float) -> np.ndarray:
     return out
 
 
+def _object_geometries(gdf: gpd.GeoDataFrame, path: Path, crs: Any, point_size: float | None) -> gpd.GeoDataFrame:
+    """Object labels as polygons: lines and empty geometries skipped (one warning), points as squares of side
+    ``point_size`` in ``crs`` units (refused without it)."""
+    gdf = _skip_other(gdf, path)
+    if point_size is None:
+        if np.isin(shapely.get_type_id(gdf.geometry.values), [0, 4]).any():
+            raise InputError(f"{path} holds points: give `point_size`, the side of the box around each (map units)")
+        return gdf
+    if crs is not None and gdf.crs is not None and gdf.crs != crs:
+        gdf = gdf.to_crs(crs)
+    return gdf.set_geometry(points_to_squares(gdf.geometry.values, point_size))
+
+
 def _skip_other(gdf: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
     """``gdf`` without its lines, other non-area non-point geometries and empty ones, and one warning counting
     them."""
@@ -300,7 +313,8 @@ def read_polygons(
     not polygons, and empty or degenerate (zero-area) polygons, naming the first rows at fault.
 
     With ``point_size`` points become squares of that side in ``crs`` units (centred on them, axis-aligned);
-    with ``skip_other`` lines, other geometries and empty ones are counted and left out with one warning.
+    with ``skip_other`` (or ``point_size``: object labels) lines, other geometries and empty ones are counted
+    and left out with one warning, and points without ``point_size`` are refused.
     """
     path = Path(path)
     if not path.is_file():
@@ -315,14 +329,8 @@ def read_polygons(
         raise InputError(f"{path} has no {wanted}; name it with `label_column` (columns: {', '.join(gdf.columns)})")
     if not len(gdf) and not allow_empty:
         raise InputError(f"{path} holds no polygons")
-    if skip_other:
-        gdf = _skip_other(gdf, path)
-    if point_size is not None:
-        if crs is not None and gdf.crs is not None and gdf.crs != crs:
-            gdf = gdf.to_crs(crs)
-        gdf = gdf.set_geometry(points_to_squares(gdf.geometry.values, point_size))
-    elif skip_other and np.isin(shapely.get_type_id(gdf.geometry.values), [0, 4]).any():
-        raise InputError(f"{path} holds points: give `point_size`, the side of the box around each (in map units)")
+    if skip_other or point_size is not None:
+        gdf = _object_geometries(gdf, path, crs, point_size)
     geoms = gdf.geometry.values
     bad = [
         ("has no class", gdf[name].isna().to_numpy()),

@@ -292,14 +292,9 @@ def train(
             out=out,
             run_dir=run_dir,
             own=dict(
-                images=images,
-                before=before,
-                after=after,
-                labels=labels,
-                label_column=label_column,
-                classes=classes,
-                point_size=point_size,
-            ),
+                images=images, before=before, after=after, labels=labels, label_column=label_column, classes=classes
+            )
+            | {"point_size": point_size},
             root=root,
             task=task,
             arch=arch,
