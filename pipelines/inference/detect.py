@@ -242,7 +242,8 @@ def box_rows(grid: TileGrid, strip: Strip) -> tuple[int, int]:
     The strip owns the objects whose centre lies in its scene rows ``[y0, y1)``. Objects reach up to the
     overlap (the bundle's: the largest object trained on) beyond their centre, and the boxes that decide
     their fate as far again: the halo is every tile row reaching within twice the overlap of the strip's
-    rows, and one more on each side, so the merger's state when it reaches them is that of one run.
+    rows, and one more on each side, so the merger's state when it reaches them is that of one run. (Boxes
+    much larger than the overlap, as an untrained model reports, can reach beyond the halo.)
     """
     if not BOX_HALO:
         return strip.first, strip.stop

@@ -482,7 +482,8 @@ def scale_detect(
     progress: Progress | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """``detect`` of one or many scenes, one part each; ``options`` as for
+    """``detect`` of one or many scenes, in ``parts`` strips each (default one, or N for one scene run as part
+    i/N); ``options`` as for
     :func:`~lemevit_geo.pipelines.inference.detect.detect_job`.
 
     With several inputs (or ``output`` a directory) ``output`` names a directory, and each scene writes
@@ -491,7 +492,7 @@ def scale_detect(
     inputs = expand_inputs(images)
     single = single_output(inputs, output)
     targets = [Path(output)] if single else outputs_in(Path(output), inputs, ".gpkg")
-    parts = scale_out.parts or 1
+    parts = default_parts(scale_out, len(inputs))
 
     def plan(i: int) -> Job:
         return detect_job(image=inputs[i], output=targets[i], model=model, parts=parts, **options)
