@@ -59,6 +59,9 @@ class BundleConfig:
         version: lemevit-geo version that wrote the bundle.
         overlap: Default overlap of neighbouring tiles in pixels (detection: at least the largest object
             trained on, so one tile sees each object whole); ``None``: an eighth of the tile.
+        detect: Detection only: the operating point chosen on validation data at the end of training,
+            ``thresholds`` (class name to minimum score), ``source``, ``iou`` and per class ``validation``
+            precision, recall and F1 (see :meth:`score_thresholds`); ``None``: uncalibrated.
     """
 
     task: Task
@@ -73,6 +76,7 @@ class BundleConfig:
     head: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
     overlap: int | None = None
+    detect: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -90,6 +94,7 @@ class BundleConfig:
             raise BundleError(f"head options must be a mapping of names to values, got {self.head!r}")
         if self.overlap is not None and not (isinstance(self.overlap, int) and 0 <= self.overlap < self.tile_size):
             raise BundleError(f"overlap {self.overlap!r} must be a whole number from 0 to below the tile size")
+        self._check_calibration()
 
     def _check_classes(self) -> None:
         if not isinstance(self.classes, list) or not all(isinstance(c, str) and c for c in self.classes):
@@ -122,6 +127,29 @@ class BundleConfig:
         if any(s <= 0 for s in self.std):
             raise BundleError("normalisation standard deviations must be positive")
 
+    def _check_calibration(self) -> None:
+        if self.detect is None:
+            return
+        if self.task != Task.detect or not isinstance(self.detect, dict):
+            raise BundleError(f"a {self.task.value} bundle has no detection calibration, got {self.detect!r}")
+        thresholds = self.detect.get("thresholds")
+        if not isinstance(thresholds, dict) or sorted(thresholds) != sorted(self.classes):
+            raise BundleError(f"detection `thresholds` must give a score per class {self.classes}, got {thresholds!r}")
+        if not all(isinstance(v, int | float) and 0 <= v < 1 for v in thresholds.values()):
+            raise BundleError(f"detection `thresholds` must lie in [0, 1), got {thresholds}")
+
+    def score_thresholds(self) -> dict[str, Any]:
+        """The minimum box score per class that ``detect`` uses by default, and where it came from: the
+        operating point chosen on validation data, or (uncalibrated bundles) the head's candidate threshold."""
+        if self.detect is not None:
+            where = self.detect.get("source", "validation")
+            return {"thresholds": dict(self.detect["thresholds"]), "source": f"bundle: {where}"}
+        floor = float(self.head.get("score_threshold", 0.05))
+        return {
+            "thresholds": dict.fromkeys(self.classes, floor),
+            "source": "bundle: uncalibrated (not trained with validation data; the head's candidate threshold)",
+        }
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
@@ -130,8 +158,16 @@ class BundleConfig:
         """The config as plain JSON-ready values."""
         d = asdict(self)
         d["task"], d["arch"] = self.task.value, self.arch.value
-        if self.overlap is None:  # bundles without it stay readable by versions that predate the field
-            del d["overlap"]
+        for name in ("overlap", "detect"):  # bundles without them stay readable by versions that predate them
+            if d[name] is None:
+                del d[name]
+        return d
+
+    def describe(self) -> dict[str, Any]:
+        """What ``bundle show`` prints: the config, and for detection the score thresholds in use and their source."""
+        d = self.to_dict()
+        if self.task == Task.detect:
+            d["score_thresholds"] = self.score_thresholds()
         return d
 
     def to_json(self) -> str:

@@ -160,7 +160,15 @@ Simplify = Annotated[
     float, typer.Option("--simplify", help="Simplify polygons by this tolerance (CRS units), keeping shared edges.")
 ]
 ScoreThreshold = Annotated[
-    float | None, typer.Option("--score-threshold", help="Minimum box score (default: the bundle's).")
+    float | None,
+    typer.Option(
+        "--score-threshold",
+        help="Minimum box score for every class (default: the bundle's per class, chosen on validation; 0: all boxes).",
+    ),
+]
+AllScores = Annotated[
+    bool,
+    typer.Option("--all-scores", help="Keep every box the detector reports (as --score-threshold 0; for mAP)."),
 ]
 IouThreshold = Annotated[
     float | None,
@@ -300,6 +308,7 @@ FIELD_OPTIONS: dict[str, Any] = {
     "iou_threshold": IouThreshold,
     "max_detections": MaxDetections,
     "classes": KeepClasses,
+    "all_scores": AllScores,
     "executor": Executor,
     "parts": Parts,
     "part": Part,

@@ -130,19 +130,25 @@ class Detection:
     """How ``detect`` filters boxes; ``None`` takes the bundle's setting.
 
     Attributes:
-        score_threshold: Minimum score of a box.
+        score_threshold: Minimum score of a box, for every class (default: the bundle's per-class threshold
+            chosen on validation data; 0 keeps every box).
         iou_threshold: Rotated IoU above which the lower-scored of two boxes of a class is dropped (within a
             tile and across tile seams).
         max_detections: Boxes kept per tile (the best-scored).
         classes: Keep only boxes of these classes (names from the bundle).
+        all_scores: Keep every box the detector reports, whatever its score (as ``score_threshold`` 0: for
+            computing mAP).
     """
 
     score_threshold: float | None = None
     iou_threshold: float | None = None
     max_detections: int | None = None
     classes: tuple[str, ...] | None = None
+    all_scores: bool = False
 
     def __post_init__(self) -> None:
+        if self.all_scores and self.score_threshold:
+            raise InputError("`all_scores` keeps every box: give it or a `score_threshold`, not both")
         if self.score_threshold is not None and not 0 <= self.score_threshold < 1:
             raise InputError(f"`score_threshold` must be at least 0 and below 1, got {self.score_threshold}")
         if self.iou_threshold is not None and not 0 <= self.iou_threshold <= 1:
@@ -309,6 +315,7 @@ class TrainSpec:
         fast_dev_run: One batch of training and validation.
         overwrite: Replace an existing ``out``.
         baseline: Also score a per-pixel classifier on the same split.
+        point_size: Own detection labels: points become squares of this side (map units).
     """
 
     dataset: str | None = None
@@ -333,6 +340,7 @@ class TrainSpec:
     fast_dev_run: bool = False
     overwrite: bool = False
     baseline: bool = False
+    point_size: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", self._dataset_name())

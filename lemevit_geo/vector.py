@@ -279,8 +279,74 @@ def repair_polygons(geoms: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
     return geoms, int(invalid.sum())
 
 
+def points_to_squares(geoms: np.ndarray, size: float) -> np.ndarray:
+    """Points (and multipoints: their centroid) as axis-aligned squares of side ``size``; other geometries as
+    they are."""
+    if not size > 0:
+        raise InputError(f"`point_size` must be a positive length in map units, got {size}")
+    point = np.isin(shapely.get_type_id(geoms), [0, 4]) & ~shapely.is_empty(geoms)
+    out = np.array(geoms, dtype=object)
+    centres = shapely.centroid(out[point])
+    out[point] = shapely.buffer(centres, size / 2, cap_style="square")
+    return out
+
+
+def _object_geometries(gdf: gpd.GeoDataFrame, path: Path, crs: Any, point_size: float | None) -> gpd.GeoDataFrame:
+    """Object labels as polygons: lines and empty geometries skipped (one warning), points as squares of side
+    ``point_size`` in ``crs`` units (refused without it)."""
+    gdf = _skip_other(gdf, path)
+    if point_size is None:
+        if np.isin(shapely.get_type_id(gdf.geometry.values), [0, 4]).any():
+            raise InputError(f"{path} holds points: give `point_size`, the side of the box around each (map units)")
+        return gdf
+    if crs is not None and gdf.crs is not None and gdf.crs != crs:
+        gdf = gdf.to_crs(crs)
+    return gdf.set_geometry(points_to_squares(gdf.geometry.values, point_size))
+
+
+def _skip_other(gdf: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
+    """``gdf`` without its lines, other non-area non-point geometries and empty ones, and one warning counting
+    them."""
+    geoms = gdf.geometry.values
+    empty = shapely.is_missing(geoms) | shapely.is_empty(geoms)
+    other = ~empty & ~np.isin(shapely.get_type_id(geoms), [0, 3, 4, 6])
+    if empty.any() or other.any():
+        warnings.warn(
+            f"{path}: skipped {int(other.sum())} line or other non-polygon feature(s) and {int(empty.sum())} empty "
+            f"one(s) of {len(gdf)}",
+            LemevitWarning,
+            stacklevel=3,
+        )
+    return gdf[~empty & ~other]
+
+
+def _check_labelled_polygons(gdf: gpd.GeoDataFrame, name: str, path: Path) -> None:
+    """Refuse features without a class in column ``name``, and geometries that are not polygons, empty or of zero
+    area, naming the first rows at fault."""
+    geoms = gdf.geometry.values
+    bad = [
+        ("has no class", gdf[name].isna().to_numpy()),
+        ("is not a polygon", ~np.isin(shapely.get_type_id(geoms), [3, 6]) & ~shapely.is_missing(geoms)),
+        ("is empty", shapely.is_missing(geoms) | shapely.is_empty(geoms)),
+        ("is degenerate (zero area)", ~(shapely.area(geoms) > 0)),
+    ]
+    for problem, rows in bad:
+        if rows.any():
+            first = ", ".join(str(i) for i in np.flatnonzero(rows)[:5])
+            message = f"{int(rows.sum())} feature(s) whose geometry {problem} (rows {first})"
+            if problem == "has no class":
+                message = f"{int(rows.sum())} feature(s) without a class in {name!r} (rows {first})"
+            raise InputError(f"{path}: {message}; fix or remove them")
+
+
 def read_polygons(
-    path: str | Path, column: str | None, crs: Any = None, what: str = "labels", allow_empty: bool = False
+    path: str | Path,
+    column: str | None,
+    crs: Any = None,
+    what: str = "labels",
+    allow_empty: bool = False,
+    point_size: float | None = None,
+    skip_other: bool = False,
 ) -> gpd.GeoDataFrame:
     """Labelled polygons of a vector file, checked, in ``crs`` (reprojected when the file has another CRS).
 
@@ -288,6 +354,10 @@ def read_polygons(
     strings in column ``class``. Refused with one clear line: a file that cannot be read, a missing class
     column, a file without features (unless ``allow_empty``), features without a class, geometries that are
     not polygons, and empty or degenerate (zero-area) polygons, naming the first rows at fault.
+
+    With ``point_size`` points become squares of that side in ``crs`` units (centred on them, axis-aligned);
+    with ``skip_other`` (or ``point_size``: object labels) lines, other geometries and empty ones are counted
+    and left out with one warning, and points without ``point_size`` are refused.
     """
     path = Path(path)
     if not path.is_file():
@@ -305,20 +375,9 @@ def read_polygons(
         raise InputError(f"{path} has no {wanted}; name it with `label_column` (columns: {', '.join(gdf.columns)})")
     if not len(gdf) and not allow_empty:
         raise InputError(f"{path} holds no polygons")
-    geoms = gdf.geometry.values
-    bad = [
-        ("has no class", gdf[name].isna().to_numpy()),
-        ("is not a polygon", ~np.isin(shapely.get_type_id(geoms), [3, 6]) & ~shapely.is_missing(geoms)),
-        ("is empty", shapely.is_missing(geoms) | shapely.is_empty(geoms)),
-        ("is degenerate (zero area)", ~(shapely.area(geoms) > 0)),
-    ]
-    for problem, rows in bad:
-        if rows.any():
-            first = ", ".join(str(i) for i in np.flatnonzero(rows)[:5])
-            message = f"{int(rows.sum())} feature(s) whose geometry {problem} (rows {first})"
-            if problem == "has no class":
-                message = f"{int(rows.sum())} feature(s) without a class in {name!r} (rows {first})"
-            raise InputError(f"{path}: {message}; fix or remove them")
+    if skip_other or point_size is not None:
+        gdf = _object_geometries(gdf, path, crs, point_size)
+    _check_labelled_polygons(gdf, name, path)
     if crs is not None and gdf.crs is not None and gdf.crs != crs:
         gdf = gdf.to_crs(crs)
     if crs is not None and gdf.crs is None:

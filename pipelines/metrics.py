@@ -28,11 +28,13 @@ from lemevit_geo.pipelines.geometry import box_polygons
 __all__ = [
     "average_precision",
     "best_matches",
+    "best_f1",
     "binary_scores",
     "change_scores",
     "confusion_from_pairs",
     "confusion_matrix",
     "detection_ap",
+    "operating_points",
     "polygon_iou",
     "rows_to_detections",
     "segmentation_scores",
@@ -115,6 +117,41 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, use_07: bool = 
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
+def _ranked_matches(
+    detections: Sequence[Mapping[str, Any]], per_image: Mapping[Hashable, list[Mapping[str, Any]]], iou: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One class's detections ranked by score, matched greedily to its ground truths (``per_image``).
+
+    Returns the ranked scores and true-positive flags (1 a first match, 0 a miss or a duplicate), leaving out
+    the detections matched to a difficult ground truth, and the number of ground truths that are not difficult.
+    """
+    polys = {im: [_geometry(g) for g in recs] for im, recs in per_image.items()}
+    difficult = {im: np.array([bool(g.get("difficult", False)) for g in recs]) for im, recs in per_image.items()}
+    npos = int(sum((~f).sum() for f in difficult.values()))
+    ranked = sorted(detections, key=lambda d: -float(d["score"]))
+    rows: dict[Hashable, list[int]] = defaultdict(list)
+    for k, d in enumerate(ranked):
+        rows[d["image"]].append(k)
+    best = np.full(len(ranked), -1)
+    best_iou = np.zeros(len(ranked))
+    for im, ks in rows.items():
+        if polys.get(im):
+            best[ks], best_iou[ks] = best_matches([_geometry(ranked[k]) for k in ks], polys[im])
+    scores, tp = [], []
+    matched = {im: np.zeros(len(p), dtype=bool) for im, p in polys.items()}
+    for k, d in enumerate(ranked):
+        j = best[k]
+        hit = j >= 0 and best_iou[k] > iou
+        if hit and difficult[d["image"]][j]:
+            continue  # matched to a difficult object: neither true nor false positive
+        first = hit and not matched[d["image"]][j]
+        if first:
+            matched[d["image"]][j] = True
+        scores.append(float(d["score"]))
+        tp.append(int(first))  # a miss or a duplicate is a false positive
+    return np.asarray(scores, dtype=float), np.asarray(tp, dtype=np.int64), npos
+
+
 def detection_ap(
     detections: Iterable[Mapping[str, Any]],
     ground_truths: Iterable[Mapping[str, Any]],
@@ -136,7 +173,9 @@ def detection_ap(
     Returns:
         ``mAP`` (mean over the classes with at least one ground truth that is not difficult; NaN if
         there is none), ``AP`` per class (NaN without such ground truths), ``num_gt`` (not difficult) and
-        ``num_det`` per class, and ``recall`` per class (the recall of all its detections).
+        ``num_det`` per class, ``recall`` per class (the recall of all its detections), and ``tp`` and ``fp``
+        per class: its detections that found an object first, and those that found none or a found one
+        (matches to difficult objects count as neither).
     """
     gts: dict[Hashable, dict[Hashable, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for g in ground_truths:
@@ -144,37 +183,12 @@ def detection_ap(
     dets: dict[Hashable, list[Mapping[str, Any]]] = defaultdict(list)
     for d in detections:
         dets[d["class"]].append(d)
-    ap, num_gt, num_det, recall = {}, {}, {}, {}
+    ap, num_gt, num_det, recall, hits, misses = {}, {}, {}, {}, {}, {}
     for c in classes:
-        per_image = gts.get(c, {})
-        polys = {im: [_geometry(g) for g in recs] for im, recs in per_image.items()}
-        difficult = {im: np.array([bool(g.get("difficult", False)) for g in recs]) for im, recs in per_image.items()}
-        npos = int(sum((~f).sum() for f in difficult.values()))
-        ranked = sorted(dets.get(c, []), key=lambda d: -float(d["score"]))
-        num_gt[c], num_det[c] = npos, len(ranked)
-        # the best-overlapping ground truth of its image for each detection
-        rows: dict[Hashable, list[int]] = defaultdict(list)
-        for k, d in enumerate(ranked):
-            rows[d["image"]].append(k)
-        best = np.full(len(ranked), -1)
-        best_iou = np.zeros(len(ranked))
-        for im, ks in rows.items():
-            if polys.get(im):
-                best[ks], best_iou[ks] = best_matches([_geometry(ranked[k]) for k in ks], polys[im])
-        tp, fp = [], []
-        matched = {im: np.zeros(len(p), dtype=bool) for im, p in polys.items()}
-        for k, d in enumerate(ranked):
-            j = best[k]
-            if j < 0 or best_iou[k] <= iou:
-                tp.append(0), fp.append(1)
-            elif difficult[d["image"]][j]:
-                continue  # matched to a difficult object: neither true nor false positive
-            elif not matched[d["image"]][j]:
-                matched[d["image"]][j] = True
-                tp.append(1), fp.append(0)
-            else:
-                tp.append(0), fp.append(1)  # a duplicate
-        ctp, cfp = np.cumsum(tp), np.cumsum(fp)
+        scores, tp, npos = _ranked_matches(dets.get(c, []), gts.get(c, {}), iou)
+        num_gt[c], num_det[c] = npos, len(dets.get(c, []))
+        hits[c], misses[c] = int(tp.sum()), int(len(tp) - tp.sum())
+        ctp, cfp = np.cumsum(tp), np.cumsum(1 - tp)
         if npos == 0:
             ap[c], recall[c] = float("nan"), float("nan")
             continue
@@ -189,7 +203,75 @@ def detection_ap(
         "num_gt": num_gt,
         "num_det": num_det,
         "recall": recall,
+        "tp": hits,
+        "fp": misses,
     }
+
+
+def best_f1(scores: np.ndarray, tp: np.ndarray, npos: int, floor: float = 0.0) -> dict[str, Any] | None:
+    """The score threshold of a ranked list (``scores`` descending, ``tp`` flags, ``npos`` objects) whose kept
+    detections (``score > threshold``) have the highest F1, with their precision, recall and F1.
+
+    Cuts fall only between distinct scores, at the midpoint (below the last score: midway to ``floor``).
+    ``None`` when no cut finds an object."""
+    if npos == 0 or not tp.any():
+        return None
+    ctp = np.cumsum(tp)
+    kept = np.arange(1, len(tp) + 1)
+    f1 = 2 * ctp / (kept + npos)
+    cut = np.r_[scores[1:] < scores[:-1], True]  # keeping the first k + 1 separates them from the rest
+    k = int(np.argmax(np.where(cut, f1, -1.0)))
+    below = scores[k + 1] if k + 1 < len(scores) else floor
+    return {
+        "threshold": float((scores[k] + below) / 2),
+        "precision": float(ctp[k] / kept[k]),
+        "recall": float(ctp[k] / npos),
+        "F1": float(f1[k]),
+        "objects": int(npos),
+    }
+
+
+def operating_points(
+    detections: Iterable[Mapping[str, Any]],
+    ground_truths: Iterable[Mapping[str, Any]],
+    classes: Sequence[Hashable],
+    iou: float = 0.5,
+    floor: float = 0.0,
+) -> dict[str, Any] | None:
+    """Per class, the score threshold that maximises F1 at ``iou`` (DOTA matching, as :func:`detection_ap`)
+    with its precision, recall and F1 (:func:`best_f1`); a class without objects or hits takes the threshold
+    of all classes pooled. ``None`` when no detection finds any object.
+
+    Returns ``classes`` (class to its point, ``pooled`` True where it took the pooled threshold), ``pooled``
+    and ``overall``: precision, recall and F1 of all classes together at these thresholds."""
+    gts: dict[Hashable, dict[Hashable, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for g in ground_truths:
+        gts[g["class"]][g["image"]].append(g)
+    dets: dict[Hashable, list[Mapping[str, Any]]] = defaultdict(list)
+    for d in detections:
+        dets[d["class"]].append(d)
+    ranked = [_ranked_matches(dets.get(c, []), gts.get(c, {}), iou) for c in classes]
+    scores = np.concatenate([r[0] for r in ranked]) if ranked else np.zeros(0)
+    order = np.argsort(-scores, kind="stable")
+    flags = np.concatenate([r[1] for r in ranked])[order] if ranked else np.zeros(0, np.int64)
+    pooled = best_f1(scores[order], flags, sum(r[2] for r in ranked), floor)
+    if pooled is None:
+        return None
+    points, totals = {}, np.zeros(3, dtype=np.int64)
+    for c, (sc, hits, npos) in zip(classes, ranked, strict=True):
+        own = best_f1(sc, hits, npos, floor)
+        threshold = own["threshold"] if own else pooled["threshold"]
+        counts = np.array([hits[sc > threshold].sum(), (sc > threshold).sum(), npos])  # hits, kept, objects
+        totals += counts
+        points[c] = {"threshold": threshold, **_scores_at(*counts), "objects": int(npos), "pooled": own is None}
+    return {"classes": points, "pooled": pooled, "overall": _scores_at(*totals)}
+
+
+def _scores_at(hits: int, kept: int, objects: int) -> dict[str, float]:
+    """Precision, recall and F1 of ``kept`` detections of which ``hits`` found one of ``objects`` (0 where a ratio
+    has nothing to count)."""
+    scores = binary_scores(int(hits), int(kept - hits), int(objects - hits))
+    return {k: float(scores[k]) for k in ("precision", "recall", "F1")}
 
 
 def rows_to_detections(rows: np.ndarray, image: Hashable, classes: Sequence[Hashable] | None = None) -> list[dict]:

@@ -64,18 +64,22 @@ def test_demo_writes_every_output(tmp_path: Path) -> None:
     if tp:
         assert chg["F1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-3)
     det = summary["tasks"]["detect"]["held_out"]
-    scored = json.loads(
-        cli(
-            "evaluate",
-            out / "results" / "objects.gpkg",
-            out / "data" / "objects.gpkg",
-            "--bounds",
-            ",".join(map(str, det["bounds"])),
-            "--json",
-        ).output
-    )
-    assert scored["mAP"] == pytest.approx(det["mAP"], abs=1e-4)
+
+    def scored(name: str) -> dict:
+        bounds = ",".join(map(str, det["bounds"]))
+        return json.loads(
+            cli("evaluate", out / "results" / name, out / "data" / "objects.gpkg", "--bounds", bounds, "--json").output
+        )
+
+    every, default = scored("objects_all_scores.gpkg"), scored("objects.gpkg")  # mAP of every box; P, R, F1 as drawn
+    assert every["mAP"] == pytest.approx(det["mAP"], abs=1e-4)
     assert det["objects"] > 0 and (det["mAP"] is None or 0 <= det["mAP"] <= 1)
+    assert default["as_written"] == {k: det[k] for k in ("precision", "recall", "F1", "boxes_per_object")}
+    drawn = gpd.read_file(out / "results" / "objects.gpkg")
+    limit = drawn["class_name"].map(det["score_thresholds"])
+    assert (drawn["score"] > limit).all() and len(drawn) <= len(
+        gpd.read_file(out / "results" / "objects_all_scores.gpkg")
+    )
     for name in ("landcover.gpkg", "change.gpkg", "scenes.gpkg", "objects.gpkg"):
         gdf = gpd.read_file(out / "results" / name)
         assert gdf.crs.to_epsg() == 32633
@@ -87,6 +91,9 @@ def test_demo_writes_every_output(tmp_path: Path) -> None:
     assert {"class_id", "class_name", "score", "angle", "length", "width", "area"} <= set(objects.columns)
     for name, png in summary["previews"].items():
         with Image.open(png) as im:
+            if name == "objects":  # the overview, and beside it a crop of the held-out strip at twice full size
+                assert im.width > 384 + 16 + 2 * 64 and im.height >= 384 and im.mode == "RGB"
+                continue
             assert im.size == ((258, 258) if name == "scenes" else (384, 384)) and im.mode == "RGB"
     assert (
         summary["report"] == str(out / "results" / "report.html") and "leaflet" in Path(summary["report"]).read_text()

@@ -275,7 +275,8 @@ def test_detect_command_and_bad_inputs(tmp_path: Path, seg_bundle: Path) -> None
     src = write_raster(tmp_path / "scene.tif", paint(100, 120, [(40, 40, 10, 5, 0.3, 0)]))
     out = tmp_path / "objects.gpkg"
     summary = json.loads(cli("detect", src, "-o", out, "-m", small, "--score-threshold", "0.3", "--json").output)
-    assert summary["overlap"] == 16 and summary["score_threshold"] == 0.3 and Path(summary["outputs"]["vector"]) == out
+    assert summary["overlap"] == 16 and set(summary["score_thresholds"].values()) == {0.3}
+    assert summary["threshold_source"] == "--score-threshold" and Path(summary["outputs"]["vector"]) == out
     assert gpd.read_file(out).crs.to_string() == CRS
     existing = tmp_path / "exists.gpkg"
     existing.write_bytes(b"keep")

@@ -12,6 +12,7 @@ import shapely
 import torch
 from affine import Affine
 
+from lemevit_geo.errors import InputError, LemevitWarning
 from lemevit_geo.pipelines.geometry import box_polygons, pixel_boxes
 from lemevit_geo.pipelines.training.datamodules import (
     KEEP_INSIDE,
@@ -140,12 +141,10 @@ def test_own_detection_data_split_and_refusals(tmp_path: Path) -> None:
     assert (
         dm.train_dataset.sources[0].region[2] <= dm.val_dataset.sources[0].region[0]
     )  # the split runs along the longer side: x
-    # refusals: nothing in the image; empty and degenerate polygons
+    # refusals: nothing in the image; degenerate polygons (empty ones are skipped: see the next test)
     far = shapely.box(0, 0, 10, 10)
     for geoms, message in [
         ([far], "none of its 1 polygons lie in the images"),
-        ([polys[0], shapely.Polygon()], "is empty (rows 1)"),
-        ([polys[0], shapely.LineString([(0, 0), (1, 1)]).buffer(0)], "is empty"),
         ([shapely.Polygon([(0, 0), (1, 0), (2, 0)])], "degenerate (zero area)"),
     ]:
         gpd.GeoDataFrame({"kind": ["car"] * len(geoms)}, geometry=geoms, crs=CRS).to_file(tmp_path / "bad.gpkg")
@@ -166,3 +165,58 @@ def test_detection_training_refuses_bad_labels_and_leaves_nothing(tmp_path: Path
     message = cli_error(*args, "--labels", tmp_path / "far.gpkg", "--label-column", "kind")
     assert "has no column 'kind'; name it with --label-column" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["far.gpkg", "scene.tif"]
+
+
+def test_points_become_boxes_and_lines_and_empty_geometries_are_skipped(tmp_path: Path) -> None:
+    """Own labels as users have them: footprints (not rectangles), clicked points, and stray lines/empties."""
+    image = write_raster(tmp_path / "scene.tif", paint(128, 256, []))
+    t = Affine(GSD, 0, ORIGIN[0], 0, -GSD, ORIGIN[1])
+    footprint = shapely.Polygon([t * p for p in ((20, 20), (60, 20), (60, 40), (40, 40), (40, 50), (20, 50))])
+    points = [shapely.Point(t * (100.0 + 40 * k, 60.0)) for k in range(3)]
+    line = shapely.LineString([t * (10, 100), t * (90, 110)])
+    geoms = [footprint, *points, line, shapely.Polygon(), None]
+    kinds = ["building", "tree", "tree", "car", "road", "tree", "car"]
+    gpd.GeoDataFrame({"class": kinds}, geometry=geoms, crs=CRS).to_file(tmp_path / "labels.gpkg")
+    args = dict(
+        images=str(image),
+        labels=str(tmp_path / "labels.gpkg"),
+        label_column=None,
+        classes=["building", "car", "road", "tree"],
+        tile_size=64,
+        batch_size=2,
+        num_workers=0,
+        val_fraction=0.25,
+        length=4,
+    )
+    with pytest.warns(LemevitWarning) as caught:
+        data = detection_data(point_size=3.0, **args)  # 3 m squares: 6 px at 0.5 m
+    ours = [w for w in caught if issubclass(w.category, LemevitWarning)]
+    assert len(ours) == 1
+    assert "skipped 1 line or other non-polygon feature(s) and 2 empty one(s) of 7" in str(ours[0].message)
+    assert data.split["objects"] == 4
+    assert data.head == {"use_p2": True}  # three of the four objects are under 16 px: the stride-4 level
+    sources = [*data.datamodule.train_dataset.sources, *data.datamodule.val_dataset.sources]
+    boxes = np.concatenate([s.objects()[0] for s in sources[:1]])
+    labels = np.concatenate([s.objects()[1] for s in sources[:1]])
+    by_class = {data.classes[c]: boxes[labels == c] for c in np.unique(labels)}
+    np.testing.assert_allclose(by_class["building"][0, :4], [40, 35, 40, 30], atol=1e-6)  # its rotated rectangle
+    squares = np.concatenate([by_class["tree"], by_class["car"]])
+    np.testing.assert_allclose(squares[:, 2:4], 6.0, atol=1e-6)
+    np.testing.assert_allclose(np.sort(squares[:, 0]), [100.0, 140.0, 180.0], atol=1e-6)
+    np.testing.assert_allclose(squares[:, 1], 60.0, atol=1e-6)
+    with pytest.raises(InputError, match="holds points: give `point_size`"):
+        detection_data(**args)
+
+
+def test_point_size_is_refused_where_it_does_not_apply(tmp_path: Path) -> None:
+    image = write_raster(tmp_path / "scene.tif", paint(96, 96, []))
+    gpd.GeoDataFrame({"class": ["car"]}, geometry=[shapely.Point(ORIGIN[0] + 5, ORIGIN[1] - 5)], crs=CRS).to_file(
+        tmp_path / "points.gpkg"
+    )
+    args = ["train", "--dataset", "custom", "--images", image, "--labels", tmp_path / "points.gpkg"]
+    assert "--point-size applies to own detection labels" in cli_error(*args, "--point-size", "2")
+    out = tmp_path / "m.safetensors"
+    line = cli_error(*args, "--task", "detect", "--out", out, "--tile-size", "64")
+    assert "holds points: give --point-size" in line
+    line = cli_error(*args, "--task", "detect", "--out", out, "--point-size", "-1")
+    assert "--point-size must be a positive length" in line

@@ -162,3 +162,29 @@ def test_change_scores() -> None:
     # tp 3, fp 1, fn 1
     assert s == pytest.approx({"precision": 0.75, "recall": 0.75, "F1": 0.75, "IoU": 0.6})
     assert change_scores(np.zeros(4), np.zeros(4)) == {"precision": 0.0, "recall": 0.0, "F1": 0.0, "IoU": 0.0}
+
+
+def test_operating_points_maximise_f1_per_class_and_pool_the_rest() -> None:
+    """Class 0: hits at 0.9 and 0.4, misses at 0.6 and 0.1: F1 is best keeping the first three (P 2/3, R 1),
+    cut midway between 0.4 and 0.1. Class 1 has no hit: it takes the pooled threshold (its miss at 0.3 and
+    class 0's ranking: best keeping 0.9, 0.6, 0.4, cut at 0.35)."""
+    from lemevit_geo.pipelines.metrics import operating_points
+
+    def rec(c: int, x: float, score: float | None = None) -> dict:
+        r = {"image": 0, "class": c, "box": np.array([x, x, 8.0, 4.0, 0.0])}
+        return r if score is None else {**r, "score": score}
+
+    truths = [rec(0, 10), rec(0, 40), rec(1, 70)]
+    dets = [rec(0, 10, 0.9), rec(0, 25, 0.6), rec(0, 40, 0.4), rec(0, 55, 0.1), rec(1, 90, 0.3)]
+    points = operating_points(dets, truths, [0, 1], floor=0.05)
+    first, second = points["classes"][0], points["classes"][1]
+    assert first["threshold"] == pytest.approx(0.25) and not first["pooled"]
+    assert (first["precision"], first["recall"], first["F1"]) == pytest.approx((2 / 3, 1.0, 0.8))
+    assert second["threshold"] == pytest.approx(0.35) and second["pooled"] and second["F1"] == 0
+    assert points["pooled"]["F1"] == pytest.approx(2 / 3)
+    # all classes at their thresholds: 2 hits among 3 kept boxes, 3 objects
+    assert (points["overall"]["precision"], points["overall"]["recall"]) == pytest.approx((2 / 3, 2 / 3))
+    assert detection_ap(dets, truths, [0, 1])["tp"] == {0: 2, 1: 0}
+    assert operating_points(dets[3:], truths[:1], [0, 1]) is None  # nothing found: no operating point
+    # the last cut keeps everything: midway to the floor
+    assert operating_points(dets[:1], truths[:1], [0], floor=0.1)["classes"][0]["threshold"] == pytest.approx(0.5)

@@ -343,7 +343,7 @@ def test_classify_through_parts(tmp_path: Path, cls_bundle: Path) -> None:
 
 def test_detect_through_parts_one_part_per_scene(tmp_path: Path) -> None:
     """Several scenes through parts (inline, then as array tasks and a merge) give each scene the boxes of a
-    single-process run; a scene is never cut into strips."""
+    single-process run; one scene in two strips too (tests/test_detect_defaults.py checks the boxes)."""
     from lemevit_geo.bundle import build_model, save_bundle
     from tests.standins import blob_config, paint, random_objects
 
@@ -370,7 +370,8 @@ def test_detect_through_parts_one_part_per_scene(tmp_path: Path) -> None:
             assert got.crs == want.crs and got.drop(columns="geometry").equals(want.drop(columns="geometry"))
             assert got.geometry.geom_equals_exact(want.geometry, 0).all()
     assert not list(tmp_path.glob("**/*.parts"))
-    assert "one part" in cli_main("detect", scenes[0], "-o", tmp_path / "x.gpkg", *opts, "--parts", 2).stderr
+    strips = run_json("detect", scenes[0], "-o", tmp_path / "x.gpkg", *opts, "--parts", 2)  # strips of one scene
+    assert len(strips["parts"]) == 2 and strips["class_objects"] == singles[0]["class_objects"]
 
 
 # -- many scenes ---------------------------------------------------------------------------------------------

@@ -458,7 +458,7 @@ def test_detection_learns_the_scene_objects(tmp_path: Path) -> None:
     from lemevit_geo.pipelines.apps.evaluate import evaluate
     from lemevit_geo.pipelines.inference.detect import detect
     from lemevit_geo.pipelines.training.train import train
-    from lemevit_geo.settings import Engine, Hardware, Recipe
+    from lemevit_geo.settings import Detection, Engine, Hardware, Recipe
 
     scene = make_scene(tmp_path / "scene", size=1024, seed=4)
     summary = train(
@@ -474,7 +474,15 @@ def test_detection_learns_the_scene_objects(tmp_path: Path) -> None:
         progress=False,
     )
     out = tmp_path / "objects.gpkg"
-    detect(image=scene.before, output=out, model=tmp_path / "det.safetensors", tile_size=DETECT_TILE, engine=Engine())
+    every = Detection(all_scores=True)  # mAP ranks every box, not only those the calibrated default keeps
+    detect(
+        image=scene.before,
+        output=out,
+        model=tmp_path / "det.safetensors",
+        tile_size=DETECT_TILE,
+        engine=Engine(),
+        detection=every,
+    )
     result = evaluate(prediction=out, reference=scene.objects, bounds=summary["split"]["val_bounds"])
     print({k: result[k] for k in ("mAP", "mAP_07", "AP", "num_reference")}, "val_mAP", summary["best"])
     assert result["mAP"] > 0.4

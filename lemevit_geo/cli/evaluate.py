@@ -63,6 +63,9 @@ def _table(summary: dict[str, Any]) -> Table:
             ]
             table.add_row(c, *map(_fmt, row))
         table.add_row("[bold]mean[/]", _fmt(summary["mAP"]), _fmt(summary["mAP_07"]), "", "", "")
+        written = summary["as_written"]
+        scores = ", ".join(f"{k} {_fmt(written[k])}" for k in ("precision", "recall", "F1", "boxes_per_object"))
+        table.caption = f"every box as written: {scores}"
     elif task == "segment":
         table.add_column("class")
         table.add_column("IoU", justify="right")

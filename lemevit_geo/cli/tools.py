@@ -129,7 +129,7 @@ def bundle_init(
         output=output,
         overwrite=overwrite,
     )
-    report({"bundle": str(path), **read_config(path).to_dict()}, display)
+    report({"bundle": str(path), **read_config(path).describe()}, display)
 
 
 @bundle_app.command("show")
@@ -137,7 +137,7 @@ def bundle_show(model: o.BundleArg) -> None:
     """Print a bundle's metadata as JSON."""
     from lemevit_geo.bundle import read_config
 
-    print_json(read_config(model).to_dict())
+    print_json(read_config(model).describe())
 
 
 def _devices() -> list[dict[str, Any]]:

@@ -35,6 +35,10 @@ LabelColumn = Annotated[
     str | None,
     typer.Option("--label-column", help="Class column of vector labels (detection default: class_name or class)."),
 ]
+PointSize = Annotated[
+    float | None,
+    typer.Option("--point-size", help="Detection: point labels become square boxes of this side (map units)."),
+]
 OwnTask = Annotated[
     o.Task | None,
     typer.Option(
@@ -93,6 +97,7 @@ def train(
     before: BeforeImages = None,
     after: AfterImages = None,
     label_column: LabelColumn = None,
+    point_size: PointSize = None,
     classes: o.Classes = None,
     task: OwnTask = None,
     arch: o.ArchOpt = o.Arch.tiny,
@@ -113,35 +118,12 @@ def train(
 
     The summary puts the best validation metrics next to predicting the majority class (and, with --baseline,
     next to a per-pixel classifier)."""
+    fields = {name: value for name, value in locals().items() if name != "display"}  # TrainSpec's, one each
     _need_dataset(dataset, images, labels, before, after)
     from lemevit_geo.pipelines.training.train import train as run
 
     quiet_lightning()
-
-    spec = TrainSpec(
-        dataset=dataset,
-        out=out,
-        root=root,
-        images=images,
-        labels=labels,
-        before=before,
-        after=after,
-        label_column=label_column,
-        classes=classes,
-        task=task,
-        arch=arch,
-        backbone_weights=backbone_weights,
-        freeze_backbone=freeze_backbone,
-        tile_size=tile_size,
-        val_fraction=val_fraction,
-        recipe=recipe,
-        hardware=hardware,
-        resume=resume,
-        fast_dev_run=fast_dev_run,
-        overwrite=overwrite,
-        baseline=baseline,
-    )
-    summary = run(spec, progress=display.progress)
+    summary = run(TrainSpec(**fields), progress=display.progress)
     report(summary, display)
     report_baselines(summary, display)
 

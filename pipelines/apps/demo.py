@@ -40,7 +40,7 @@ from lemevit_geo.pipelines.report.overview import OverviewGrid
 from lemevit_geo.pipelines.report.page import MapReport
 from lemevit_geo.pipelines.report.runs import metric_rows
 from lemevit_geo.pipelines.training.train import train
-from lemevit_geo.settings import DenseOutputs, Engine, Hardware, Recipe
+from lemevit_geo.settings import DenseOutputs, Detection, Engine, Hardware, Recipe
 
 PREVIEW = 1024  # longest side of the PNG previews
 #: The demo's detector: a narrow FPN and head, enough for its objects, quick to train on a CPU.
@@ -48,9 +48,6 @@ DEMO_DETECTOR = {"fpn_channels": 64, "num_convs": 2}
 #: ``detect`` runs the demo's detector (trained on the demo's tile size) on 256 px tiles: it is fully
 #: convolutional, and fewer, larger tiles mean less overlap to compute twice.
 DETECT_TILE = 256
-
-#: The demo's detector keeps boxes down to a low score (for mAP); its page draws the confident ones.
-DEMO_MIN_SCORE = 0.3
 
 
 def demo_report(
@@ -73,7 +70,7 @@ def demo_report(
     scene_colors = dict(zip(CLASSES, COLORS, strict=True))
     report.add_vectors("tile classes", results / "scenes.gpkg", scene_colors, fill=0.4, visible=False)
     objects = dict(zip(OBJECT_CLASSES, OBJECT_COLORS, strict=True))
-    report.add_vectors("objects", results / "objects.gpkg", objects, min_score=DEMO_MIN_SCORE)
+    report.add_vectors("objects", results / "objects.gpkg", objects)
     report.summary = [("command", "lemevit-geo demo")]
     for task, result in tasks.items():
         seconds = f"train {result['train_seconds']} s, predict {result['predict_seconds']} s"
@@ -258,12 +255,14 @@ def _classify(run: DemoRun) -> dict[str, Any]:
 
 
 def _detect(run: DemoRun) -> dict[str, Any]:
+    """Train the detector; ``detect`` with the defaults (the thresholds chosen on validation) and with every
+    score (for mAP); score both on the held-out strip."""
     scene = run.scene
     summary, bundle, train_s = run.train(
         "detect", task="detect", images=str(scene.before), labels=str(scene.objects), head=DEMO_DETECTOR
     )
     run.log("detecting objects")
-    vector = run.results / "objects.gpkg"
+    vector, every = run.results / "objects.gpkg", run.results / "objects_all_scores.gpkg"
     t0 = time.perf_counter()
     found = detect(
         image=scene.before,
@@ -274,39 +273,109 @@ def _detect(run: DemoRun) -> dict[str, Any]:
         overwrite=run.overwrite,
     )
     predict_s = time.perf_counter() - t0
-    m = evaluate_detections(vector, scene.objects, bounds=tuple(summary["split"]["val_bounds"]))
+    detect(
+        image=scene.before,
+        output=every,
+        model=bundle,
+        tile_size=DETECT_TILE,
+        engine=run.engine,
+        detection=Detection(all_scores=True),
+        overwrite=run.overwrite,
+    )
+    bounds = tuple(summary["split"]["val_bounds"])
+    m = evaluate_detections(every, scene.objects, bounds=bounds)
+    default = evaluate_detections(vector, scene.objects, bounds=bounds)
     held = {
         "mAP": None if m["mAP"] is None else round(m["mAP"], 4),
         "mAP_07": None if m["mAP_07"] is None else round(m["mAP_07"], 4),
         "AP": {c: None if v is None else round(v, 4) for c, v in m["AP"].items()},
+        **default["as_written"],
         "objects": sum(m["num_reference"].values()),
         "objects_found_in_scene": found["objects"],
+        "score_thresholds": found["score_thresholds"],
+        "threshold_source": found["threshold_source"],
         "bounds": summary["split"]["val_bounds"],
     }
-    metric = f"mAP@0.5 {held['mAP'] or 0:.3f} (VOC07 {held['mAP_07'] or 0:.3f}) over {held['objects']} objects"
-    return _task(metric, held, train_s, predict_s, [vector])
+    metric = (
+        f"mAP@0.5 {held['mAP'] or 0:.3f} (VOC07 {held['mAP_07'] or 0:.3f}) over {held['objects']} objects; "
+        f"at the default threshold P {held['precision']:.3f} R {held['recall']:.3f} F1 {held['F1']:.3f}, "
+        f"{held['boxes_per_object'] or 0:.2f} boxes per object"
+    )
+    return _task(metric, held, train_s, predict_s, [vector, every])
 
 
-def boxes_preview(image: Path, vector: Path, png: Path) -> Path:
-    """A PNG of the image (at most PREVIEW px) with the detected boxes outlined in their class colours."""
+def _draw_boxes(canvas: Any, vector: Path, to_pixel: Any, width: int) -> None:
+    """Outline the boxes of ``vector`` on the PIL image ``canvas`` in their class colours (``to_pixel`` maps map
+    coordinates to the canvas)."""
     import geopandas as gpd
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
-    arr, _ = _decimated(image, [1, 2, 3])
-    canvas = Image.fromarray(np.moveaxis(arr, 0, -1))
-    with rasterio.open(image) as src:
-        inverse, scale = ~src.transform, canvas.width / src.width
     draw = ImageDraw.Draw(canvas)
     objects = gpd.read_file(vector)
     for name, geom in zip(objects["class_name"], objects.geometry, strict=True):
-        pixels = [inverse * xy for xy in np.asarray(geom.exterior.coords)]
+        pixels = [tuple(to_pixel * xy) for xy in np.asarray(geom.exterior.coords)]
         colour = OBJECT_COLORS[OBJECT_CLASSES.index(name)] if name in OBJECT_CLASSES else (255, 255, 255)
-        draw.polygon([(x * scale, y * scale) for x, y in pixels], outline=colour)
+        draw.line([*pixels, pixels[0]], fill=colour, width=width)
+
+
+def boxes_preview(image: Path, vector: Path, png: Path, detail: list[float] | None = None, side: int = 384) -> Path:
+    """A PNG of the image (at most PREVIEW px) with the detected boxes outlined in their class colours; with
+    ``detail`` (map bounds, e.g. the held-out strip) beside it a ``side`` px crop of that area at full
+    resolution (where it holds the most boxes), shown twice as large, where each object and its box are
+    visible."""
+    from affine import Affine
+    from PIL import Image
+
+    arr, _ = _decimated(image, [1, 2, 3])
+    overview = Image.fromarray(np.moveaxis(arr, 0, -1))
+    with rasterio.open(image) as src:
+        inverse, scale = ~src.transform, overview.width / src.width
+        _draw_boxes(overview, vector, Affine.scale(scale) * inverse, 1)
+        if detail is None:
+            overview.save(png)
+            return png
+        win = _held_out(image, detail)
+        x0, y0 = _busiest(win, side, vector, inverse)
+        crop_win = Window(x0, y0, min(side, src.width - x0), min(side, src.height - y0))
+        crop = src.read([1, 2, 3], window=crop_win)
+    zoom = 2
+    crop_img = Image.fromarray(np.moveaxis(crop, 0, -1)).resize((crop_win.width * zoom, crop_win.height * zoom))
+    _draw_boxes(crop_img, vector, Affine.scale(zoom) * Affine.translation(-x0, -y0) * inverse, 2)
+    canvas = Image.new("RGB", (overview.width + 16 + crop_img.width, max(overview.height, crop_img.height)), "white")
+    canvas.paste(overview, (0, 0))
+    canvas.paste(crop_img, (overview.width + 16, 0))
+    _draw_boxes_frame(canvas, crop_win, scale)
     canvas.save(png)
     return png
 
 
-def _previews(scene: GeneratedScene, results: Path) -> dict[str, str]:
+def _busiest(area: Window, side: int, vector: Path, to_pixel: Any) -> tuple[int, int]:
+    """The top-left corner of the ``side`` px window inside ``area`` (steps of a quarter side) that holds the
+    most box centres of ``vector``."""
+    import geopandas as gpd
+
+    centres = gpd.read_file(vector).geometry.centroid
+    px = np.array([to_pixel * (p.x, p.y) for p in centres]).reshape(-1, 2)
+    step = max(1, side // 4)
+    xs = range(int(area.col_off), max(int(area.col_off), int(area.col_off + area.width - side)) + 1, step)
+    ys = range(int(area.row_off), max(int(area.row_off), int(area.row_off + area.height - side)) + 1, step)
+
+    def count(x: int, y: int) -> int:
+        return int(((px[:, 0] >= x) & (px[:, 0] < x + side) & (px[:, 1] >= y) & (px[:, 1] < y + side)).sum())
+
+    return max(((x, y) for y in ys for x in xs), key=lambda xy: count(*xy))
+
+
+def _draw_boxes_frame(canvas: Any, window: Window, scale: float) -> None:
+    """Mark on the overview (the left of ``canvas``) where the full-resolution crop ``window`` lies."""
+    from PIL import ImageDraw
+
+    x0, y0 = window.col_off * scale, window.row_off * scale
+    x1, y1 = (window.col_off + window.width) * scale, (window.row_off + window.height) * scale
+    ImageDraw.Draw(canvas).rectangle([x0, y0, x1, y1], outline=(255, 255, 255), width=2)
+
+
+def _previews(scene: GeneratedScene, results: Path, held_out: list[float] | None = None) -> dict[str, str]:
     pairs = {
         "image": (scene.before, "image_before.png"),
         "image_after": (scene.after, "image_after.png"),
@@ -317,7 +386,8 @@ def _previews(scene: GeneratedScene, results: Path) -> dict[str, str]:
         "scenes": (results / "scenes.tif", "scenes.png"),
     }
     out = {name: str(preview(path, results / png)) for name, (path, png) in pairs.items()}
-    out["objects"] = str(boxes_preview(scene.before, results / "objects.gpkg", results / "objects.png"))
+    objects = boxes_preview(scene.before, results / "objects.gpkg", results / "objects.png", held_out)
+    out["objects"] = str(objects)
     return out
 
 
@@ -330,6 +400,7 @@ OUTPUTS = (
     "scenes.tif",
     "objects.gpkg",
     "report.html",
+    "objects_all_scores.gpkg",
 )
 TASKS = ("segment", "change", "classify", "detect")
 
@@ -384,6 +455,8 @@ def run_demo(
     previews = _previews(scene, results)
     page = dict(before=scene.before, after=scene.after, results=results, tasks=tasks, overwrite=overwrite)
     report = demo_report(path=results / "report.html", **page)
+    log("writing previews")
+    previews = _previews(scene, results, tasks["detect"]["held_out"]["bounds"])
     return {
         "out": str(out),
         "scene": {

@@ -304,6 +304,18 @@ def evaluate_detections(
         "recall": {c: clean(result["recall"][c]) for c in classes},
         "difficult": int(difficult.sum()),
         "repaired_reference_polygons": repaired,
+        "as_written": detection_counts(result),
+    }
+
+
+def detection_counts(result: dict[str, Any]) -> dict[str, Any]:
+    """Precision, recall and F1 of all the detections of a :func:`detection_ap` result taken as they are (the
+    operating point of a file written at its score threshold), and boxes per reference object."""
+    tp, fp, gt = (sum(result[k].values()) for k in ("tp", "fp", "num_gt"))
+    scores = binary_scores(tp, fp, gt - tp)
+    return {
+        **{k: round(scores[k], 4) for k in ("precision", "recall", "F1")},
+        "boxes_per_object": round((tp + fp) / gt, 4) if gt else None,
     }
 
 

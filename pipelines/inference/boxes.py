@@ -125,10 +125,13 @@ def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return np.array([root(k) for k in range(n)])
 
 
-def join_pieces(boxes: Boxes) -> Boxes:
+def join_pieces(boxes: Boxes, limit: np.ndarray | float = 0.0) -> Boxes:
     """Join cut boxes of one class from different tiles that overlap and together fill a rectangle (see
-    :data:`PIECES`) into one box around them, with the best score, tile and arrival of its pieces."""
-    cut = np.flatnonzero(boxes.tier == CUT)
+    :data:`PIECES`) into one box around them, with the best score, tile and arrival of its pieces. A group
+    linked pair by pair is joined only when all its pieces together fill their rectangle too (many weak boxes
+    near seams would otherwise chain into one box hundreds of pixels long). Only pieces scoring above ``limit``
+    (the output's score threshold, per box) are joined: boxes too weak to be written never make a piece."""
+    cut = np.flatnonzero((boxes.tier == CUT) & (boxes.rows[:, 5] > limit))
     if len(cut) < 2:
         return boxes
     polys = shapely.polygons(boxes.corners[cut])
@@ -149,6 +152,8 @@ def join_pieces(boxes: Boxes) -> Boxes:
             continue
         best = part[np.argmax(rows[part, 5])]
         ring = shapely.oriented_envelope(shapely.multipoints(boxes.corners[cut[part]].reshape(-1, 2)))
+        if shapely.area(shapely.union_all(polys[part])) < PIECES * shapely.area(ring):
+            continue  # a chain of overlapping pairs that together fill no rectangle: not one object
         corners = np.asarray(ring.exterior.coords)[None, :4]
         row = np.concatenate([rectangle_boxes(corners)[0], rows[best, 5:]])
         joined.append(Boxes(row[None], boxes.tier[cut[[best]]], tiles[[best]], boxes.serial[cut[[best]]], corners))
@@ -206,7 +211,12 @@ class BoxMerger:
         write: Called with finished boxes ``(N, 7)`` in scene pixels, one call per finished tile row.
         iou_threshold: Rotated IoU above which boxes of two tiles are one object.
         keep_classes: Class indices to keep (``None``: all).
-        score_threshold: Boxes written score above this (after merging).
+        score_threshold: Boxes written score above this (after merging): one value, or one per class index.
+        rows: The tile rows ``[first, stop)`` that will be added (a strip of a scale-out part; default: all).
+        own: Write only the boxes whose centre lies in these scene rows ``[y0, y1)`` (a strip's own objects).
+        join_threshold: Only cut boxes scoring above this (one value, or one per class index) are joined as
+            pieces of one object (``detect``: the bundle's calibrated thresholds, whatever ``score_threshold``
+            is, so that every threshold keeps a subset of the boxes of a lower one).
     """
 
     def __init__(
@@ -215,10 +225,16 @@ class BoxMerger:
         write: Callable[[np.ndarray], None],
         iou_threshold: float,
         keep_classes: Sequence[int] | None = None,
-        score_threshold: float = 0.0,
+        score_threshold: float | Sequence[float] = 0.0,
+        rows: tuple[int, int] | None = None,
+        own: tuple[float, float] | None = None,
+        join_threshold: float | Sequence[float] = 0.0,
     ) -> None:
         self.grid, self.write, self.iou_threshold = grid, write, iou_threshold
-        self.score_threshold = score_threshold
+        first, stop = rows or (0, len(grid.ys))
+        self.expected, self.own = (stop - first) * len(grid.xs), own
+        self.score_threshold = np.asarray(score_threshold, dtype=np.float64)
+        self.join_threshold = np.asarray(join_threshold, dtype=np.float64)
         self.keep = None if keep_classes is None else np.asarray(sorted(keep_classes), dtype=np.int64)
         self.xs = Axis.of(grid.xs, grid.tile, grid.width)
         self.ys = Axis.of(grid.ys, grid.tile, grid.height)
@@ -229,11 +245,13 @@ class BoxMerger:
         self.pending = Boxes.empty()  # pooled, undecided
         self.recent = Boxes.empty()  # written at the last row end: they still drop cut boxes reaching up
         self.counts = {"found": 0, "written": 0, "merged": 0, "partial": 0}
+        self.rows_run: list[int] = []  # the tile row of each tile run (not skipped as nodata)
 
     def add(self, item: TileData, output: np.ndarray) -> None:
         """Take one tile's detections."""
         self._advance(item.tile)
         self.seen += 1
+        self.rows_run.append(item.tile.row)
         boxes = self._tile_boxes(item, np.asarray(output, dtype=np.float64).reshape(-1, 7))
         self.counts["found"] += len(boxes)
         lo, hi = boxes.bounds[:, :2], boxes.bounds[:, 2:]
@@ -249,7 +267,7 @@ class BoxMerger:
 
     def close(self) -> None:
         """Decide and write everything left; after a run that stopped early (an error), write nothing more."""
-        if self.seen == len(self.grid):
+        if self.seen == self.expected:
             self._finish_row(np.inf)
 
     def _advance(self, tile: Tile) -> None:
@@ -286,9 +304,16 @@ class BoxMerger:
         self.serial += len(rows)
         return Boxes(rows, tier, np.full(len(rows), tile.index, dtype=np.int64), serial, corners)
 
+    @staticmethod
+    def _limit(rows: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+        """The ``threshold`` (one, or one per class) of each box ``rows`` ``(N, 7)``."""
+        if not threshold.ndim:
+            return np.full(len(rows), float(threshold))
+        return threshold[rows[:, 6].astype(np.int64)]
+
     def _finish_row(self, limit: float) -> None:
         """Decide the pooled boxes that no tile after this row can reach (they end above ``limit``)."""
-        self.pending = join_pieces(self.pending)
+        self.pending = join_pieces(self.pending, self._limit(self.pending.rows, self.join_threshold))
         pool = Boxes.concat([self.recent, self.pending])
         fixed = np.arange(len(pool)) < len(self.recent)
         kept, hi, lo = merge(pool, fixed, self.iou_threshold)
@@ -301,7 +326,10 @@ class BoxMerger:
         out = Boxes.concat([*self.done, pool.take(emit)])
         self.done = []
         self.recent = out
-        out = out.take(out.rows[:, 5] > self.score_threshold)
+        keep = out.rows[:, 5] > self._limit(out.rows, self.score_threshold)
+        if self.own is not None:
+            keep &= (out.rows[:, 1] >= self.own[0]) & (out.rows[:, 1] < self.own[1])
+        out = out.take(keep)
         if len(out):
             self.counts["written"] += len(out)
             self.counts["partial"] += int((out.tier == CUT).sum())

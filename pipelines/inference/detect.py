@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from lemevit_geo.pipelines.inference.plan import (
     scene_sources,
     source_for,
 )
-from lemevit_geo.pipelines.inference.tiling import TileGrid
+from lemevit_geo.pipelines.inference.tiling import Strip, TileGrid, strips
 from lemevit_geo.raster import SourceInfo, gdal_env
 from lemevit_geo.settings import Detection, Engine, Tiling
 from lemevit_geo.vector import VectorStream
@@ -43,20 +44,35 @@ from lemevit_geo.vector import VectorStream
 
 def configure_detector(net: torch.nn.Module, config: BundleConfig, detection: Detection) -> dict[str, Any]:
     """Set the detector's thresholds from ``detection`` (the bundle's where not given); return the settings
-    in force, with the indices of the classes to keep (``None``: all).
+    in force: the score threshold per class and its source, and the indices of the classes to keep
+    (``None``: all).
 
-    A score threshold above the bundle's is applied after merging across tiles: the detector keeps using
-    the bundle's, so weaker whole views of objects still win over stronger fragments of them.
+    By default each class's score threshold is the bundle's (the operating point chosen on validation data,
+    see :meth:`~lemevit_geo.bundle.BundleConfig.score_thresholds`); ``score_threshold`` sets one for every
+    class, and 0 (or ``all_scores``) keeps every box the detector reports (above its candidate threshold, the
+    head's ``score_threshold``, 0.05 by default: the boxes of an mAP). A score threshold above the candidate
+    threshold is applied after merging across tiles: the detector keeps using the candidate threshold, so
+    weaker whole views of objects still win over stronger fragments of them, and every threshold keeps a
+    subset of the boxes that 0 keeps.
     """
-    score = float(net.score_threshold if detection.score_threshold is None else detection.score_threshold)
-    net.score_threshold = min(score, float(net.score_threshold))
+    if detection.all_scores or detection.score_threshold == 0:
+        scores, source = dict.fromkeys(config.classes, 0.0), "all scores (--score-threshold 0)"
+    elif detection.score_threshold is not None:
+        scores, source = dict.fromkeys(config.classes, float(detection.score_threshold)), "--score-threshold"
+    else:
+        calibrated = config.score_thresholds()
+        scores, source = calibrated["thresholds"], calibrated["source"]
+    lowest = min(scores.values())
+    if lowest > 0:  # a threshold below the candidate threshold lowers it
+        net.score_threshold = min(lowest, float(net.score_threshold))
     for name in ("iou_threshold", "max_detections"):
         value = getattr(detection, name)
         if value is not None:
             setattr(net, name, value)
     net.pre_nms_top_k = max(int(net.pre_nms_top_k), int(net.max_detections))
     return {
-        "score_threshold": score,
+        "score_thresholds": {c: round(float(v), 4) for c, v in scores.items()},
+        "threshold_source": source,
         "iou_threshold": float(net.iou_threshold),
         "max_detections": int(net.max_detections),
         "keep": kept_classes(config, detection),
@@ -134,9 +150,13 @@ def detect_scene(
     runtime: Runtime,
     detection: Detection,
     progress: Progress | None = None,
+    strip: Strip | None = None,
 ) -> dict[str, Any]:
     """Run the detector ``model`` (prepared for ``runtime``) over ``grid`` of the checked source ``info`` and write
-    the merged boxes to ``output`` (the detector's thresholds are set from ``detection``); the run's summary."""
+    the merged boxes to ``output`` (the detector's thresholds are set from ``detection``); the run's summary.
+
+    With a ``strip`` (a scale-out part) the tile rows of :func:`box_rows` run and only the objects whose centre
+    lies in the strip's scene rows are written."""
     settings = configure_detector(eager_model(model), config, detection)
     classes: Counter[str] = Counter()
 
@@ -148,14 +168,22 @@ def detect_scene(
     template = box_features(np.zeros((0, 7)), info.transform, config.classes, info.crs)
     with VectorStream(output, overwrite, template, inputs=inputs) as stream:
         start = time.perf_counter()
-        merger = BoxMerger(grid, write, settings["iou_threshold"], settings["keep"], settings["score_threshold"])
+        thresholds = [settings["score_thresholds"][c] for c in config.classes]
+        calibrated = config.score_thresholds()["thresholds"]
+        rows = None if strip is None else box_rows(grid, strip)
+        own = None if strip is None else (strip.y0, strip.y1)
+        join = [calibrated[c] for c in config.classes]
+        merger = BoxMerger(grid, write, settings["iou_threshold"], settings["keep"], thresholds, rows, own, join)
         runtime.fit(model, (len(info.bands), grid.tile, grid.tile), row=len(grid.xs))
-        reader = TileReader([source_for(info, config)], grid, threads=runtime.threads, prefetch=4 * runtime.batch_size)
+        prefetch = 4 * runtime.batch_size
+        reader = TileReader([source_for(info, config)], grid, threads=runtime.threads, prefetch=prefetch, rows=rows)
         with gdal_env([info], grid.tile):
             stats = run_tiles(iter(reader), model, BackgroundSink(merger), runtime, progress)
         written = {"vector": str(stream.finish())}
     summary = run_summary(stats, runtime, grid, info, time.perf_counter() - start, written)
     summary["mask"] = [info.mask.describe()]
+    if strip is not None:
+        summary["strip_tiles"] = box_part_tiles(grid, strip, merger.rows_run)
     return {**summary, **box_summary(merger, classes, config, settings)}
 
 
@@ -172,4 +200,46 @@ def box_summary(
         "partial_boxes": merger.counts["partial"],
         "bundle_overlap": config.overlap,
         **{k: v for k, v in settings.items() if k != "keep"},
+    }
+
+
+#: Strips run the halo of :func:`box_rows` (off only in the negative control of the identity test).
+BOX_HALO = True
+
+
+def box_rows(grid: TileGrid, strip: Strip) -> tuple[int, int]:
+    """The tile rows ``[start, stop)`` a ``detect`` strip runs so that its objects are merged as in one run.
+
+    The strip owns the objects whose centre lies in its scene rows ``[y0, y1)``. Objects reach up to the
+    overlap (the bundle's: the largest object trained on) beyond their centre, and the boxes that decide
+    their fate as far again: the halo is every tile row reaching within twice the overlap of the strip's
+    rows, and one more on each side, so the merger's state when it reaches them is that of one run. (Boxes
+    much larger than the overlap, as an untrained model reports, can reach beyond the halo.)
+    """
+    if not BOX_HALO:
+        return strip.first, strip.stop
+    ys, reach = grid.ys, 2 * max(grid.overlap, 1)
+    start = next(q for q, y in enumerate(ys) if y + grid.tile > strip.y0 - reach)
+    stop = max(q for q, y in enumerate(ys) if y < strip.y1 + reach) + 1
+    return max(0, start - 1), min(len(ys), stop + 1)
+
+
+def box_strips(grid: TileGrid, count: int) -> list[Strip]:
+    """``count`` strips of tile rows for ``detect`` (fewer if the grid has fewer tile rows), each owning the
+    scene rows its tile rows own, with the upper halo of :func:`box_rows` as ``halo``."""
+    return [replace(s, halo=box_rows(grid, s)[0]) for s in strips(grid, count, Stitch.crop)]
+
+
+def box_part_tiles(grid: TileGrid, strip: Strip, rows_run: list[int]) -> dict[str, int]:
+    """The tile counts of a ``detect`` part (the tile row of each tile it ran given): its own tile rows', and
+    the halo rows' it ran besides."""
+    start, stop = box_rows(grid, strip)
+    tiles = (strip.stop - strip.first) * len(grid.xs)
+    own = sum(strip.first <= r < strip.stop for r in rows_run)
+    return {
+        "tiles": tiles,
+        "tiles_run": own,
+        "tiles_skipped_nodata": tiles - own,
+        "halo_tiles": (stop - start) * len(grid.xs) - tiles,
+        "halo_tiles_run": len(rows_run) - own,
     }

@@ -648,8 +648,8 @@ def scale_detect(
     progress: Progress | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """``detect`` of one or many scenes, one part each; ``options`` as for
-    :func:`~lemevit_geo.pipelines.inference.detect.plan_detect`.
+    """``detect`` of one or many scenes, in ``parts`` strips each (default one, or N for one scene run as part
+    i/N); ``options`` as for :func:`~lemevit_geo.pipelines.inference.detect.plan_detect`.
 
     With several inputs (or ``output`` a directory) ``output`` names a directory, and each scene writes
     ``<stem>.gpkg`` there.
@@ -657,7 +657,7 @@ def scale_detect(
     inputs = expand_inputs(images)
     single = single_output(inputs, output)
     targets = [Path(output)] if single else outputs_in(Path(output), inputs, ".gpkg")
-    parts = scale_out.parts or 1
+    parts = default_parts(scale_out, len(inputs))
 
     def plan(i: int) -> Job:
         return plan_job(

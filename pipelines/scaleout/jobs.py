@@ -41,6 +41,7 @@ from lemevit_geo.choices import Stitch, Task
 from lemevit_geo.errors import InputError
 from lemevit_geo.inputs import local_file
 from lemevit_geo.outputs import temporary_sibling
+from lemevit_geo.pipelines.inference.detect import box_strips
 from lemevit_geo.pipelines.inference.plan import Plan
 from lemevit_geo.pipelines.inference.tiling import Strip, strips
 from lemevit_geo.pipelines.scaleout.locks import removed_name
@@ -271,13 +272,12 @@ PLANNED_OUTPUTS = ("outputs", "vector_skip", "raster", "top_k", "detection")
 def plan_job(plan: Plan, parts: int) -> Job:
     """The scale-out job of ``plan`` (made with ``defer_existing``) in ``parts`` strips, sealed with its hashes.
 
-    A ``detect`` scene is one part: boxes are merged across tile rows by a streaming merger whose decisions
-    reach over several rows (pieces of long objects), so strips of one scene would not give the boxes of one run.
+    A ``detect`` strip owns the objects centred in its rows and runs a halo of tile rows that holds them and the
+    boxes that decide their fate (:func:`~lemevit_geo.pipelines.inference.detect.box_strips`).
     """
-    if plan.task is Task.detect and parts > 1:
-        raise InputError("`parts`: detect runs every scene as one part (scenes are not cut into strips)")
     if plan.bundle is None:
         raise InputError("scale-out runs load the model in each worker: pass a bundle path as `model`")
+    cut = box_strips(plan.grid, parts) if plan.task is Task.detect else strips(plan.grid, parts, plan.stitch)
     job = Job(
         model=str(plan.model),
         bundle_sha=bundle_sha(plan.bundle),
@@ -286,7 +286,7 @@ def plan_job(plan: Plan, parts: int) -> Job:
         colors=tuple(plan.config.colors),
         tile=plan.grid.tile,
         overlap=plan.grid.overlap,
-        strips=tuple(strips(plan.grid, parts, plan.stitch)),
+        strips=tuple(cut),
         **{name: getattr(plan, name) for name in PLANNED + PLANNED_OUTPUTS},
     )
     return seal(job)

@@ -133,7 +133,7 @@ def classify_part(
 def detect_part(
     job: Job, index: int, net: torch.nn.Module, config: BundleConfig, runtime: Runtime, progress: Progress | None
 ) -> dict[str, Any]:
-    """Detect the objects of the job's scene (one part: the whole scene) into a GeoParquet part file."""
+    """Detect the objects of strip ``index`` of the job's scene (with its halo rows) into a GeoParquet part file."""
     found, grid = job_sources(job, config)
     detector = eager_model(net)
     names = ("score_threshold", "iou_threshold", "max_detections", "pre_nms_top_k")
@@ -141,18 +141,17 @@ def detect_part(
     try:  # the cached model serves later jobs with the bundle's thresholds
         inputs = [*job.inputs, job.model]
         part = job.part_file(index)
-        summary = detect_scene(found.info, grid, net, config, part, True, inputs, runtime, job.detection, progress)
+        strip = job.strips[index]
+        summary = detect_scene(
+            found.info, grid, net, config, part, True, inputs, runtime, job.detection, progress, strip
+        )
     finally:
         for name, value in thresholds.items():
             setattr(detector, name, value)
     return {
         "class_objects": summary["class_objects"],
         **{k: summary[k] for k in ("objects", "boxes_found", "merged_across_tiles", "partial_boxes")},
-        "tiles": summary["tiles"],
-        "tiles_run": summary["tiles_run"],
-        "tiles_skipped_nodata": summary["tiles_skipped_nodata"],
-        "halo_tiles": 0,
-        "halo_tiles_run": 0,
+        **summary["strip_tiles"],
     }
 
 

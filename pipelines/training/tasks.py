@@ -25,7 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 
 from lemevit_geo.choices import Schedule
 from lemevit_geo.models.factory import backbone_of, build_task_model
-from lemevit_geo.pipelines.metrics import detection_ap, rows_to_detections
+from lemevit_geo.pipelines.metrics import detection_ap, operating_points, rows_to_detections
 from lemevit_geo.pipelines.training.compat import (
     BaseTask,
     ChangeDetectionTask,
@@ -283,7 +283,11 @@ class DetectionModule(LeMeViTTask, BaseTask):
     or partly seen objects: no loss, and neither hits nor misses in validation). Optimiser: AdamW (weight
     decay ``weight_decay``, 0.05 by default) with a linear warm-up (10 % of the steps, at most 500) and a cosine
     decay per step; gradients clipped to norm 10. Validation
-    logs DOTA-style ``val_mAP`` (IoU 0.5, all points), ``val_mAP_07`` (VOC07 11 points) and ``val_AP_<class>``.
+    logs DOTA-style ``val_mAP`` (IoU 0.5, all points), ``val_mAP_07`` (VOC07 11 points) and ``val_AP_<class>``,
+    and chooses the operating point: per class the score threshold that maximises F1 at IoU 0.5
+    (:func:`~lemevit_geo.pipelines.metrics.operating_points`), logged as ``val_precision``, ``val_recall`` and
+    ``val_F1`` of all classes at those thresholds, kept in the checkpoint and written to the bundle
+    (:meth:`calibration`).
 
     Args:
         class_names: Class names for the per-class metrics (default: class indices).
@@ -300,6 +304,7 @@ class DetectionModule(LeMeViTTask, BaseTask):
     def __init__(self, class_names: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.val_records: tuple[list[dict], list[dict]] = ([], [])
+        self.operating: dict[str, Any] | None = None  # the last validation's operating point
 
     def _targets(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         return [
@@ -338,7 +343,36 @@ class DetectionModule(LeMeViTTask, BaseTask):
         voc07 = detection_ap(detections, truths, classes, use_07=True)
         metrics = {"val_mAP": _finite(result["mAP"]), "val_mAP_07": _finite(voc07["mAP"])}
         metrics.update({f"val_AP_{names[c]}": _finite(result["AP"][c]) for c in classes})
+        points = operating_points(detections, truths, classes, floor=float(self.model.score_threshold))
+        overall = points["overall"] if points else dict.fromkeys(("precision", "recall", "F1"), 0.0)
+        metrics.update({f"val_{k}": v for k, v in overall.items()})
+        self.operating = None if points is None else {**points, "epoch": self.current_epoch}
         self.log_dict(metrics, sync_dist=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["detect_operating_point"] = self.operating
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.operating = checkpoint.get("detect_operating_point")
+
+    def calibration(self) -> dict[str, Any] | None:
+        """The bundle's ``detect`` record (see :class:`~lemevit_geo.bundle.BundleConfig`) from the operating point
+        of the validation that chose the weights; ``None`` without one (no validation object was found)."""
+        if self.operating is None:
+            return None
+        names = self.hparams.get("class_names") or [str(c) for c in range(self.hparams["num_classes"])]
+        points = self.operating["classes"]
+
+        def rounded(point: dict[str, Any]) -> dict[str, Any]:
+            return {k: round(v, 4) if isinstance(v, float) else v for k, v in point.items() if k != "threshold"}
+
+        return {
+            "thresholds": {names[c]: round(points[c]["threshold"], 4) for c in points},
+            "source": f"validation F1 at IoU 0.5 (epoch {self.operating['epoch']})",
+            "iou": 0.5,
+            "validation": {names[c]: rounded(points[c]) for c in points},
+            "overall": {k: round(v, 4) for k, v in self.operating["overall"].items()},
+        }
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
         self.clip_gradients(optimizer, gradient_clip_val=10.0, gradient_clip_algorithm="norm")

@@ -28,7 +28,7 @@ from lemevit_geo.outputs import check_output
 from lemevit_geo.pipelines.training.baselines import pixel_baseline
 from lemevit_geo.pipelines.training.callbacks import EpochCSV, MajorityBaseline
 from lemevit_geo.pipelines.training.datamodules import TileAugmentation
-from lemevit_geo.pipelines.training.tasks import TASK_MODULES, LeMeViTTask
+from lemevit_geo.pipelines.training.tasks import TASK_MODULES, DetectionModule, LeMeViTTask
 from lemevit_geo.pipelines.training.train_data import (
     DATASETS,
     TrainData,
@@ -53,6 +53,8 @@ def load_data(spec: TrainSpec, work_dir: Path) -> tuple[TrainData, int]:
     """The training data of ``spec``: a torchgeo dataset, or own rasters (``work_dir`` holds rasterised
     labels); and the tile size."""
     name, recipe, hardware, tile_size, own = spec.dataset, spec.recipe, spec.hardware, spec.tile_size, spec.own
+    if spec.point_size is not None and (name != "custom" or spec.task != Task.detect):
+        raise InputError("`point_size` applies to own detection labels (`task` detect): points become boxes")
     if name != "custom":
         if name not in DATASETS:
             raise InputError(f"unknown dataset {name!r}; choose one of custom, {', '.join(DATASETS)}")
@@ -75,20 +77,21 @@ def load_data(spec: TrainSpec, work_dir: Path) -> tuple[TrainData, int]:
                 "`schedule` and `warmup` do not apply to detection training: it warms up over 10 % of the steps "
                 "(at most 500) and decays by cosine"
             )
-        tile = tile_size or DEFAULT_TILE[wanted]
         data = detection_data(
             images=own.get("images"),
             labels=own.get("labels"),
             label_column=own.get("label_column"),
             classes=own.get("classes"),
-            tile_size=tile,
+            tile_size=tile_size,
+            default_tile=DEFAULT_TILE[wanted],
+            point_size=spec.point_size,
             batch_size=recipe.batch_size,
             num_workers=hardware.num_workers,
             val_fraction=spec.val_fraction,
             length=recipe.steps_per_epoch * recipe.batch_size,
             augment=recipe.augment,
         )
-        return data, tile
+        return data, int(data.tile_size)
     augmentation = TileAugmentation() if recipe.augment else None
     data = custom_data(
         **own,
@@ -222,8 +225,8 @@ def train(spec: TrainSpec | None = None, /, *, progress: bool = True, **options:
 
     Own data: ``images`` + ``labels`` (+ ``label_column`` for vector labels), or ``before`` + ``after`` +
     ``labels`` for change; ``task="classify"`` trains scene labels, ``task="detect"`` an oriented detector
-    from polygons. ``head`` overrides head options (e.g. a small detector for a quick run:
-    ``{"fpn_channels": 64, "num_convs": 2}``).
+    from polygons (and points, as squares of side ``point_size`` in map units). ``head`` overrides head options
+    (e.g. a small detector for a quick run: ``{"fpn_channels": 64, "num_convs": 2}``).
 
     The summary reports the best validation metrics next to predicting the majority class (segment, change,
     classify), and with ``baseline`` (own data, segment and change) next to a per-pixel gradient-boosting
@@ -314,6 +317,7 @@ def export_bundle(
     if best_path and Path(best_path).is_file():
         state = torch.load(best_path, map_location="cpu", weights_only=False)
         module.load_state_dict(state["state_dict"])
+        module.on_load_checkpoint(state)  # type: ignore[attr-defined]
         best_epoch = state["epoch"]
     config = BundleConfig(
         task=data.task,
@@ -327,6 +331,7 @@ def export_bundle(
         gsd=data.gsd,
         head=dict(module.hparams["head"]),
         overlap=data.overlap,
+        detect=module.calibration() if isinstance(module, DetectionModule) else None,
     )
     if trainer.is_global_zero:
         save_bundle(out, module.model.cpu(), config)
@@ -349,4 +354,5 @@ def export_bundle(
         "head": dict(module.hparams["head"]),
         "class_weights": module.hparams["class_weights"],
         "overlap": data.overlap,
+        **({"score_thresholds": config.score_thresholds()} if config.task == Task.detect else {}),
     }

@@ -685,50 +685,73 @@ def _objects(polys: Any, infos: list[dict[str, Any]], names: list[str]) -> tuple
     return objects, footprints, found
 
 
+#: Objects shorter than this (px, longer side) are small: the detector gets the stride-4 level (P2) for them.
+SMALL_OBJECT = 16.0
+#: ... when at least this share of the objects is small.
+SMALL_SHARE = 0.25
+
+
+def small_object_head(boxes: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Head options the objects call for: the stride-4 level when many are small (measured on the demo's
+    detector: ``benchmarks/README.md``, "Detections usable with the defaults")."""
+    sides = np.concatenate([b[:, 2:4].max(1) for b in boxes if len(b)] or [np.zeros(0)])
+    return {"use_p2": True} if len(sides) and (sides < SMALL_OBJECT).mean() >= SMALL_SHARE else {}
+
+
+def _object_classes(polys: Any, classes: Sequence[str] | None, label_file: Path) -> list[str]:
+    """The class names of object labels ``polys``: ``classes`` (every label's class among them), else the
+    labels' classes, sorted."""
+    names = list(classes) if classes else sorted(set(polys["class"]))
+    unknown = sorted(set(polys["class"]) - set(names))
+    if unknown:
+        raise InputError(f"{label_file} has classes not in `classes`: {', '.join(unknown)}")
+    return names
+
+
 def detection_data(
     *,
     images: Any,
     labels: Any,
     label_column: str | None,
     classes: Sequence[str] | None,
-    tile_size: int,
+    tile_size: int | None,
     batch_size: int,
     num_workers: int,
     val_fraction: float,
     length: int,
     augment: bool = True,
+    default_tile: int = 1024,
+    point_size: float | None = None,
 ) -> TrainData:
     """Oriented-detection training data from the user's images and labelled polygons (any CRS: reprojected).
 
-    Each polygon becomes its smallest rotated rectangle in the pixels of the image it lies in. Training crops
-    are drawn at random from the training region (flipped and turned by quarter turns, boxes with them, with
-    ``augment``), validation crops cover the validation region (the same spatial split as for segmentation); a
-    box that lies less than 70 % in a crop is ignored there.
+    Each polygon becomes its smallest rotated rectangle in the pixels of the image it lies in; each point a square
+    of side ``point_size`` (map units of the images' CRS); lines and empty geometries are counted and skipped
+    with one warning. Training crops are drawn at random from the training region (flipped and turned by quarter
+    turns, boxes with them, with ``augment``), validation crops cover the validation region (the same spatial
+    split as for segmentation); a box that lies less than 70 % in a crop is ignored there. Without ``tile_size``
+    the crops are ``default_tile`` capped to fit the training and the validation strip (as for segmentation), so
+    any scene a few tiles large trains with the defaults.
     """
     from lemevit_geo.pipelines.training.datamodules import DetectionCrops, DetectionDataModule
     from lemevit_geo.vector import read_polygons
 
     infos = _detection_images(expand_paths(images, "image"))
     label_file = expand_paths(labels, "label")[0]
-    polys = read_polygons(label_file, label_column, crs=infos[0]["crs"])
-    names = list(classes) if classes else sorted(set(polys["class"]))
-    unknown = sorted(set(polys["class"]) - set(names))
-    if unknown:
-        raise InputError(f"{label_file} has classes not in `classes`: {', '.join(unknown)}")
+    polys = read_polygons(label_file, label_column, crs=infos[0]["crs"], point_size=point_size, skip_other=True)
+    names = _object_classes(polys, classes, label_file)
     objects, footprints, found = _objects(polys, infos, names)
     if not found.any():
         raise InputError(f"{label_file}: none of its {len(polys)} polygons lie in the images ({infos[0]['crs']})")
     split = spatial_split(shapely.union_all(footprints).bounds, val_fraction)
+    res = (abs(infos[0]["transform"].a), abs(infos[0]["transform"].e))
+    tile_size = tile_size or fit_tile(default_tile, split, res)
     sources = _split_sources(infos, objects, split, tile_size)
     mean, std = _crop_stats(sources["train"], tile_size)
     train = DetectionCrops(sources["train"], tile_size, mean, std, length=length, augment=augment)
     val = DetectionCrops(sources["val"], tile_size, mean, std, grid=True)
-    report = {
-        "crs": infos[0]["crs"].to_string(),
-        "objects": int(found.sum()),
-        "val_crops": len(val),
-        "repaired_polygons": polys.attrs.get("repaired", 0),
-    }
+    report = {"crs": infos[0]["crs"].to_string(), "objects": int(found.sum()), "val_crops": len(val)}
+    report["repaired_polygons"] = polys.attrs.get("repaired", 0)
     return TrainData(
         datamodule=DetectionDataModule(batch_size, num_workers, train, val),
         task=Task.detect,
@@ -739,4 +762,6 @@ def detection_data(
         gsd=abs(infos[0]["transform"].a) if infos[0]["crs"].is_projected else None,
         split={**split["report"], **report},
         overlap=overlap_for(largest_extent([b for b, _ in objects]), tile_size),
+        tile_size=tile_size,
+        head=small_object_head([b for b, _ in objects]),
     )
