@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import rasterio
 import shapely
@@ -21,9 +21,9 @@ from lemevit_geo.bundle import BundleConfig
 from lemevit_geo.choices import Task
 from lemevit_geo.errors import InputError, LemevitWarning
 from lemevit_geo.inputs import check_exists, dataset
-from lemevit_geo.pipelines.inference.dense import plan_dense, run_dense
+from lemevit_geo.pipelines.inference.dense import DenseOptions, plan_dense, run_dense
 from lemevit_geo.pipelines.inference.engine import Progress
-from lemevit_geo.pipelines.inference.plan import ModelArg, Plan, Sources, bundle_config, source_for
+from lemevit_geo.pipelines.inference.plan import Plan, Sources, source_for
 from lemevit_geo.raster import (
     READ_ERRORS,
     MaskPlan,
@@ -33,7 +33,6 @@ from lemevit_geo.raster import (
     inspect_source,
     plan_mask,
 )
-from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 
 
 class WarpedSource:
@@ -191,28 +190,12 @@ def change_sources(
     return Sources([src_b, src_a], grid, {"alignment": alignment.report, "mask": masks})
 
 
-def plan_change(
-    *,
-    before: str | Path,
-    after: str | Path,
-    output: str | Path,
-    model: ModelArg,
-    bands: Sequence[int] | None = None,
-    overwrite: bool = False,
-    allow_pixel_grid: bool = False,
-    engine: Engine = Engine(),
-    tiling: Tiling = Tiling(),
-    outputs: DenseOutputs = DenseOutputs(),
-    defer_existing: bool = False,
-) -> Plan:
-    """Plan ``change`` of ``before`` and ``after`` with the change bundle ``model`` (a path, or a loaded
-    ``(model, config)`` pair): the dates aligned on the ``before`` grid cropped to their overlap, the tile grid
-    laid out, the outputs checked. No polygons are made of class 0 (no change)."""
-    config = bundle_config(model, Task.change)
-    found = change_sources([before, after], config, bands, allow_pixel_grid)
-    asked = dict(bands=bands, overwrite=overwrite, allow_pixel_grid=allow_pixel_grid, engine=engine, outputs=outputs)
-    fields = dict(task=Task.change, model=model, config=config, inputs=[before, after], output=output, **asked)
-    return plan_dense(found, tiling, defer_existing, vector_skip=(0,), **fields)
+def plan_change(*, before: str | Path, after: str | Path, **options: Unpack[DenseOptions]) -> Plan:
+    """Plan ``change`` of ``before`` and ``after`` with the change bundle ``options['model']`` (a path, or a
+    loaded ``(model, config)`` pair): the dates aligned on the ``before`` grid cropped to their overlap, the tile
+    grid laid out, the outputs checked (``options``: :class:`~.dense.DenseOptions`). No polygons are made of
+    class 0 (no change)."""
+    return plan_dense(Task.change, [before, after], change_sources, vector_skip=(0,), **options)
 
 
 def change(*, progress: Progress | None = None, **options: Any) -> dict[str, Any]:

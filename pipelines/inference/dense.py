@@ -11,17 +11,20 @@ it on the device the plan names, and :func:`write_dense` runs the engine: a
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 import torch
 
-from lemevit_geo.choices import Stitch
+from lemevit_geo.bundle import BundleConfig
+from lemevit_geo.choices import Stitch, Task
 from lemevit_geo.pipelines.inference.engine import Progress, RunStats, Runtime, SourceSpec, TileReader, run_tiles
 from lemevit_geo.pipelines.inference.plan import (
+    ModelArg,
     Plan,
     Sources,
+    bundle_config,
     check_formats,
     check_outputs,
     make_grid,
@@ -31,7 +34,7 @@ from lemevit_geo.pipelines.inference.stitch import BandWriter, DenseStitcher
 from lemevit_geo.pipelines.inference.tiling import Strip, TileGrid
 from lemevit_geo.pipelines.inference.writers import DenseRasterWriter, RowFiles
 from lemevit_geo.raster import SourceInfo, gdal_env
-from lemevit_geo.settings import DenseOutputs, Tiling
+from lemevit_geo.settings import DenseOutputs, Engine, Tiling
 
 
 def run_summary(
@@ -154,11 +157,53 @@ def dense_predict(
     return write_dense(sources, grid, model, runtime, stitch, writer, progress)
 
 
-def plan_dense(found: Sources, tiling: Tiling, defer_existing: bool, **fields: Any) -> Plan:
-    """The plan of a ``segment`` or ``change`` run (``fields``: see :class:`~.plan.Plan`) over the inspected
-    inputs ``found``: the bundle's tile size and an eighth of it as overlap unless ``tiling`` says otherwise."""
-    tile, overlap = tiling.resolve(fields["config"].tile_size)
+FindSources = Callable[[Sequence[str | Path], BundleConfig, Sequence[int] | None, bool], Sources]
+
+
+class DenseOptions(TypedDict, total=False):
+    """The keywords of :func:`~.segment.plan_segment` and :func:`~.change.plan_change` after their inputs;
+    :data:`DENSE_DEFAULTS` holds those a caller may leave out."""
+
+    output: Required[str | Path]
+    model: Required[ModelArg]
+    bands: Sequence[int] | None
+    overwrite: bool
+    allow_pixel_grid: bool
+    engine: Engine
+    tiling: Tiling
+    outputs: DenseOutputs
+    defer_existing: bool
+
+
+DENSE_DEFAULTS: dict[str, Any] = dict(
+    bands=None,
+    overwrite=False,
+    allow_pixel_grid=False,
+    engine=Engine(),
+    tiling=Tiling(),
+    outputs=DenseOutputs(),
+    defer_existing=False,
+)
+
+
+def plan_dense(
+    task: Task,
+    inputs: Sequence[str | Path],
+    find: FindSources,
+    vector_skip: tuple[int, ...] = (),
+    **options: Unpack[DenseOptions],
+) -> Plan:
+    """The plan of a ``segment`` or ``change`` run of ``inputs``, inspected by ``find``: the bundle's config
+    checked for ``task``, its tile size and an eighth of it as overlap unless ``options['tiling']`` says
+    otherwise, the outputs checked (or left to scale-out with ``defer_existing``, see
+    :func:`~.plan.check_plan_outputs`); no polygons are made of the classes in ``vector_skip``."""
+    asked = {**DENSE_DEFAULTS, **options}
+    tiling, defer_existing = asked.pop("tiling"), asked.pop("defer_existing")
+    config = bundle_config(asked["model"], task)
+    found = find(inputs, config, asked["bands"], asked["allow_pixel_grid"])
+    tile, overlap = tiling.resolve(config.tile_size)
     grid = make_grid(found.info, tile, overlap)
+    fields = dict(task=task, config=config, inputs=list(inputs), vector_skip=vector_skip, **asked)
     return planned(found, grid, defer_existing=defer_existing, stitch=tiling.stitch, **fields)
 
 

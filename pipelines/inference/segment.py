@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from lemevit_geo.choices import Task
-from lemevit_geo.pipelines.inference.dense import plan_dense, run_dense
+from lemevit_geo.pipelines.inference.dense import DenseOptions, plan_dense, run_dense
 from lemevit_geo.pipelines.inference.engine import Progress
-from lemevit_geo.pipelines.inference.plan import ModelArg, Plan, bundle_config, scene_sources
-from lemevit_geo.settings import DenseOutputs, Engine, Tiling
+from lemevit_geo.pipelines.inference.plan import Plan, scene_sources
 
 
-def plan_segment(
-    *,
-    image: str | Path,
-    output: str | Path,
-    model: ModelArg,
-    bands: Sequence[int] | None = None,
-    overwrite: bool = False,
-    allow_pixel_grid: bool = False,
-    engine: Engine = Engine(),
-    tiling: Tiling = Tiling(),
-    outputs: DenseOutputs = DenseOutputs(),
-    defer_existing: bool = False,
-) -> Plan:
-    """Plan ``segment`` of ``image`` with the segmentation bundle ``model`` (a path, or a loaded
-    ``(model, config)`` pair): the scene inspected, the tile grid laid out, the outputs checked.
-
-    ``defer_existing`` leaves existing outputs to scale-out (see :func:`~.plan.check_plan_outputs`).
-    """
-    config = bundle_config(model, Task.segment)
-    found = scene_sources([image], config, bands, allow_pixel_grid)
-    asked = dict(bands=bands, overwrite=overwrite, allow_pixel_grid=allow_pixel_grid, engine=engine, outputs=outputs)
-    fields = dict(task=Task.segment, model=model, config=config, inputs=[image], output=output, **asked)
-    return plan_dense(found, tiling, defer_existing, **fields)
+def plan_segment(*, image: str | Path, **options: Unpack[DenseOptions]) -> Plan:
+    """Plan ``segment`` of ``image`` with the segmentation bundle ``options['model']`` (a path, or a loaded
+    ``(model, config)`` pair): the scene inspected, the tile grid laid out, the outputs checked (``options``:
+    :class:`~.dense.DenseOptions`; ``defer_existing`` leaves existing outputs to scale-out)."""
+    return plan_dense(Task.segment, [image], scene_sources, **options)
 
 
 def segment(*, progress: Progress | None = None, **options: Any) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from lemevit_geo.pipelines.inference.change import plan_change
 from lemevit_geo.pipelines.inference.classify import plan_classify
 from lemevit_geo.pipelines.inference.detect import plan_detect
 from lemevit_geo.pipelines.inference.engine import Progress
-from lemevit_geo.pipelines.inference.plan import check_outputs
+from lemevit_geo.pipelines.inference.plan import Plan, check_outputs
 from lemevit_geo.pipelines.inference.segment import plan_segment
 from lemevit_geo.pipelines.inference.tiling import TileGrid
 from lemevit_geo.pipelines.scaleout.executors import RayExecutor, failure, is_inline, open_executor, reach
@@ -546,6 +546,25 @@ def _per_scene(folder: Path | None, inputs: Sequence[str], suffix: str) -> list[
     return list(outputs_in(folder, inputs, suffix)) if folder is not None else [None] * len(inputs)
 
 
+def _scale_scenes(
+    planner: Callable[..., Plan],
+    inputs: Sequence[str],
+    single: bool,
+    targets: Sequence[dict[str, Any]],
+    scale_out: ScaleOut,
+    progress: Progress | None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Plan scene ``i`` with ``planner(image=inputs[i], **targets[i], **options)``, its existing outputs checked
+    at the merge (``defer_existing``), and run every scene through parts."""
+    parts = default_parts(scale_out, len(inputs))
+
+    def plan(i: int) -> Job:
+        return plan_job(planner(image=inputs[i], defer_existing=True, **targets[i], **options), parts)
+
+    return run_scenes(plan_scenes(inputs, plan, single), scale_out, progress)
+
+
 def single_output(inputs: Sequence[str], output: str | Path) -> bool:
     """Whether ``output`` names one file (one input), rather than a directory for one output per input."""
     return len(inputs) == 1 and not Path(output).is_dir() and not str(output).endswith(("/", os.sep))
@@ -571,25 +590,16 @@ def scale_segment(
     inputs = expand_inputs(images)
     single = single_output(inputs, output)
     if single:
-        targets: list[tuple[Path, DenseOutputs]] = [(Path(output), outputs)]
+        targets = [{"output": Path(output), "outputs": outputs}]
     else:
         mains = outputs_in(Path(output), inputs, ".tif")
         probs = _per_scene(outputs.probabilities, inputs, ".probabilities.tif")
         vectors = _per_scene(outputs.vector, inputs, ".gpkg")
         targets = [
-            (main, dataclasses.replace(outputs, probabilities=p, vector=v))
+            {"output": main, "outputs": dataclasses.replace(outputs, probabilities=p, vector=v)}
             for main, p, v in zip(mains, probs, vectors, strict=True)
         ]
-    parts = default_parts(scale_out, len(inputs))
-
-    def plan(i: int) -> Job:
-        main, scene_outputs = targets[i]
-        plan = plan_segment(
-            image=inputs[i], output=main, model=model, outputs=scene_outputs, defer_existing=True, **options
-        )
-        return plan_job(plan, parts)
-
-    return run_scenes(plan_scenes(inputs, plan, single), scale_out, progress)
+    return _scale_scenes(plan_segment, inputs, single, targets, scale_out, progress, model=model, **options)
 
 
 def scale_change(*, scale_out: ScaleOut, progress: Progress | None = None, **options: Any) -> dict[str, Any]:
@@ -623,20 +633,12 @@ def scale_classify(
     inputs = expand_inputs(images)
     single = single_output(inputs, output)
     if single:
-        targets: list[tuple[Path, Path | None]] = [(Path(output), Path(raster) if raster else None)]
+        targets = [{"output": Path(output), "raster": Path(raster) if raster else None}]
     else:
         rasters = _per_scene(Path(raster) if raster else None, inputs, ".tif")
-        targets = list(zip(outputs_in(Path(output), inputs, ".gpkg"), rasters, strict=True))
-    parts = default_parts(scale_out, len(inputs))
-
-    def plan(i: int) -> Job:
-        main, grid_raster = targets[i]
-        plan = plan_classify(
-            image=inputs[i], output=main, model=model, raster=grid_raster, defer_existing=True, **options
-        )
-        return plan_job(plan, parts)
-
-    return run_scenes(plan_scenes(inputs, plan, single), scale_out, progress)
+        mains = outputs_in(Path(output), inputs, ".gpkg")
+        targets = [{"output": main, "raster": r} for main, r in zip(mains, rasters, strict=True)]
+    return _scale_scenes(plan_classify, inputs, single, targets, scale_out, progress, model=model, **options)
 
 
 def scale_detect(
