@@ -659,11 +659,5 @@ def scale_detect(
     inputs = expand_inputs(images)
     single = single_output(inputs, output)
     targets = [Path(output)] if single else outputs_in(Path(output), inputs, ".gpkg")
-    parts = default_parts(scale_out, len(inputs))
-
-    def plan(i: int) -> Job:
-        return plan_job(
-            plan_detect(image=inputs[i], output=targets[i], model=model, defer_existing=True, **options), parts
-        )
-
-    return run_scenes(plan_scenes(inputs, plan, single), scale_out, progress)
+    outputs = [{"output": target} for target in targets]
+    return _scale_scenes(plan_detect, inputs, single, outputs, scale_out, progress, model=model, **options)
