@@ -192,11 +192,13 @@ def evaluate_report(
 def merge_inputs(output: Path) -> tuple[str, list[str], str]:
     """The task, inputs and bundle of the scale-out job whose parts ``merge`` joins into ``output`` (its
     ``job.json``), for the merged run's report: one scene, so ``output`` names one output, not a directory."""
-    from lemevit_geo.pipelines.scaleout.jobs import parts_dir, read_json
+    from lemevit_geo.pipelines.scaleout.jobs import parts_dir
+    from lemevit_geo.pipelines.scaleout.records import JOB_FILE, load_job
 
     if Path(output).is_dir():
         raise InputError(f"`report` draws one scene: name one output to merge, not the directory {output}")
-    job = read_json(parts_dir(Path(output)) / "job.json")
-    if job is None:
-        raise InputError(f"{parts_dir(Path(output))} holds no job.json: run the parts first (`part` i/N)")
-    return str(job["task"]), [str(p) for p in job["inputs"]], str(job["model"])
+    folder = parts_dir(Path(output))
+    if not (folder / JOB_FILE).exists():
+        raise InputError(f"{folder} holds no {JOB_FILE}: run the parts first (`part` i/N)")
+    job = load_job(folder)  # checked field by field, as merge checks it
+    return job.task.value, [str(p) for p in job.inputs], str(job.model)
