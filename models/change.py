@@ -9,7 +9,9 @@ The backbone is shared between the dates; channel counts come from its ``feature
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import timm
 import torch
@@ -49,29 +51,48 @@ class SemanticTokenizer(nn.Module):
         return weights @ rearrange(x, "b c h w -> b (h w) c")  # (B, L, C)
 
 
+@dataclasses.dataclass(frozen=True)
+class BITOptions:
+    """The head options of :class:`ChangeModel`, as a bundle stores them (the one home of their defaults).
+
+    Attributes:
+        dim: Width of the fused features and of the tokens.
+        tokens: Semantic tokens per date.
+        heads: Attention heads of the token transformer.
+        enc_depth: Layers of the transformer encoder over both dates' tokens.
+        dec_depth: Layers of the transformer decoder from the tokens back to the pixels.
+        dropout: Dropout inside the transformer layers.
+    """
+
+    dim: int = 64
+    tokens: int = 4
+    heads: int = 4
+    enc_depth: int = 1
+    dec_depth: int = 1
+    dropout: float = 0.0
+
+
 class BITDecoder(nn.Module):
     """BIT-style decoder on two dates' multi-scale features; returns their refined difference at the finest stride."""
 
-    def __init__(
-        self,
-        in_channels: Sequence[int],
-        dim: int = 64,
-        tokens: int = 4,
-        heads: int = 4,
-        enc_depth: int = 1,
-        dec_depth: int = 1,
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, in_channels: Sequence[int], options: BITOptions = BITOptions()) -> None:
         super().__init__()
+        dim, tokens = options.dim, options.tokens
         self.out_channels = dim
         self.fuse = FeatureFusion(in_channels, dim)
         self.tokenizer = SemanticTokenizer(dim, tokens)
         self.token_pos = nn.Parameter(torch.randn(1, 2 * tokens, dim) * 0.02)
         layer = dict(
-            d_model=dim, nhead=heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True, norm_first=True
+            d_model=dim,
+            nhead=options.heads,
+            dim_feedforward=2 * dim,
+            dropout=options.dropout,
+            batch_first=True,
+            norm_first=True,
         )
-        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), enc_depth, enable_nested_tensor=False)
-        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), dec_depth)
+        encoder_layer = nn.TransformerEncoderLayer(**layer)
+        self.encoder = nn.TransformerEncoder(encoder_layer, options.enc_depth, enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), options.dec_depth)
 
     def forward(self, feats1: Sequence[torch.Tensor], feats2: Sequence[torch.Tensor]) -> torch.Tensor:
         x1, x2 = self.fuse(feats1), self.fuse(feats2)
@@ -101,14 +122,14 @@ class ChangeModel(nn.Module):
     """
 
     def __init__(
-        self, arch: str = "tiny", in_chans: int = 3, num_classes: int = 2, drop_path_rate: float = 0.1, **head: int
+        self, arch: str = "tiny", in_chans: int = 3, num_classes: int = 2, drop_path_rate: float = 0.1, **head: Any
     ) -> None:
         super().__init__()
         self.in_chans = in_chans
         self.encoder = timm.create_model(
             f"lemevit_{arch}", features_only=True, in_chans=in_chans, drop_path_rate=drop_path_rate
         )
-        self.decoder = BITDecoder(self.encoder.feature_info.channels(), **head)
+        self.decoder = BITDecoder(self.encoder.feature_info.channels(), BITOptions(**head))
         self.segmentation_head = change_head(self.decoder.out_channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ Outputs
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -56,24 +57,50 @@ from lemevit_geo.models.rotated import (
     regularize_boxes,
 )
 
-__all__ = ["DEFAULT_OPTIONS", "OrientedFCOS", "RotatedFCOSHead", "Targets", "assign_targets"]
+__all__ = ["DEFAULT_OPTIONS", "FCOSOptions", "OrientedFCOS", "RotatedFCOSHead", "Targets", "assign_targets"]
+
 
 #: Head options and their defaults (what a bundle stores for ``detect``).
+@dataclasses.dataclass(frozen=True)
+class FCOSOptions:
+    """The head options of :class:`OrientedFCOS`, as a bundle stores them (the one home of their defaults).
+
+    Attributes:
+        fpn_channels: Channels of the FPN levels and of the head.
+        num_convs: Conv + GroupNorm + ReLU layers in each of the head's two towers.
+        use_p2: Add the stride-4 level (small objects): the levels are then P2-P7, otherwise P3-P7.
+        regress_ranges: Edges between the levels' ranges of max(l, t, r, b); ``None``: 8 x the stride of each level.
+        center_sampling_radius: Positives lie within this many strides of the box centre (0: off).
+        angle_free_classes: Class indices without a defined angle (squares, circles).
+        focal_alpha: Alpha of the classification focal loss.
+        focal_gamma: Gamma of the classification focal loss.
+        box_loss: ``"probiou"`` (Hellinger distance of the Gaussians) or ``"kld"``.
+        box_loss_weight: Weight of the box loss in the total.
+        score_threshold: Inference: minimum score of a box.
+        iou_threshold: Inference: rotated NMS threshold, per class.
+        pre_nms_top_k: Inference: candidates per image entering NMS.
+        max_detections: Inference: rows per image in the output.
+    """
+
+    fpn_channels: int = 256
+    num_convs: int = 4
+    use_p2: bool = False
+    regress_ranges: Sequence[float] | None = None
+    center_sampling_radius: float = 1.5
+    angle_free_classes: Sequence[int] = ()
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    box_loss: str = "probiou"
+    box_loss_weight: float = 1.0
+    score_threshold: float = 0.05
+    iou_threshold: float = 0.1
+    pre_nms_top_k: int = 1000
+    max_detections: int = 1000
+
+
+#: The defaults of :class:`FCOSOptions` as a bundle's ``head`` field holds them (JSON types).
 DEFAULT_OPTIONS: dict[str, Any] = {
-    "fpn_channels": 256,  # channels of the FPN levels and of the head
-    "num_convs": 4,  # conv + GroupNorm + ReLU layers in each of the head's two towers
-    "use_p2": False,  # add the stride-4 level (small objects); levels are then P2-P7, otherwise P3-P7
-    "regress_ranges": None,  # edges between levels' max(l, t, r, b) ranges; None: 8 x stride of each level
-    "center_sampling_radius": 1.5,  # positives lie within this many strides of the box centre (0: off)
-    "angle_free_classes": [],  # class indices without a defined angle (squares, circles)
-    "focal_alpha": 0.25,
-    "focal_gamma": 2.0,
-    "box_loss": "probiou",  # "probiou" (Hellinger distance of the Gaussians) or "kld"
-    "box_loss_weight": 1.0,
-    "score_threshold": 0.05,  # inference: minimum score
-    "iou_threshold": 0.1,  # inference: rotated NMS threshold, per class
-    "pre_nms_top_k": 1000,  # inference: candidates per image entering NMS
-    "max_detections": 1000,  # inference: rows per image in the output
+    k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(FCOSOptions()).items()
 }
 _MAX_LOG_DISTANCE = 12.0  # exp(12) strides: far beyond any image
 
@@ -227,38 +254,18 @@ class OrientedFCOS(nn.Module):
         in_chans: Input bands.
         num_classes: Object classes (no background class).
         drop_path_rate: Stochastic depth of the backbone.
-        fpn_channels, num_convs, use_p2, regress_ranges, center_sampling_radius, angle_free_classes,
-        focal_alpha, focal_gamma, box_loss, box_loss_weight, score_threshold, iou_threshold,
-        pre_nms_top_k, max_detections: head options, see :data:`DEFAULT_OPTIONS`. The four inference
-        options are plain attributes, settable after construction.
+        head: The head options, see :class:`FCOSOptions` (an unknown one raises ``TypeError``). The four
+            inference options are plain attributes, settable after construction.
     """
 
     def __init__(
-        self,
-        arch: str = "tiny",
-        in_chans: int = 3,
-        num_classes: int = 15,
-        drop_path_rate: float = 0.1,
-        *,
-        fpn_channels: int = 256,
-        num_convs: int = 4,
-        use_p2: bool = False,
-        regress_ranges: Sequence[float] | None = None,
-        center_sampling_radius: float = 1.5,
-        angle_free_classes: Sequence[int] = (),
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        box_loss: str = "probiou",
-        box_loss_weight: float = 1.0,
-        score_threshold: float = 0.05,
-        iou_threshold: float = 0.1,
-        pre_nms_top_k: int = 1000,
-        max_detections: int = 1000,
+        self, arch: str = "tiny", in_chans: int = 3, num_classes: int = 15, drop_path_rate: float = 0.1, **head: Any
     ) -> None:
         super().__init__()
-        if box_loss not in ("probiou", "kld"):
-            raise ValueError(f"unknown box_loss {box_loss!r}; expected 'probiou' or 'kld'")
-        bad = [c for c in angle_free_classes if not 0 <= int(c) < num_classes]
+        self.options = options = FCOSOptions(**head)  # an unknown option fails here rather than being ignored
+        if options.box_loss not in ("probiou", "kld"):
+            raise ValueError(f"unknown box_loss {options.box_loss!r}; expected 'probiou' or 'kld'")
+        bad = [c for c in options.angle_free_classes if not 0 <= int(c) < num_classes]
         if bad:
             raise ValueError(f"angle_free_classes {bad} are not class indices in [0, {num_classes})")
         self.in_chans = in_chans
@@ -266,33 +273,29 @@ class OrientedFCOS(nn.Module):
         self.encoder = timm.create_model(
             f"lemevit_{arch}",
             features_only=True,
-            out_indices=(0, 1, 2, 3) if use_p2 else (1, 2, 3),
+            out_indices=(0, 1, 2, 3) if options.use_p2 else (1, 2, 3),
             in_chans=in_chans,
             drop_path_rate=drop_path_rate,
         )
         channels = self.encoder.feature_info.channels()
         reductions = [int(r) for r in self.encoder.feature_info.reduction()]
         self.strides = (*reductions, reductions[-1] * 2, reductions[-1] * 4)
-        self.fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels))
-        self.head = RotatedFCOSHead(fpn_channels, num_classes, len(self.strides), num_convs=num_convs)
-        edges = [8.0 * s for s in self.strides[:-1]] if regress_ranges is None else [float(e) for e in regress_ranges]
+        width = options.fpn_channels
+        self.fpn = FeaturePyramidNetwork(channels, width, extra_blocks=LastLevelP6P7(width, width))
+        self.head = RotatedFCOSHead(width, num_classes, len(self.strides), num_convs=options.num_convs)
+        ranges = options.regress_ranges
+        edges = [8.0 * s for s in self.strides[:-1]] if ranges is None else [float(e) for e in ranges]
         if len(edges) != len(self.strides) - 1 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
             raise ValueError(
                 f"regress_ranges needs {len(self.strides) - 1} increasing edges for the levels with strides "
                 f"{self.strides}, got {list(edges)}"
             )
         self.regress_ranges = edges
-        self.center_sampling_radius = center_sampling_radius
-        self.angle_free_classes = [int(c) for c in angle_free_classes]
+        self.angle_free_classes = [int(c) for c in options.angle_free_classes]
         self.register_buffer("_angle_free", torch.tensor(self.angle_free_classes, dtype=torch.long), persistent=False)
-        self.focal_alpha = focal_alpha
-        self.focal_gamma = focal_gamma
-        self.box_loss = box_loss
-        self.box_loss_weight = box_loss_weight
-        self.score_threshold = score_threshold
-        self.iou_threshold = iou_threshold
-        self.pre_nms_top_k = pre_nms_top_k
-        self.max_detections = max_detections
+        # the inference options are plain attributes: `detect` sets them per run
+        self.score_threshold, self.iou_threshold = options.score_threshold, options.iou_threshold
+        self.pre_nms_top_k, self.max_detections = options.pre_nms_top_k, options.max_detections
 
     def forward_raw(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         """Raw per-level outputs (see the module docstring), in any mode."""
@@ -330,7 +333,7 @@ class OrientedFCOS(nn.Module):
     def targets(self, outputs: dict[str, list[torch.Tensor]], targets: Sequence[dict[str, torch.Tensor]]) -> Targets:
         """Assigned targets of a batch, stacked ``(B, L, ...)``."""
         points, strides, ranges = self.locations(outputs)
-        per_image = []
+        per_image, radius = [], self.options.center_sampling_radius
         with torch.no_grad():
             for t in targets:
                 boxes = t["boxes"].to(points.device, torch.float32).reshape(-1, 5)
@@ -338,9 +341,7 @@ class OrientedFCOS(nn.Module):
                 ignore = t.get("ignore")
                 ignore = ignore.to(points.device, torch.bool).reshape(-1) if ignore is not None else None
                 per_image.append(
-                    assign_targets(
-                        points, strides, ranges, boxes, labels, ignore, self.center_sampling_radius, self._angle_free
-                    )
+                    assign_targets(points, strides, ranges, boxes, labels, ignore, radius, self._angle_free)
                 )
         return Targets(*(torch.stack(parts) for parts in zip(*per_image, strict=True)))
 
@@ -368,7 +369,7 @@ class OrientedFCOS(nn.Module):
         onehot[pos] = F.one_hot(t.labels[pos], self.num_classes).to(cls.dtype)
         valid = ~t.ignored
         loss_cls = sigmoid_focal_loss(
-            cls[valid], onehot[valid], alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+            cls[valid], onehot[valid], alpha=self.options.focal_alpha, gamma=self.options.focal_gamma, reduction="sum"
         )
         loss_cls = loss_cls / num_pos
         ctr_logits = flat["centerness"][..., 0]
@@ -380,12 +381,12 @@ class OrientedFCOS(nn.Module):
             pred = decode_distances(pts, flat["distances"][pos], angle)
             ctr_t = t.centerness[pos]
             loss_ctr = F.binary_cross_entropy_with_logits(ctr_logits[pos], ctr_t, reduction="sum") / num_pos
-            per_box = gaussian_box_loss(pred, t.boxes[pos], self.box_loss)
+            per_box = gaussian_box_loss(pred, t.boxes[pos], self.options.box_loss)
             loss_box = (per_box * ctr_t).sum() / ctr_t.sum().clamp(min=1e-6)
         else:  # keep every output in the graph
             loss_ctr = ctr_logits.sum() * 0.0
             loss_box = (flat["distances"].sum() + flat["angle"].sum()) * 0.0
-        total = loss_cls + loss_ctr + self.box_loss_weight * loss_box
+        total = loss_cls + loss_ctr + self.options.box_loss_weight * loss_box
         return {"loss_cls": loss_cls, "loss_centerness": loss_ctr, "loss_box": loss_box, "loss": total}
 
     @torch.no_grad()

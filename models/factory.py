@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -69,11 +71,16 @@ def backbone_of(model: nn.Module) -> LeMeViT:
 
 def head_options(task: str, **given: Any) -> dict[str, Any]:
     """Head options stored in a bundle for ``task``: the defaults, updated with ``given`` (for ``detect``: see
-    :data:`lemevit_geo.models.detection.DEFAULT_OPTIONS`; ``segment`` also takes ``pixel_channels``)."""
+    :class:`~lemevit_geo.models.detection.FCOSOptions`, ``change``: :class:`~lemevit_geo.models.change.BITOptions`;
+    ``segment`` also takes ``pixel_channels``)."""
     if task == "detect":
         from lemevit_geo.models.detection import DEFAULT_OPTIONS
 
-        defaults = {k: list(v) if isinstance(v, list) else v for k, v in DEFAULT_OPTIONS.items()}
+        defaults = copy.deepcopy(DEFAULT_OPTIONS)
+    elif task == "change":
+        from lemevit_geo.models.change import BITOptions
+
+        defaults = dataclasses.asdict(BITOptions())
     else:
-        defaults = {"segment": {"decoder_channels": 256}, "change": {"dim": 64, "tokens": 4}}.get(task, {})
+        defaults = {"decoder_channels": 256} if task == "segment" else {}
     return {**defaults, **given}
