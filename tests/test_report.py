@@ -110,6 +110,24 @@ def drawn(view: dict[str, Any]) -> int:
     return sum(view["paths"].values())
 
 
+def test_vendored_leaflet_is_unchanged() -> None:
+    """The Leaflet files inlined into reports are npm's ``leaflet@1.9.4`` to the byte (the hashes in its README).
+
+    So they stay third-party code: nothing of ours is patched into them (and `duplicates` pairs inside
+    ``leaflet.css`` are Leaflet's own).
+    """
+    import hashlib
+    from importlib import resources
+
+    folder = resources.files("lemevit_geo").joinpath("assets", "leaflet")
+    lines = folder.joinpath("README.md").read_text().splitlines()
+    table = [line.split("|")[1:3] for line in lines if line.startswith("|")]
+    recorded = {name.strip(): digest.strip() for name, digest in table if len(digest.strip()) == 64}
+    assert {"leaflet.js", "leaflet.css"} <= set(recorded)
+    shipped = {name: hashlib.sha256(folder.joinpath(name).read_bytes()).hexdigest() for name in recorded}
+    assert shipped == recorded
+
+
 def test_segment_report_from_the_command(tmp_path: Path, seg_bundle: Path, browser: Any) -> None:
     scene = write_raster(tmp_path / "scene.tif", textured_scene(150, 200))
     report = tmp_path / "map.html"
