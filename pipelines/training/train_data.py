@@ -217,6 +217,23 @@ def torchgeo_data(name: str, root: Path, batch_size: int, tile_size: int, num_wo
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".parquet", ".fgb")
 
 
+@dataclass(frozen=True)
+class Loading:
+    """How own data is split and served to training.
+
+    Attributes:
+        batch_size: Tiles per batch.
+        num_workers: Data-loading worker processes.
+        val_fraction: Share of the labelled region held out for validation (a spatial split).
+        length: Training tiles drawn per epoch.
+    """
+
+    batch_size: int
+    num_workers: int
+    val_fraction: float
+    length: int
+
+
 def expand_paths(spec: str | Path | Sequence[str | Path], what: str) -> list[str]:
     """Files named by a path, a glob, or a list of them; a path named outright must be a file."""
     specs = [spec] if isinstance(spec, str | Path) else list(spec)
@@ -498,10 +515,7 @@ def custom_data(
     label_column: str | None,
     classes: Sequence[str] | None,
     tile_size: int | None,
-    batch_size: int,
-    num_workers: int,
-    val_fraction: float,
-    length: int,
+    loading: Loading,
     work_dir: Path,
     scene_labels: bool = False,
     default_tile: int = 512,
@@ -515,16 +529,16 @@ def custom_data(
     """
     dataset, lab, aligned, files, change = _own_inputs(images, before, after, labels, label_column, classes, work_dir)
     xs, ys, _ = dataset.bounds
-    split = spatial_split((xs.start, ys.start, xs.stop, ys.stop), val_fraction, dataset.res)
+    split = spatial_split((xs.start, ys.start, xs.stop, ys.stop), loading.val_fraction, dataset.res)
     tile = tile_size or fit_tile(default_tile, split, dataset.res)
     dm = OwnDataModule(
         dataset,
         split["train"],
         split["val"],
         tile_size=tile,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        length=length,
+        batch_size=loading.batch_size,
+        num_workers=loading.num_workers,
+        length=loading.length,
         dates=2 if change else 1,
         label_offset=lab.offset,
         label_nodata=lab.nodata,
@@ -666,10 +680,7 @@ def detection_data(
     label_column: str | None,
     classes: Sequence[str] | None,
     tile_size: int | None,
-    batch_size: int,
-    num_workers: int,
-    val_fraction: float,
-    length: int,
+    loading: Loading,
     augment: bool = True,
     default_tile: int = 1024,
     point_size: float | None = None,
@@ -694,17 +705,17 @@ def detection_data(
     objects, footprints, found = _objects(polys, infos, names)
     if not found.any():
         raise InputError(f"{label_file}: none of its {len(polys)} polygons lie in the images ({infos[0]['crs']})")
-    split = spatial_split(shapely.union_all(footprints).bounds, val_fraction)
+    split = spatial_split(shapely.union_all(footprints).bounds, loading.val_fraction)
     res = (abs(infos[0]["transform"].a), abs(infos[0]["transform"].e))
     tile_size = tile_size or fit_tile(default_tile, split, res)
     sources = _split_sources(infos, objects, split, tile_size)
     mean, std = _crop_stats(sources["train"], tile_size)
-    train = DetectionCrops(sources["train"], tile_size, mean, std, length=length, augment=augment)
+    train = DetectionCrops(sources["train"], tile_size, mean, std, length=loading.length, augment=augment)
     val = DetectionCrops(sources["val"], tile_size, mean, std, grid=True)
     report = {"crs": infos[0]["crs"].to_string(), "objects": int(found.sum()), "val_crops": len(val)}
     report["repaired_polygons"] = polys.attrs.get("repaired", 0)
     return TrainData(
-        datamodule=DetectionDataModule(batch_size, num_workers, train, val),
+        datamodule=DetectionDataModule(loading.batch_size, loading.num_workers, train, val),
         task=Task.detect,
         classes=names,
         bands=infos[0]["count"],
