@@ -117,6 +117,19 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, use_07: bool = 
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
+def _by_class(
+    detections: Iterable[Mapping[str, Any]], ground_truths: Iterable[Mapping[str, Any]]
+) -> tuple[dict[Hashable, list[Mapping[str, Any]]], dict[Hashable, dict[Hashable, list[Mapping[str, Any]]]]]:
+    """The detections by class, and the ground truths by class and then image."""
+    dets: dict[Hashable, list[Mapping[str, Any]]] = defaultdict(list)
+    for d in detections:
+        dets[d["class"]].append(d)
+    gts: dict[Hashable, dict[Hashable, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for g in ground_truths:
+        gts[g["class"]][g["image"]].append(g)
+    return dets, gts
+
+
 def _ranked_matches(
     detections: Sequence[Mapping[str, Any]], per_image: Mapping[Hashable, list[Mapping[str, Any]]], iou: float
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -177,12 +190,7 @@ def detection_ap(
         per class: its detections that found an object first, and those that found none or a found one
         (matches to difficult objects count as neither).
     """
-    gts: dict[Hashable, dict[Hashable, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    for g in ground_truths:
-        gts[g["class"]][g["image"]].append(g)
-    dets: dict[Hashable, list[Mapping[str, Any]]] = defaultdict(list)
-    for d in detections:
-        dets[d["class"]].append(d)
+    dets, gts = _by_class(detections, ground_truths)
     ap, num_gt, num_det, recall, hits, misses = {}, {}, {}, {}, {}, {}
     for c in classes:
         scores, tp, npos = _ranked_matches(dets.get(c, []), gts.get(c, {}), iou)
@@ -244,12 +252,7 @@ def operating_points(
 
     Returns ``classes`` (class to its point, ``pooled`` True where it took the pooled threshold), ``pooled``
     and ``overall``: precision, recall and F1 of all classes together at these thresholds."""
-    gts: dict[Hashable, dict[Hashable, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    for g in ground_truths:
-        gts[g["class"]][g["image"]].append(g)
-    dets: dict[Hashable, list[Mapping[str, Any]]] = defaultdict(list)
-    for d in detections:
-        dets[d["class"]].append(d)
+    dets, gts = _by_class(detections, ground_truths)
     ranked = [_ranked_matches(dets.get(c, []), gts.get(c, {}), iou) for c in classes]
     scores = np.concatenate([r[0] for r in ranked]) if ranked else np.zeros(0)
     order = np.argsort(-scores, kind="stable")

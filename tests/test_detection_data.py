@@ -22,7 +22,7 @@ from lemevit_geo.pipelines.training.datamodules import (
     flip_rotate,
     read_dota_annotation,
 )
-from lemevit_geo.pipelines.training.train_data import detection_data
+from lemevit_geo.pipelines.training.train_data import Loading, detection_data
 from tests.conftest import CRS, GSD, ORIGIN, cli_error, write_raster
 from tests.fake_datasets import DOTA_CLASSES, make_dota
 from tests.standins import blob_boxes, paint
@@ -127,10 +127,7 @@ def test_own_detection_data_split_and_refusals(tmp_path: Path) -> None:
         label_column="kind",
         classes=None,
         tile_size=64,
-        batch_size=2,
-        num_workers=0,
-        val_fraction=0.25,
-        length=4,
+        loading=Loading(batch_size=2, num_workers=0, val_fraction=0.25, length=4),
     )
     data = detection_data(labels=str(tmp_path / "objects.gpkg"), **args)
     assert data.classes == ["car", "container", "truck"] and data.task.value == "detect" and data.bands == 3
@@ -183,10 +180,7 @@ def test_points_become_boxes_and_lines_and_empty_geometries_are_skipped(tmp_path
         label_column=None,
         classes=["building", "car", "road", "tree"],
         tile_size=64,
-        batch_size=2,
-        num_workers=0,
-        val_fraction=0.25,
-        length=4,
+        loading=Loading(batch_size=2, num_workers=0, val_fraction=0.25, length=4),
     )
     with pytest.warns(LemevitWarning) as caught:
         data = detection_data(point_size=3.0, **args)  # 3 m squares: 6 px at 0.5 m

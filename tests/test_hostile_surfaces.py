@@ -422,7 +422,7 @@ def bow_tie_labels(tmp: Path, scene_objects: Path) -> Path:
 
 def own_detection_data(image: Path, labels: Path) -> Any:
     """The training data ``train --task detect`` reads from ``image`` and ``labels`` (64 px crops)."""
-    from lemevit_geo.pipelines.training.train_data import detection_data
+    from lemevit_geo.pipelines.training.train_data import Loading, detection_data
 
     return detection_data(
         images=str(image),
@@ -430,10 +430,7 @@ def own_detection_data(image: Path, labels: Path) -> Any:
         label_column=None,
         classes=None,
         tile_size=64,
-        batch_size=2,
-        num_workers=0,
-        val_fraction=0.3,
-        length=4,
+        loading=Loading(batch_size=2, num_workers=0, val_fraction=0.3, length=4),
     )
 
 

@@ -10,7 +10,7 @@ import torch
 
 from lemevit_geo.pipelines.apps.synthetic import make_scene
 from lemevit_geo.pipelines.training.compat import grid_sampler, random_sampler
-from lemevit_geo.pipelines.training.train_data import custom_data, raster_dataset
+from lemevit_geo.pipelines.training.train_data import Loading, custom_data, raster_dataset
 from tests.fake_datasets import DOTA_OBJECTS, make_dota_versions
 
 
@@ -72,10 +72,7 @@ def test_validation_tiles_stay_in_the_validation_strip(tmp_path: Path) -> None:
         label_column=None,
         classes=None,
         tile_size=64,
-        batch_size=2,
-        num_workers=0,
-        val_fraction=0.33,
-        length=4,
+        loading=Loading(batch_size=2, num_workers=0, val_fraction=0.33, length=4),
         work_dir=tmp_path,
     )
     dm = data.datamodule

@@ -17,7 +17,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from lemevit_geo.bundle import read_config
 from lemevit_geo.pipelines.apps.synthetic import CLASSES, COLORS, make_scene
-from lemevit_geo.pipelines.training.train_data import custom_data
+from lemevit_geo.pipelines.training.train_data import Loading, custom_data
 from tests.conftest import SceneFiles, cli, cli_main, cli_subprocess, textured_scene, write_raster
 from tests.fake_datasets import FAKE_DATASETS
 
@@ -133,10 +133,7 @@ def test_own_rasters_with_labels_in_another_crs(tmp_path: Path) -> None:
         label_column=None,
         classes=None,
         tile_size=64,
-        batch_size=4,
-        num_workers=0,
-        val_fraction=0.25,
-        length=16,
+        loading=Loading(batch_size=4, num_workers=0, val_fraction=0.25, length=16),
         work_dir=tmp_path,
     )
     assert data.classes == CLASSES and data.colors == COLORS and data.ignore_index == 255 and data.bands == 4
@@ -372,10 +369,8 @@ def test_label_values_are_checked_and_nodata_is_ignored(tmp_path: Path) -> None:
         label_column=None,
         classes=None,
         tile_size=64,
-        batch_size=2,
-        num_workers=0,
-        val_fraction=0.4,  # a training strip wider than one tile (torchgeo 0.10 samples none in exactly one)
-        length=2,
+        # val_fraction: a training strip wider than one tile (torchgeo 0.10 samples none in exactly one)
+        loading=Loading(batch_size=2, num_workers=0, val_fraction=0.4, length=2),
         work_dir=tmp_path,
     )
     assert data.classes == ["class_0", "class_1", "class_2"] and data.ignore_index == 255

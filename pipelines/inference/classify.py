@@ -17,17 +17,9 @@ from affine import Affine
 from lemevit_geo.bundle import BundleConfig
 from lemevit_geo.choices import Stitch, Task
 from lemevit_geo.outputs import atomic_path
+from lemevit_geo.pipelines.inference import plan as planning
 from lemevit_geo.pipelines.inference.dense import run_summary
 from lemevit_geo.pipelines.inference.engine import Progress, RunStats, Runtime, TileData, TileReader, run_tiles
-from lemevit_geo.pipelines.inference.plan import (
-    ModelArg,
-    Plan,
-    bundle_config,
-    make_grid,
-    planned,
-    scene_sources,
-    source_for,
-)
 from lemevit_geo.pipelines.inference.stitch import softmax
 from lemevit_geo.pipelines.inference.tiling import Tile, TileGrid
 from lemevit_geo.raster import (
@@ -125,7 +117,7 @@ def classify_tiles(
     """Run the model (on ``runtime``'s device) over the tiles of ``grid`` (tile rows ``rows`` if given): the
     tile table and the run's counts."""
     sink = TileLabels()
-    source = source_for(info, config)
+    source = planning.source_for(info, config)
     runtime.fit(net, (len(info.bands), grid.tile, grid.tile), row=len(grid.xs))
     reader = TileReader([source], grid, threads=runtime.threads, prefetch=2 * runtime.batch_size, rows=rows)
     with gdal_env([info], grid.tile):
@@ -137,7 +129,7 @@ def plan_classify(
     *,
     image: str | Path,
     output: str | Path,
-    model: ModelArg,
+    model: planning.ModelArg,
     bands: Sequence[int] | None = None,
     tile_size: int | None = None,
     raster: str | Path | None = None,
@@ -146,18 +138,18 @@ def plan_classify(
     allow_pixel_grid: bool = False,
     engine: Engine = CLASSIFY_ENGINE,
     defer_existing: bool = False,
-) -> Plan:
+) -> planning.Plan:
     """Plan ``classify`` of ``image`` with the classification bundle ``model`` (a path, or a loaded
     ``(model, config)`` pair): tiles of ``tile_size`` (default: the bundle's) on a regular grid without
     overlap (edge tiles padded and masked), the outputs checked."""
-    config = bundle_config(model, Task.classify)
-    found = scene_sources([image], config, bands, allow_pixel_grid)
+    config = planning.bundle_config(model, Task.classify)
+    found = planning.scene_sources([image], config, bands, allow_pixel_grid)
     check_tile_size(tile_size)
-    grid = make_grid(found.info, tile_size or config.tile_size, 0, fit=False)
+    grid = planning.make_grid(found.info, tile_size or config.tile_size, 0, fit=False)
     asked = dict(bands=bands, overwrite=overwrite, allow_pixel_grid=allow_pixel_grid, engine=engine, top_k=top_k)
     fields = dict(task=Task.classify, model=model, config=config, inputs=[image], output=output, **asked)
     raster = Path(raster) if raster else None
-    return planned(found, grid, defer_existing=defer_existing, stitch=Stitch.crop, raster=raster, **fields)
+    return planning.planned(found, grid, defer_existing=defer_existing, stitch=Stitch.crop, raster=raster, **fields)
 
 
 def classify(*, progress: Progress | None = None, **options: Any) -> dict[str, Any]:

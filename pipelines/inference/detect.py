@@ -24,18 +24,10 @@ from lemevit_geo.bundle import BundleConfig
 from lemevit_geo.choices import Stitch, Task
 from lemevit_geo.errors import InputError
 from lemevit_geo.pipelines.geometry import box_features
+from lemevit_geo.pipelines.inference import plan as planning
 from lemevit_geo.pipelines.inference.boxes import BoxMerger
 from lemevit_geo.pipelines.inference.dense import run_summary
 from lemevit_geo.pipelines.inference.engine import BackgroundSink, Progress, Runtime, TileReader, eager_model, run_tiles
-from lemevit_geo.pipelines.inference.plan import (
-    ModelArg,
-    Plan,
-    bundle_config,
-    make_grid,
-    planned,
-    scene_sources,
-    source_for,
-)
 from lemevit_geo.pipelines.inference.tiling import Strip, TileGrid, strips
 from lemevit_geo.raster import SourceInfo, gdal_env
 from lemevit_geo.settings import Detection, Engine, Tiling
@@ -93,7 +85,7 @@ def plan_detect(
     *,
     image: str | Path,
     output: str | Path,
-    model: ModelArg,
+    model: planning.ModelArg,
     bands: Sequence[int] | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
@@ -102,21 +94,23 @@ def plan_detect(
     engine: Engine = Engine(),
     detection: Detection = Detection(),
     defer_existing: bool = False,
-) -> Plan:
+) -> planning.Plan:
     """Plan ``detect`` of ``image`` with the detection bundle ``model`` (a path, or a loaded ``(model, config)``
     pair): the scene inspected, the tile grid laid out, the classes to keep and the output checked.
 
     ``tile_size`` and ``overlap`` default to the bundle's (the overlap to at least the largest object it
     was trained for, so each object lies whole in the tile that owns its centre).
     """
-    config = bundle_config(model, Task.detect)
-    found = scene_sources([image], config, bands, allow_pixel_grid)
+    config = planning.bundle_config(model, Task.detect)
+    found = planning.scene_sources([image], config, bands, allow_pixel_grid)
     tile, overlap = Tiling(tile_size=tile_size, overlap=overlap).resolve(config.tile_size, config.overlap)
-    grid = make_grid(found.info, tile, overlap)
+    grid = planning.make_grid(found.info, tile, overlap)
     kept_classes(config, detection)
     asked = dict(bands=bands, overwrite=overwrite, allow_pixel_grid=allow_pixel_grid, engine=engine)
     fields = dict(task=Task.detect, model=model, config=config, inputs=[image], output=output, **asked)
-    return planned(found, grid, defer_existing=defer_existing, stitch=Stitch.crop, detection=detection, **fields)
+    return planning.planned(
+        found, grid, defer_existing=defer_existing, stitch=Stitch.crop, detection=detection, **fields
+    )
 
 
 def detect(*, progress: Progress | None = None, **options: Any) -> dict[str, Any]:
@@ -176,7 +170,8 @@ def detect_scene(
         merger = BoxMerger(grid, write, settings["iou_threshold"], settings["keep"], thresholds, rows, own, join)
         runtime.fit(model, (len(info.bands), grid.tile, grid.tile), row=len(grid.xs))
         prefetch = 4 * runtime.batch_size
-        reader = TileReader([source_for(info, config)], grid, threads=runtime.threads, prefetch=prefetch, rows=rows)
+        source = planning.source_for(info, config)
+        reader = TileReader([source], grid, threads=runtime.threads, prefetch=prefetch, rows=rows)
         with gdal_env([info], grid.tile):
             stats = run_tiles(iter(reader), model, BackgroundSink(merger), runtime, progress)
         written = {"vector": str(stream.finish())}

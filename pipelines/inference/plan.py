@@ -41,22 +41,16 @@ class Sources:
     report: dict[str, Any]  # repeated in the run's summary: masks, and the alignment of ``change``
 
 
-@dataclass
-class Plan:
-    """One command's run, planned: inputs inspected, tile grid laid out, outputs checked; no weights loaded.
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """What a run does, as its :class:`Plan` and its scale-out job hold it alike (the job takes it over as it is).
 
     Attributes:
         task: The command.
-        model: The bundle path, or a loaded ``(model, config)`` pair (single-process runs only).
-        config: The bundle's config.
         inputs: The input rasters (two for ``change``).
-        sources: What the engine reads, on the output grid.
-        info: The output grid.
-        grid: The tile grid over it.
-        stitch: Seam mode (``classify`` and ``detect``: crop).
         output: The main output (class raster; polygons for ``classify`` and ``detect``).
+        stitch: Seam mode (``classify`` and ``detect``: crop).
         engine: Device, precision, batch size, reader threads.
-        report: What planning found (masks, alignment), repeated in the summary.
         bands, allow_pixel_grid, overwrite: As the command was given them.
         outputs, vector_skip: The optional outputs of ``segment`` and ``change``, and classes without polygons.
         raster, top_k: The coarse class raster and classes listed per tile of ``classify``.
@@ -64,16 +58,10 @@ class Plan:
     """
 
     task: Task
-    model: ModelArg
-    config: BundleConfig
     inputs: tuple[str, ...]
-    sources: list[SourceSpec]
-    info: SourceInfo
-    grid: TileGrid
-    stitch: Stitch
     output: Path
+    stitch: Stitch
     engine: Engine
-    report: dict[str, Any] = field(default_factory=dict)
     bands: tuple[int, ...] | None = None
     allow_pixel_grid: bool = False
     overwrite: bool = False
@@ -82,6 +70,27 @@ class Plan:
     raster: Path | None = None
     top_k: int = 3
     detection: Detection = Detection()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan(RunSpec):
+    """One command's run, planned: inputs inspected, tile grid laid out, outputs checked; no weights loaded.
+
+    Attributes:
+        model: The bundle path, or a loaded ``(model, config)`` pair (single-process runs only).
+        config: The bundle's config.
+        sources: What the engine reads, on the output grid.
+        info: The output grid.
+        grid: The tile grid over it.
+        report: What planning found (masks, alignment), repeated in the summary.
+    """
+
+    model: ModelArg
+    config: BundleConfig
+    sources: list[SourceSpec]
+    info: SourceInfo
+    grid: TileGrid
+    report: dict[str, Any] = field(default_factory=dict)
 
     @property
     def bundle(self) -> Path | None:

@@ -21,10 +21,12 @@ bundle by path, so every machine needs the package and the same file system.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import importlib
 import logging
 import os
 import socket
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, TypeVar
 
 from lemevit_geo.errors import LemevitError
@@ -49,8 +51,14 @@ class InlineExecutor(cf.Executor):
         return future
 
 
-def _missing(extra: str) -> LemevitError:
-    return LemevitError(f"the {extra} executor needs the {extra} extra: pip install 'lemevit-geo[{extra}]'")
+def _engine(module: str, extra: str) -> ModuleType:
+    """The engine's module, imported now; missing, one line that names the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise LemevitError(
+            f"the {extra} executor needs the {extra} extra: pip install 'lemevit-geo[{extra}]'"
+        ) from None
 
 
 #: What to start at an address, per engine (``{port}`` filled in).
@@ -89,10 +97,7 @@ class RayExecutor(cf.Executor):
     inline = False
 
     def __init__(self, address: str | None, gpus: bool | None, timeout: float = 10.0) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise _missing("ray") from None
+        ray = _engine("ray", "ray")
         self._ray = ray
         self._started = not ray.is_initialized()
         if self._started:
@@ -134,20 +139,19 @@ class DaskExecutor(cf.Executor):
     inline = False
 
     def __init__(self, address: str | None, workers: int | None, timeout: float = 10.0) -> None:
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError:
-            raise _missing("dask") from None
+        distributed = _engine("distributed", "dask")
         logging.getLogger("distributed").setLevel(logging.ERROR)  # no notes on worker start-up and shut-down
         self._cluster = None
         if address is None:
             n = workers or os.cpu_count() or 1
-            self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-            self._client = Client(self._cluster)
+            self._cluster = distributed.LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+            self._client = distributed.Client(self._cluster)
         else:
             reach("dask", address, timeout)
             try:
-                self._client = Client(address, timeout=f"{timeout}s")
+                self._client = distributed.Client(address, timeout=f"{timeout}s")
             except (OSError, TimeoutError) as exc:
                 raise unreachable("dask", address, failure(exc)) from None
         self._pool = self._client.get_executor(pure=False)

@@ -37,16 +37,15 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from lemevit_geo import __version__
-from lemevit_geo.choices import Stitch, Task
+from lemevit_geo.choices import Task
 from lemevit_geo.errors import InputError
 from lemevit_geo.inputs import local_file
 from lemevit_geo.outputs import temporary_sibling
 from lemevit_geo.pipelines.inference.detect import box_strips
-from lemevit_geo.pipelines.inference.plan import Plan
+from lemevit_geo.pipelines.inference.plan import Plan, RunSpec
 from lemevit_geo.pipelines.inference.tiling import Strip, strips
 from lemevit_geo.pipelines.scaleout.locks import removed_name
 from lemevit_geo.raster import SourceInfo
-from lemevit_geo.settings import DenseOutputs, Detection, Engine
 
 FORMAT = "lemevit-geo-parts"
 FORMAT_VERSION = 2
@@ -72,58 +71,33 @@ class GridSpec:
         return SourceInfo(path, self.width, self.height, crs, Affine(*self.transform), (1,), "uint8")
 
 
-@dataclass(frozen=True)
-class Job:
-    """One scene (or change pair) run as parts. See the module docstring for the hashes.
+@dataclass(frozen=True, kw_only=True)
+class Job(RunSpec):
+    """One scene (or change pair) run as parts: its plan's :class:`~lemevit_geo.pipelines.inference.plan.RunSpec`
+    and what the parts and the merge need besides. See the module docstring for the hashes.
 
     Attributes:
-        task: ``segment``, ``change``, ``classify`` or ``detect``.
-        inputs: The input raster paths (two for ``change``).
         model: The bundle path (every worker loads it, and checks its SHA-256 against ``bundle_sha``).
         bundle_sha: SHA-256 of the bundle file.
-        output: The main output (class raster; tile polygons for ``classify``; boxes for ``detect``).
         grid: The output grid.
         classes: Class names of the bundle, in output order.
         colors: Their colours.
         tile: Tile size (after capping to small scenes).
         overlap: Tile overlap.
-        stitch: Seam mode (``classify``: crop, no overlap).
         strips: The parts: tile rows each runs and the scene rows each writes.
-        engine: Device, precision, batch size and reader threads.
-        bands: Input bands, if chosen.
-        allow_pixel_grid: Accept rasters without georeferencing.
-        outputs: Probabilities, polygons and COG (dense tasks).
-        vector_skip: Classes that get no polygons.
-        raster: The coarse class raster of ``classify``, if asked for.
-        top_k: Classes listed per tile (``classify``).
-        detection: Box filtering of ``detect``.
-        overwrite: Replace existing outputs.
         report: What the planning found (mask, alignment), repeated in the summary.
         parts_hash: Hash of what changes part files.
         job_hash: Hash of what changes the outputs.
     """
 
-    task: Task
-    inputs: tuple[str, ...]
     model: str
     bundle_sha: str
-    output: Path
     grid: GridSpec
     classes: tuple[str, ...]
     colors: tuple[tuple[int, int, int], ...]
     tile: int
     overlap: int
-    stitch: Stitch
     strips: tuple[Strip, ...]
-    engine: Engine
-    bands: tuple[int, ...] | None = None
-    allow_pixel_grid: bool = False
-    outputs: DenseOutputs = DenseOutputs()
-    vector_skip: tuple[int, ...] = ()
-    raster: Path | None = None
-    top_k: int = 3
-    detection: Detection = Detection()
-    overwrite: bool = False
     report: dict[str, Any] = field(default_factory=dict, compare=False)
     parts_hash: str = ""
     job_hash: str = ""
@@ -264,11 +238,6 @@ def bundle_sha(path: str | Path) -> str:
     return _SHAS[key]
 
 
-#: The fields a job takes over from its plan as they are.
-PLANNED = ("task", "inputs", "output", "stitch", "engine", "bands", "allow_pixel_grid", "overwrite", "report")
-PLANNED_OUTPUTS = ("outputs", "vector_skip", "raster", "top_k", "detection")
-
-
 def plan_job(plan: Plan, parts: int) -> Job:
     """The scale-out job of ``plan`` (made with ``defer_existing``) in ``parts`` strips, sealed with its hashes.
 
@@ -287,7 +256,8 @@ def plan_job(plan: Plan, parts: int) -> Job:
         tile=plan.grid.tile,
         overlap=plan.grid.overlap,
         strips=tuple(cut),
-        **{name: getattr(plan, name) for name in PLANNED + PLANNED_OUTPUTS},
+        report=plan.report,
+        **{f.name: getattr(plan, f.name) for f in dataclasses.fields(RunSpec)},
     )
     return seal(job)
 

@@ -11,7 +11,8 @@ a ``detect`` scene is one part, its boxes written in the output's format.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import geopandas as gpd
@@ -33,22 +34,28 @@ from lemevit_geo.vector import write_vector
 RERUN = "remove it and run the {} command again (it runs the missing parts)"
 
 
+@contextlib.contextmanager
+def _gdal_failure(job: Job, index: int, what: str) -> Iterator[None]:
+    """GDAL's errors on part ``index`` as one line: the file, ``what`` failed and why, and how to make it again."""
+    try:
+        yield
+    except READ_ERRORS as exc:
+        raise InputError(f"{job.part_file(index)}: {what}: {read_error(exc)}; {RERUN.format(job.task.value)}") from exc
+
+
 def _replay(job: Job, index: int, sidecar: dict[str, Any], writer: BandWriter) -> None:
     """Hand the bands of part ``index`` to ``writer`` as its stitcher had handed them on."""
-    path, width, k, rerun = job.part_file(index), job.grid.width, len(job.classes), RERUN.format(job.task.value)
-    probabilities, y0 = job.outputs.probabilities is not None, job.strips[index].y0
+    width, k, y0 = job.grid.width, len(job.classes), job.strips[index].y0
+    probabilities = job.outputs.probabilities is not None
 
     def read(part: rasterio.DatasetReader, row: int, height: int, chunk: int) -> Piece:
         x = chunk * CHUNK
-        try:
-            return read_piece(part, row - y0, height, x, min(CHUNK, width - x), k, probabilities)
-        except READ_ERRORS as exc:
-            raise InputError(f"{path}: reading the part failed: {read_error(exc)}; {rerun}") from exc
+        with _gdal_failure(job, index, "reading the part failed"):
+            piece = read_piece(part, row - y0, height, x, min(CHUNK, width - x), k, probabilities)
+        return piece
 
-    try:
-        part = rasterio.open(path)
-    except READ_ERRORS as exc:
-        raise InputError(f"{path}: the part cannot be opened: {read_error(exc)}; {rerun}") from exc
+    with _gdal_failure(job, index, "the part cannot be opened"):
+        part = rasterio.open(job.part_file(index))
     with part:
         for row, height, chunks in sidecar["bands"]:
             writer.put(Band(row, height, {i: read(part, row, height, i) for i in chunks}))

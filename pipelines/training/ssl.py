@@ -16,7 +16,7 @@ official layout that ``train --backbone-weights`` loads.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import timm
@@ -127,51 +127,43 @@ def contrastive_views(size: int) -> nn.Module:
     return nn.Sequential(geometric, BandJitter(0.4))
 
 
-def _contrastive_args(arch: str, in_channels: int, size: int, lr: float, weight_decay: float) -> dict[str, Any]:
-    """The arguments torchgeo's contrastive trainers share: LeMeViT by its timm name, bands, optimiser, size."""
-    return dict(model=f"lemevit_{arch}", in_channels=in_channels, lr=lr, weight_decay=weight_decay, size=size)
+class _Contrastive:
+    """A torchgeo contrastive trainer on LeMeViT (by its timm name) with our views (:func:`contrastive_views`)
+    and our AdamW with warm-up and cosine decay in place of its optimiser (``warmup``: a share of the steps).
 
-
-class _WarmupCosine:
-    """Our AdamW with warm-up and cosine decay in place of a torchgeo trainer's optimiser (``warmup``: a share of
-    the steps)."""
+    Attributes:
+        method: The trainer's own arguments (version, projection).
+        views: Names of the trainer's arguments that take the views.
+    """
 
     warmup: float
+    method: ClassVar[dict[str, Any]] = {}
+    views: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, arch: str, in_channels: int, size: int, lr: float, weight_decay: float, warmup: float) -> None:
+        self.warmup = warmup
+        shared = dict(model=f"lemevit_{arch}", in_channels=in_channels, lr=lr, weight_decay=weight_decay, size=size)
+        views = {name: contrastive_views(size) for name in self.views}
+        super().__init__(**shared, **self.method, **views)  # type: ignore[call-arg]
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams  # type: ignore[attr-defined]
         return adamw_cosine(self, hp["lr"], hp["weight_decay"], self.warmup)  # type: ignore[arg-type]
 
 
-class SimCLR(_WarmupCosine, SimCLRTask):
+class SimCLR(_Contrastive, SimCLRTask):
     """torchgeo's SimCLR (v1: two-layer projection, no memory bank) on LeMeViT, with our views and optimiser."""
 
-    def __init__(self, arch: str, in_channels: int, size: int, lr: float, weight_decay: float, warmup: float) -> None:
-        self.warmup = warmup
-        super().__init__(
-            **_contrastive_args(arch, in_channels, size, lr, weight_decay),
-            version=1,
-            layers=2,
-            memory_bank_size=0,
-            augmentations=contrastive_views(size),
-        )
+    method = {"version": 1, "layers": 2, "memory_bank_size": 0}
+    views = ("augmentations",)
 
 
-class MoCo(_WarmupCosine, MoCoTask):
+class MoCo(_Contrastive, MoCoTask):
     """torchgeo's MoCo v3 (momentum encoder, prediction head) on LeMeViT, with our views and optimiser and a
     projection sized for small runs (512 hidden, 128 out)."""
 
-    def __init__(self, arch: str, in_channels: int, size: int, lr: float, weight_decay: float, warmup: float) -> None:
-        self.warmup = warmup
-        super().__init__(
-            **_contrastive_args(arch, in_channels, size, lr, weight_decay),
-            version=3,
-            layers=3,
-            hidden_dim=512,
-            output_dim=128,
-            augmentation1=contrastive_views(size),
-            augmentation2=contrastive_views(size),
-        )
+    method = {"version": 3, "layers": 3, "hidden_dim": 512, "output_dim": 128}
+    views = ("augmentation1", "augmentation2")
 
 
 #: The module of each ``pretrain`` method.

@@ -124,8 +124,6 @@ class LeMeViTTask:
     task_name: ClassVar[str]
     #: Metric that picks the best checkpoint, and whether higher is better.
     monitor_metric: ClassVar[tuple[str, str]]
-    #: The torchgeo task class this mixin is combined with (its constructor takes the arguments below).
-    torchgeo_task: ClassVar[type]
     #: The model torchgeo records in the hyperparameters (``{arch}`` is filled in).
     model_template: ClassVar[str]
 
@@ -163,7 +161,7 @@ class LeMeViTTask:
             freeze_backbone=freeze_backbone,
             freeze_decoder=freeze_decoder,
         )
-        accepted = inspect.signature(self.torchgeo_task.__init__).parameters
+        accepted = inspect.signature(super().__init__).parameters  # of the torchgeo task this mixin is over
         if freeze_decoder and "freeze_decoder" not in accepted:
             raise ValueError(f"freeze_decoder does not apply to {self.task_name} models: they have no decoder")
         super().__init__(**{k: v for k, v in given.items() if k in accepted})
@@ -213,7 +211,6 @@ class SegmentationModule(LeMeViTTask, SemanticSegmentationTask):
 
     task_name = "segment"
     monitor_metric = ("val_mIoU", "max")
-    torchgeo_task = SemanticSegmentationTask
     model_template = "upernet"
 
     def configure_metrics(self) -> None:
@@ -225,7 +222,6 @@ class ChangeModule(LeMeViTTask, ChangeDetectionTask):
 
     task_name = "change"
     monitor_metric = ("val_F1", "max")
-    torchgeo_task = ChangeDetectionTask
     model_template = "bit"
 
     def configure_metrics(self) -> None:
@@ -253,7 +249,6 @@ class ClassificationModule(LeMeViTTask, ClassificationTask):
 
     task_name = "classify"
     monitor_metric = ("val_OA", "max")
-    torchgeo_task = ClassificationTask
     model_template = "lemevit_{arch}"
 
     def configure_losses(self) -> None:
@@ -296,7 +291,6 @@ class DetectionModule(LeMeViTTask, BaseTask):
 
     task_name = "detect"
     monitor_metric = ("val_mAP", "max")
-    torchgeo_task = BaseTask
     model_template = "oriented_fcos_lemevit_{arch}"
     monitor = "val_mAP"
     mode = "max"

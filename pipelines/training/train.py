@@ -31,6 +31,7 @@ from lemevit_geo.pipelines.training.datamodules import TileAugmentation
 from lemevit_geo.pipelines.training.tasks import TASK_MODULES, DetectionModule, LeMeViTTask
 from lemevit_geo.pipelines.training.train_data import (
     DATASETS,
+    Loading,
     TrainData,
     custom_data,
     detection_data,
@@ -64,6 +65,9 @@ def load_data(spec: TrainSpec, work_dir: Path) -> tuple[TrainData, int]:
         tile = tile_size or DEFAULT_TILE[DATASETS[name].task]
         return torchgeo_data(name, Path(spec.root), recipe.batch_size, tile, hardware.num_workers), tile
     wanted = spec.task or (Task.change if own.get("before") is not None else Task.segment)
+    loading = Loading(
+        recipe.batch_size, hardware.num_workers, spec.val_fraction, recipe.steps_per_epoch * recipe.batch_size
+    )
     if wanted == Task.detect:
         if own.get("before") is not None or own.get("after") is not None:
             raise InputError("detection training takes `images` and `labels` (polygons), not `before`/`after`")
@@ -85,10 +89,7 @@ def load_data(spec: TrainSpec, work_dir: Path) -> tuple[TrainData, int]:
             tile_size=tile_size,
             default_tile=DEFAULT_TILE[wanted],
             point_size=spec.point_size,
-            batch_size=recipe.batch_size,
-            num_workers=hardware.num_workers,
-            val_fraction=spec.val_fraction,
-            length=recipe.steps_per_epoch * recipe.batch_size,
+            loading=loading,
             augment=recipe.augment,
         )
         return data, int(data.tile_size)
@@ -97,10 +98,7 @@ def load_data(spec: TrainSpec, work_dir: Path) -> tuple[TrainData, int]:
         **own,
         tile_size=tile_size,
         default_tile=DEFAULT_TILE[wanted],
-        batch_size=recipe.batch_size,
-        num_workers=hardware.num_workers,
-        val_fraction=spec.val_fraction,
-        length=recipe.steps_per_epoch * recipe.batch_size,
+        loading=loading,
         work_dir=work_dir,
         scene_labels=wanted == Task.classify,
         augmentation=augmentation,

@@ -20,18 +20,20 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import lightning as L
 import numpy as np
+import pydantic
 import rasterio
 import shapely
 import torch
 
 from lemevit_geo.bundle import CHANGE_CLASSES
 from lemevit_geo.choices import Task
-from lemevit_geo.errors import InputError
+from lemevit_geo.errors import InputError, LemevitError
 from lemevit_geo.pipelines.geometry import largest_extent, overlap_for, pixel_boxes, to_pixels
 from lemevit_geo.pipelines.training.compat import random_sampler
 from lemevit_geo.pipelines.training.datamodules import (
@@ -47,11 +49,10 @@ from lemevit_geo.pipelines.training.datamodules import (
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A torchgeo dataset the ``train`` command knows.
+    """A torchgeo dataset the ``train`` command knows (a row of the package's ``datasets.json``).
 
     Attributes:
         task: What a model trained on it predicts.
-        datamodule: Class name in ``torchgeo.datamodules`` (empty when we build the datamodule).
         dataset: Class name in ``torchgeo.datasets``.
         expects: What must be in the dataset folder.
         url: Where to get it.
@@ -60,8 +61,9 @@ class DatasetInfo:
         kwargs: Extra arguments of the datamodule.
     """
 
+    __pydantic_config__ = pydantic.ConfigDict(extra="forbid")
+
     task: Task
-    datamodule: str
     dataset: str
     expects: str
     url: str
@@ -69,83 +71,34 @@ class DatasetInfo:
     ignore_index: int | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def datamodule(self) -> str:
+        """Class name of its datamodule: in ``torchgeo.datamodules``, or ours in :data:`OWN_DATAMODULES`."""
+        return f"{self.dataset}DataModule"
 
-DATASETS: dict[str, DatasetInfo] = {
-    "potsdam": DatasetInfo(
-        task=Task.segment,
-        datamodule="Potsdam2DDataModule",
-        dataset="Potsdam2D",
-        expects="4_Ortho_RGBIR/ and 5_Labels_for_participants/ (or 4_Ortho_RGBIR.zip, 5_Labels_for_participants.zip)",
-        url="https://www.isprs.org/education/benchmarks/UrbanSemLab/2d-sem-label-potsdam.aspx",
-        gsd=0.05,
-    ),
-    "vaihingen": DatasetInfo(
-        task=Task.segment,
-        datamodule="Vaihingen2DDataModule",
-        dataset="Vaihingen2D",
-        expects="top/ and gts_for_participants/ (or ISPRS_semantic_labeling_Vaihingen.zip and "
-        "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip)",
-        url="https://www.isprs.org/education/benchmarks/UrbanSemLab/2d-sem-label-vaihingen.aspx",
-        gsd=0.09,
-    ),
-    "loveda": DatasetInfo(
-        task=Task.segment,
-        datamodule="LoveDADataModule",
-        dataset="LoveDA",
-        expects="Train/, Val/ and Test/ with Rural/ and Urban/ images_png/ and masks_png/",
-        url="https://zenodo.org/record/5706578",
-        gsd=0.3,
-        ignore_index=0,
-    ),
-    "levircd": DatasetInfo(
-        task=Task.change,
-        datamodule="LEVIRCDDataModule",
-        dataset="LEVIRCD",
-        expects="train/, val/ and test/ with A/, B/ and label/ PNGs (or train.zip, val.zip, test.zip)",
-        url="https://justchenhao.github.io/LEVIR/",
-        gsd=0.5,
-    ),
-    "oscd": DatasetInfo(
-        task=Task.change,
-        datamodule="OSCDDataModule",
-        dataset="OSCD",
-        expects="Onera Satellite Change Detection dataset - Images/, - Train Labels/, - Test Labels/",
-        url="https://rcdaudt.github.io/oscd/",
-        gsd=10.0,
-    ),
-    "ucmerced": DatasetInfo(
-        task=Task.classify,
-        datamodule="UCMercedDataModule",
-        dataset="UCMerced",
-        expects="UCMerced_LandUse/Images/<class>/*.tif and uc_merced-{train,val,test}.txt",
-        url="http://weegee.vision.ucmerced.edu/datasets/landuse.html",
-        gsd=0.3,
-    ),
-    "resisc45": DatasetInfo(
-        task=Task.classify,
-        datamodule="RESISC45DataModule",
-        dataset="RESISC45",
-        expects="NWPU-RESISC45/<class>/*.jpg and resisc45-{train,val,test}.txt",
-        url="https://gcheng-nwpu.github.io/#Datasets",
-    ),
-    "millionaid": DatasetInfo(
-        task=Task.classify,
-        datamodule="",
-        dataset="MillionAID",
-        expects="train/ and test/ with the class folder tree",
-        url="https://captain-whu.github.io/DiRS/",
-        kwargs={"task": "multi-class"},
-    ),
-    "dota": DatasetInfo(
-        task=Task.detect,
-        datamodule="",
-        dataset="DOTA",
-        expects="samples.csv and {train,val}/images/*.png with {train,val}/annotations/version1.0/*.txt "
-        "(or dotav1.0_images_{train,val}.tar.gz and dotav1.0_annotations_{train,val}.tar.gz)",
-        url="https://captain-whu.github.io/DOTA/ (torchgeo's copy: https://hf.co/datasets/isaaccorley/dota)",
-        kwargs={"version": "1.0"},
-    ),
+
+#: The datamodules we build ourselves (torchgeo has none for these datasets), by class name.
+OWN_DATAMODULES: dict[str, type[L.LightningDataModule]] = {
+    "MillionAIDDataModule": MillionAIDDataModule,
+    "DOTADataModule": DOTADataModule,
 }
+
+
+def _known_datasets() -> dict[str, DatasetInfo]:
+    """The rows of the package's ``datasets.json``, validated field by field."""
+    file = resources.files(__package__).joinpath("datasets.json")
+    try:
+        return pydantic.TypeAdapter(dict[str, DatasetInfo]).validate_json(file.read_bytes(), strict=True)
+    except OSError as exc:
+        raise LemevitError(f"{file} cannot be read ({exc}); reinstall lemevit-geo") from exc
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise LemevitError(f"{file}: {where}: {error['msg']}; reinstall lemevit-geo") from exc
+
+
+#: The torchgeo datasets ``train`` knows, by the name ``--dataset`` takes.
+DATASETS: dict[str, DatasetInfo] = _known_datasets()
 
 
 @dataclass
@@ -196,15 +149,13 @@ def _values(t: Any, n: int) -> list[float]:
 
 
 def _datamodule(name: str, root: Path, batch_size: int, tile_size: int, num_workers: int) -> Any:
-    """The torchgeo datamodule of ``name`` (or ours, for MillionAID), not yet set up."""
+    """The torchgeo datamodule of ``name`` (or ours, from :data:`OWN_DATAMODULES`), not yet set up."""
     import torchgeo.datamodules as tdm
 
     info = DATASETS[name]
     kwargs: dict[str, Any] = dict(batch_size=batch_size, num_workers=num_workers, root=str(root), **info.kwargs)
-    if name == "millionaid":
-        return MillionAIDDataModule(tile_size=tile_size, **kwargs)
-    if name == "dota":
-        return DOTADataModule(tile_size=tile_size, **kwargs)
+    if info.datamodule in OWN_DATAMODULES:
+        return OWN_DATAMODULES[info.datamodule](tile_size=tile_size, **kwargs)
     cls = getattr(tdm, info.datamodule)
     if "patch_size" in inspect.signature(cls.__init__).parameters:  # datamodules that crop patches
         kwargs["patch_size"] = tile_size
@@ -264,6 +215,23 @@ def torchgeo_data(name: str, root: Path, batch_size: int, tile_size: int, num_wo
 # -- the user's own rasters ------------------------------------------------------------------------
 
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".parquet", ".fgb")
+
+
+@dataclass(frozen=True)
+class Loading:
+    """How own data is split and served to training.
+
+    Attributes:
+        batch_size: Tiles per batch.
+        num_workers: Data-loading worker processes.
+        val_fraction: Share of the labelled region held out for validation (a spatial split).
+        length: Training tiles drawn per epoch.
+    """
+
+    batch_size: int
+    num_workers: int
+    val_fraction: float
+    length: int
 
 
 def expand_paths(spec: str | Path | Sequence[str | Path], what: str) -> list[str]:
@@ -547,10 +515,7 @@ def custom_data(
     label_column: str | None,
     classes: Sequence[str] | None,
     tile_size: int | None,
-    batch_size: int,
-    num_workers: int,
-    val_fraction: float,
-    length: int,
+    loading: Loading,
     work_dir: Path,
     scene_labels: bool = False,
     default_tile: int = 512,
@@ -564,16 +529,16 @@ def custom_data(
     """
     dataset, lab, aligned, files, change = _own_inputs(images, before, after, labels, label_column, classes, work_dir)
     xs, ys, _ = dataset.bounds
-    split = spatial_split((xs.start, ys.start, xs.stop, ys.stop), val_fraction, dataset.res)
+    split = spatial_split((xs.start, ys.start, xs.stop, ys.stop), loading.val_fraction, dataset.res)
     tile = tile_size or fit_tile(default_tile, split, dataset.res)
     dm = OwnDataModule(
         dataset,
         split["train"],
         split["val"],
         tile_size=tile,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        length=length,
+        batch_size=loading.batch_size,
+        num_workers=loading.num_workers,
+        length=loading.length,
         dates=2 if change else 1,
         label_offset=lab.offset,
         label_nodata=lab.nodata,
@@ -715,10 +680,7 @@ def detection_data(
     label_column: str | None,
     classes: Sequence[str] | None,
     tile_size: int | None,
-    batch_size: int,
-    num_workers: int,
-    val_fraction: float,
-    length: int,
+    loading: Loading,
     augment: bool = True,
     default_tile: int = 1024,
     point_size: float | None = None,
@@ -743,17 +705,17 @@ def detection_data(
     objects, footprints, found = _objects(polys, infos, names)
     if not found.any():
         raise InputError(f"{label_file}: none of its {len(polys)} polygons lie in the images ({infos[0]['crs']})")
-    split = spatial_split(shapely.union_all(footprints).bounds, val_fraction)
+    split = spatial_split(shapely.union_all(footprints).bounds, loading.val_fraction)
     res = (abs(infos[0]["transform"].a), abs(infos[0]["transform"].e))
     tile_size = tile_size or fit_tile(default_tile, split, res)
     sources = _split_sources(infos, objects, split, tile_size)
     mean, std = _crop_stats(sources["train"], tile_size)
-    train = DetectionCrops(sources["train"], tile_size, mean, std, length=length, augment=augment)
+    train = DetectionCrops(sources["train"], tile_size, mean, std, length=loading.length, augment=augment)
     val = DetectionCrops(sources["val"], tile_size, mean, std, grid=True)
     report = {"crs": infos[0]["crs"].to_string(), "objects": int(found.sum()), "val_crops": len(val)}
     report["repaired_polygons"] = polys.attrs.get("repaired", 0)
     return TrainData(
-        datamodule=DetectionDataModule(batch_size, num_workers, train, val),
+        datamodule=DetectionDataModule(loading.batch_size, loading.num_workers, train, val),
         task=Task.detect,
         classes=names,
         bands=infos[0]["count"],
