@@ -289,6 +289,11 @@ Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdo
 
 #: The option of each dataclass field that :func:`grouped` can add (``Class.field`` where a class's differs).
 FIELD_OPTIONS: dict[str, Any] = {
+    "model": Model,
+    "bands": Bands,
+    "overwrite": Overwrite,
+    "allow_pixel_grid": AllowPixelGrid,
+    "report": Report,
     "device": Device,
     "precision": PrecisionOpt,
     "batch_size": BatchSize,
@@ -364,6 +369,30 @@ class Display:
         return not (self.quiet or self.json)
 
 
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """What every inference command (``segment``, ``change``, ``classify``, ``detect``) is given besides its
+    inputs, output and settings: the model, how the inputs map onto it, and what it may write.
+
+    Attributes:
+        model: The model bundle (.safetensors).
+        bands: Input bands to use, 1-based and in model order (``None``: the first ones, as many as the model's).
+        overwrite: Replace existing outputs.
+        allow_pixel_grid: Accept rasters without CRS/geotransform (pixel coordinates).
+        report: Also write an HTML map report of the run here.
+    """
+
+    model: Path
+    bands: BandIndexes | None = None
+    overwrite: bool = False
+    allow_pixel_grid: bool = False
+    report: Path | None = None
+
+    def keywords(self) -> dict[str, Any]:
+        """The keywords every inference pipeline takes: all but the report, which the command writes."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "report"}
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -372,7 +401,9 @@ def grouped(**groups: Any) -> Callable[[F], F]:
 
     ``@grouped(engine=Engine(), tiling=Tiling())`` adds ``--device``, ``--batch-size``, ... and
     ``--tile-size``, ... (defaults from the given instances, help under one panel per group) and calls
-    the command with ``engine=Engine(...)`` and ``tiling=Tiling(...)`` built from the parsed values.
+    the command with ``engine=Engine(...)`` and ``tiling=Tiling(...)`` built from the parsed values. A group
+    given as its class (``prediction=Prediction``) takes the class defaults, and its fields without one are
+    required options.
     """
 
     def decorate(fn: F) -> F:
@@ -383,18 +414,18 @@ def grouped(**groups: Any) -> Callable[[F], F]:
         for group, default in groups.items():
             fields[group] = []
             for f in dataclasses.fields(default):
-                option = FIELD_OPTIONS.get(f"{type(default).__name__}.{f.name}", FIELD_OPTIONS[f.name])
+                option = FIELD_OPTIONS.get(f"{_group_class(default).__name__}.{f.name}", FIELD_OPTIONS[f.name])
                 base, info = option.__origin__, copy.copy(option.__metadata__[0])
                 info.rich_help_panel = group.replace("_", " ").capitalize()
                 ann = Annotated[base, info]
-                kind = inspect.Parameter.KEYWORD_ONLY
-                params.append(inspect.Parameter(f.name, kind, default=getattr(default, f.name), annotation=ann))
+                kind, value = inspect.Parameter.KEYWORD_ONLY, getattr(default, f.name, inspect.Parameter.empty)
+                params.append(inspect.Parameter(f.name, kind, default=value, annotation=ann))
                 fields[group].append(f.name)
 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
             for group, default in groups.items():
-                kwargs[group] = type(default)(**{name: kwargs.pop(name) for name in fields[group]})
+                kwargs[group] = _group_class(default)(**{name: kwargs.pop(name) for name in fields[group]})
             return fn(**kwargs)
 
         del command.__wrapped__  # Typer must read the new signature, not the wrapped one
@@ -403,3 +434,8 @@ def grouped(**groups: Any) -> Callable[[F], F]:
         return command  # type: ignore[return-value]
 
     return decorate
+
+
+def _group_class(group: Any) -> type:
+    """The dataclass of a :func:`grouped` group, given as an instance or as the class itself."""
+    return group if isinstance(group, type) else type(group)
