@@ -112,23 +112,11 @@ def bundle_init(
 
     Classes are given in output order (change: 'no change,change', the default).
     """
+    fields = {name: value for name, value in locals().items() if name != "display"}  # init_bundle()'s, one each
     from lemevit_geo.bundle import read_config
     from lemevit_geo.bundle_init import init_bundle
 
-    path = init_bundle(
-        task=task,
-        arch=arch,
-        classes=classes,
-        bands=bands,
-        mean=mean,
-        std=std,
-        tile_size=tile_size,
-        gsd=gsd,
-        backbone_weights=backbone_weights,
-        seed=seed,
-        output=output,
-        overwrite=overwrite,
-    )
+    path = init_bundle(**fields)
     report({"bundle": str(path), **read_config(path).describe()}, display)
 
 

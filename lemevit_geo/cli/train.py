@@ -145,20 +145,8 @@ def pretrain(
     display: Display,
 ) -> None:
     """Pretrain a backbone on unlabelled images (self-supervised); use it with train --backbone-weights."""
+    fields = {name: value for name, value in locals().items() if name != "display"}  # pretrain()'s, one each
     from lemevit_geo.pipelines.training.pretrain import pretrain as run
 
     quiet_lightning()
-    summary = run(
-        images=images,
-        out=out,
-        method=method,
-        arch=arch,
-        tile_size=tile_size,
-        recipe=recipe,
-        hardware=hardware,
-        resume=resume,
-        overwrite=overwrite,
-        progress=display.progress,
-        skip_unreadable=skip_unreadable,
-    )
-    report(summary, display)
+    report(run(**fields, progress=display.progress), display)
