@@ -11,7 +11,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
@@ -20,25 +20,6 @@ from lemevit_geo.cli.app import app
 from lemevit_geo.cli.display import print_json, report, tile_progress
 from lemevit_geo.options import Display, Prediction, grouped
 from lemevit_geo.settings import CLASSIFY_ENGINE, DenseOutputs, Detection, Engine, ScaleOut, Sources, Tiling
-
-Before = Annotated[
-    str, typer.Argument(help="Earlier image (with --stac: an item id or datetime range).", show_default=False)
-]
-After = Annotated[str, typer.Argument(help="Later image (warped onto the earlier one's grid if needed).")]
-GridRaster = Annotated[
-    Path | None, typer.Option("--raster", help="Also write a coarse class raster, one pixel per tile.")
-]
-TopK = Annotated[int, typer.Option("--top-k", help="Classes listed per tile.")]
-Objects = Annotated[
-    Path, typer.Option("--output", "-o", help="Polygons to write (.gpkg, .parquet, .geojson).", show_default=False)
-]
-MergeTarget = Annotated[
-    Path,
-    typer.Argument(
-        help="An output whose parts to join (its OUTPUT.parts directory), or a directory of such outputs.",
-        show_default=False,
-    ),
-]
 
 
 def predict_groups(**settings: Any) -> dict[str, Any]:
@@ -162,8 +143,8 @@ def segment(
 @app.command()
 @grouped(**DENSE_GROUPS)
 def change(
-    before: Before,
-    after: After,
+    before: o.Before,
+    after: o.After,
     output: o.Output,
     *,
     prediction: Prediction,
@@ -194,8 +175,8 @@ def classify(
     *,
     output: o.Output,
     tile_size: o.TileSize = None,
-    raster: GridRaster = None,
-    top_k: TopK = 3,
+    raster: o.GridRaster = None,
+    top_k: o.TopK = 3,
     prediction: Prediction,
     engine: Engine,
     scale_out: ScaleOut,
@@ -216,7 +197,7 @@ def classify(
 @app.command()
 @grouped(display=Display())
 def merge(
-    output: MergeTarget,
+    output: o.MergeTarget,
     overwrite: o.Overwrite = False,
     keep_parts: o.KeepParts = False,
     report: o.Report = None,
@@ -243,7 +224,7 @@ def merge(
 def detect(
     images: o.Images = None,
     *,
-    output: Objects,
+    output: o.Objects,
     tile_size: o.TileSize = None,
     overlap: o.DetectOverlap = None,
     prediction: Prediction,

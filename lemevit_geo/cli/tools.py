@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -16,39 +15,18 @@ from lemevit_geo.cli.display import print_json, report
 from lemevit_geo.options import Display, grouped
 from lemevit_geo.settings import Engine
 
-DemoOut = Annotated[Path, typer.Option("--out", help="Folder for the scene, models and results.")]
-DemoSize = Annotated[int, typer.Option("--size", help="Side of the generated scene in pixels.")]
-DemoEpochs = Annotated[int, typer.Option("--epochs", help="Training epochs per model (time for quality).")]
-DemoSteps = Annotated[int, typer.Option("--steps-per-epoch", help="Batches per epoch.")]
-DemoOverwrite = Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace earlier demo results.")]
-BandCount = Annotated[int, typer.Option("--bands", help="Number of input bands.")]
-Mean = Annotated[
-    o.Floats | None,
-    typer.Option("--mean", parser=o.parse_floats, metavar="M,...", help="Per-band means (default: 127.5 each)."),
-]
-Std = Annotated[
-    o.Floats | None,
-    typer.Option(
-        "--std", parser=o.parse_floats, metavar="S,...", help="Per-band standard deviations (default: 63.75 each)."
-    ),
-]
-Gsd = Annotated[float | None, typer.Option("--gsd", help="Ground sample distance in metres.")]
-OfficialWeights = Annotated[
-    Path | None, typer.Option("--backbone-weights", help="Official LeMeViT checkpoint (.pth) for the backbone.")
-]
-
 
 @app.command()
 @grouped(display=Display())
 def demo(
-    out: DemoOut = Path("lemevit-demo"),
-    size: DemoSize = 2048,
-    epochs: DemoEpochs = 3,
-    steps_per_epoch: DemoSteps = 40,
+    out: o.DemoOut = Path("lemevit-demo"),
+    size: o.DemoSize = 2048,
+    epochs: o.DemoEpochs = 3,
+    steps_per_epoch: o.DemoSteps = 40,
     device: o.Device = "auto",
     precision: o.PrecisionOpt = o.Precision.auto,
     seed: o.Seed = 0,
-    overwrite: DemoOverwrite = True,
+    overwrite: o.DemoOverwrite = True,
     *,
     display: Display,
 ) -> None:
@@ -97,12 +75,12 @@ def bundle_init(
     output: o.Output,
     classes: o.Classes = None,
     arch: o.ArchOpt = o.Arch.tiny,
-    bands: BandCount = 3,
-    mean: Mean = None,
-    std: Std = None,
+    bands: o.BandCount = 3,
+    mean: o.Mean = None,
+    std: o.Std = None,
     tile_size: o.TileSize = None,
-    gsd: Gsd = None,
-    backbone_weights: OfficialWeights = None,
+    gsd: o.Gsd = None,
+    backbone_weights: o.OfficialWeights = None,
     seed: o.Seed = 0,
     overwrite: o.Overwrite = False,
     *,
