@@ -539,15 +539,19 @@ def grouped(**groups: Any) -> Callable[[F], F]:
 
     ``@grouped(engine=Engine(), tiling=Tiling())`` adds ``--device``, ``--batch-size``, ... and
     ``--tile-size``, ... (defaults from the given instances, help under one panel per group) and calls
-    the command with ``engine=Engine(...)`` and ``tiling=Tiling(...)`` built from the parsed values. A group
-    given as its class (``prediction=Prediction``) takes the class defaults, and its fields without one are
-    required options.
+    the command with ``engine=Engine(...)`` and ``tiling=Tiling(...)`` built from the parsed values: as the
+    parameters of those names, or in its ``**groups`` where it only hands them on. A group given as its class
+    (``prediction=Prediction``) takes the class defaults, and its fields without one are required options.
     """
 
     def decorate(fn: F) -> F:
         sig = inspect.signature(fn)
         hints = get_type_hints(fn, include_extras=True)
-        params = [p.replace(annotation=hints[p.name]) for p in sig.parameters.values() if p.name not in groups]
+        params = [
+            p.replace(annotation=hints[p.name])
+            for p in sig.parameters.values()
+            if p.name not in groups and p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
         fields: dict[str, list[str]] = {}
         for group, default in groups.items():
             fields[group] = []

@@ -86,20 +86,22 @@ def run_scaled(pipeline: Callable[..., dict[str, Any]], display: Display, **kwar
 
 
 def run_images(
+    task: str,
     single: Callable[..., dict[str, Any]],
     scaled: Callable[..., dict[str, Any]],
-    display: Display,
     images: list[str] | None,
     output: Path,
+    *,
+    prediction: Prediction,
     scale_out: ScaleOut,
     sources: Sources,
-    prediction: Prediction,
-    task: str,
+    display: Display,
     **options: Any,
 ) -> None:
     """Run ``single`` in this process on one input to one output without scale-out, else ``scaled`` on them all
     (the inputs: ``images`` or what ``sources`` finds, with its area and assets) with the ``prediction`` and
-    ``options``, and write the map report of a ``task`` run when the ``prediction`` asks for one."""
+    ``options`` (the command's own options and settings groups), and write the map report of a ``task`` run
+    when the ``prediction`` asks for one."""
     from lemevit_geo.pipelines.scaleout.driver import expand_inputs, single_output
 
     if not images and not sources.stac:
@@ -121,13 +123,7 @@ def segment(
     images: o.Images = None,
     *,
     output: o.Output,
-    prediction: Prediction,
-    engine: Engine,
-    tiling: Tiling,
-    outputs: DenseOutputs,
-    scale_out: ScaleOut,
-    sources: Sources,
-    display: Display,
+    **groups: Any,
 ) -> None:
     """Semantic segmentation: a class raster on exactly the scene's grid (and polygons).
 
@@ -136,8 +132,7 @@ def segment(
     from lemevit_geo.pipelines.inference.segment import segment as run
     from lemevit_geo.pipelines.scaleout.driver import scale_segment
 
-    options = dict(engine=engine, tiling=tiling, outputs=outputs)
-    run_images(run, scale_segment, display, images, output, scale_out, sources, prediction, "segment", **options)
+    run_images("segment", run, scale_segment, images, output, **groups)
 
 
 @app.command()
@@ -177,11 +172,7 @@ def classify(
     tile_size: o.TileSize = None,
     raster: o.GridRaster = None,
     top_k: o.TopK = 3,
-    prediction: Prediction,
-    engine: Engine,
-    scale_out: ScaleOut,
-    sources: Sources,
-    display: Display,
+    **groups: Any,
 ) -> None:
     """Scene classification per tile: one polygon per tile with its class, probability and top-k.
 
@@ -190,8 +181,8 @@ def classify(
     from lemevit_geo.pipelines.inference.classify import classify as run
     from lemevit_geo.pipelines.scaleout.driver import scale_classify
 
-    options = dict(tile_size=tile_size, raster=raster, top_k=top_k, engine=engine)
-    run_images(run, scale_classify, display, images, output, scale_out, sources, prediction, "classify", **options)
+    options = dict(tile_size=tile_size, raster=raster, top_k=top_k)
+    run_images("classify", run, scale_classify, images, output, **options, **groups)
 
 
 @app.command()
@@ -227,12 +218,7 @@ def detect(
     output: o.Objects,
     tile_size: o.TileSize = None,
     overlap: o.DetectOverlap = None,
-    prediction: Prediction,
-    engine: Engine,
-    detection: Detection,
-    scale_out: ScaleOut,
-    sources: Sources,
-    display: Display,
+    **groups: Any,
 ) -> None:
     """Oriented object detection: one rotated rectangle per object, in the scene's CRS, merged across tiles.
 
@@ -241,5 +227,4 @@ def detect(
     from lemevit_geo.pipelines.inference.detect import detect as run
     from lemevit_geo.pipelines.scaleout.driver import scale_detect
 
-    options = dict(tile_size=tile_size, overlap=overlap, engine=engine, detection=detection)
-    run_images(run, scale_detect, display, images, output, scale_out, sources, prediction, "detect", **options)
+    run_images("detect", run, scale_detect, images, output, tile_size=tile_size, overlap=overlap, **groups)
