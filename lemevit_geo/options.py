@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
-from lemevit_geo.choices import Arch, Compile, Precision, Schedule, Stitch, Task
+from lemevit_geo.choices import Arch, Compile, Precision, PretrainMethod, Schedule, Stitch, Task
 
 
 class BandIndexes(tuple):
@@ -287,8 +287,151 @@ Report = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary table.")]
 Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (and no progress).")]
 
+# -- inference commands (segment, change, classify, detect, merge) ---------------------------------
+
+Before = Annotated[
+    str, typer.Argument(help="Earlier image (with --stac: an item id or datetime range).", show_default=False)
+]
+After = Annotated[str, typer.Argument(help="Later image (warped onto the earlier one's grid if needed).")]
+GridRaster = Annotated[
+    Path | None, typer.Option("--raster", help="Also write a coarse class raster, one pixel per tile.")
+]
+TopK = Annotated[int, typer.Option("--top-k", help="Classes listed per tile.")]
+Objects = Annotated[
+    Path, typer.Option("--output", "-o", help="Polygons to write (.gpkg, .parquet, .geojson).", show_default=False)
+]
+MergeTarget = Annotated[
+    Path,
+    typer.Argument(
+        help="An output whose parts to join (its OUTPUT.parts directory), or a directory of such outputs.",
+        show_default=False,
+    ),
+]
+
+# -- evaluate --------------------------------------------------------------------------------------
+
+PredictionArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Output to score: a class raster, a change raster, or detections (.gpkg, .parquet, .geojson).",
+        show_default=False,
+    ),
+]
+Reference = Annotated[
+    Path, typer.Argument(help="Reference: a label raster, a change mask, or labelled polygons.", show_default=False)
+]
+EvalTask = Annotated[Task | None, typer.Option("--task", help="What the prediction is (default: told by the file).")]
+Iou = Annotated[float, typer.Option("--iou", help="Detections: IoU above which a detection hits a reference object.")]
+ReferenceLabelColumn = Annotated[
+    str | None,
+    typer.Option("--label-column", help="Class column of the reference polygons (default: class_name or class)."),
+]
+Bounds = Annotated[
+    Floats | None,
+    typer.Option(
+        "--bounds",
+        parser=parse_floats,
+        metavar="MINX,MINY,MAXX,MAXY",
+        help="Score only this area (in the prediction's CRS).",
+    ),
+]
+ReportImage = Annotated[
+    Path | None,
+    typer.Option("--image", help="With --report: the image the prediction was made from, drawn under it."),
+]
+
+# -- train and pretrain ----------------------------------------------------------------------------
+
+Dataset = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        help="potsdam, vaihingen, loveda, levircd, oscd, ucmerced, resisc45, millionaid, dota or custom "
+        "(the default with --images, --labels, --before or --after).",
+        show_default=False,
+    ),
+]
+BundleOut = Annotated[Path, typer.Option("--out", "-o", help="Bundle to write (.safetensors).")]
+Root = Annotated[Path | None, typer.Option("--root", help="Folder of a torchgeo dataset.")]
+OwnImages = Annotated[list[str] | None, typer.Option("--images", help="Own images: paths or globs.")]
+Labels = Annotated[
+    list[str] | None, typer.Option("--labels", help="Label rasters, or a vector file (with --label-column).")
+]
+BeforeImages = Annotated[list[str] | None, typer.Option("--before", help="Own earlier images (change).")]
+AfterImages = Annotated[list[str] | None, typer.Option("--after", help="Own later images (change).")]
+LabelColumn = Annotated[
+    str | None,
+    typer.Option("--label-column", help="Class column of vector labels (detection default: class_name or class)."),
+]
+PointSize = Annotated[
+    float | None,
+    typer.Option("--point-size", help="Detection: point labels become square boxes of this side (map units)."),
+]
+OwnTask = Annotated[
+    Task | None,
+    typer.Option(
+        "--task",
+        help="Own data only: classify trains scene labels (tile majority); detect an oriented detector from polygons.",
+    ),
+]
+BackboneWeights = Annotated[
+    Path | None,
+    typer.Option("--backbone-weights", help="Backbone to start from: `pretrain` output or official .pth checkpoint."),
+]
+FreezeBackbone = Annotated[
+    bool, typer.Option("--freeze-backbone", help="Train only the decoder and head (or the classifier).")
+]
+ValFraction = Annotated[float, typer.Option("--val-fraction", help="Share of own data's area kept for validation.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this --out.")]
+FastDevRun = Annotated[bool, typer.Option("--fast-dev-run", help="One batch of training and validation.")]
+Baseline = Annotated[
+    bool,
+    typer.Option(
+        "--baseline", help="Also score a per-pixel gradient-boosting classifier on the same split (scikit-learn)."
+    ),
+]
+PretrainImages = Annotated[list[str], typer.Option("--images", help="Unlabelled images: paths or globs.")]
+BackboneOut = Annotated[Path, typer.Option("--out", "-o", help="Backbone to write (.safetensors).")]
+Method = Annotated[
+    PretrainMethod, typer.Option("--method", help="Masked image modelling, or torchgeo's SimCLR / MoCo v3.")
+]
+PretrainTile = Annotated[
+    int | None, typer.Option("--tile-size", help="Tile side in pixels (default 128, capped to the images).")
+]
+SkipUnreadable = Annotated[
+    bool, typer.Option("--skip-unreadable", help="Leave out images that cannot be read (listed in a warning).")
+]
+
+# -- demo and bundle init --------------------------------------------------------------------------
+
+DemoOut = Annotated[Path, typer.Option("--out", help="Folder for the scene, models and results.")]
+DemoSize = Annotated[int, typer.Option("--size", help="Side of the generated scene in pixels.")]
+DemoEpochs = Annotated[int, typer.Option("--epochs", help="Training epochs per model (time for quality).")]
+DemoSteps = Annotated[int, typer.Option("--steps-per-epoch", help="Batches per epoch.")]
+DemoOverwrite = Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace earlier demo results.")]
+BandCount = Annotated[int, typer.Option("--bands", help="Number of input bands.")]
+Mean = Annotated[
+    Floats | None,
+    typer.Option("--mean", parser=parse_floats, metavar="M,...", help="Per-band means (default: 127.5 each)."),
+]
+Std = Annotated[
+    Floats | None,
+    typer.Option(
+        "--std", parser=parse_floats, metavar="S,...", help="Per-band standard deviations (default: 63.75 each)."
+    ),
+]
+Gsd = Annotated[float | None, typer.Option("--gsd", help="Ground sample distance in metres.")]
+OfficialWeights = Annotated[
+    Path | None, typer.Option("--backbone-weights", help="Official LeMeViT checkpoint (.pth) for the backbone.")
+]
+
 #: The option of each dataclass field that :func:`grouped` can add (``Class.field`` where a class's differs).
 FIELD_OPTIONS: dict[str, Any] = {
+    "model": Model,
+    "bands": Bands,
+    "overwrite": Overwrite,
+    "allow_pixel_grid": AllowPixelGrid,
+    "report": Report,
     "device": Device,
     "precision": PrecisionOpt,
     "batch_size": BatchSize,
@@ -364,6 +507,30 @@ class Display:
         return not (self.quiet or self.json)
 
 
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """What every inference command (``segment``, ``change``, ``classify``, ``detect``) is given besides its
+    inputs, output and settings: the model, how the inputs map onto it, and what it may write.
+
+    Attributes:
+        model: The model bundle (.safetensors).
+        bands: Input bands to use, 1-based and in model order (``None``: all but a real alpha band).
+        overwrite: Replace existing outputs.
+        allow_pixel_grid: Accept rasters without CRS/geotransform (pixel coordinates).
+        report: Also write an HTML map report of the run here.
+    """
+
+    model: Path
+    bands: BandIndexes | None = None
+    overwrite: bool = False
+    allow_pixel_grid: bool = False
+    report: Path | None = None
+
+    def keywords(self) -> dict[str, Any]:
+        """The keywords every inference pipeline takes: all but the report, which the command writes."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "report"}
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -372,29 +539,35 @@ def grouped(**groups: Any) -> Callable[[F], F]:
 
     ``@grouped(engine=Engine(), tiling=Tiling())`` adds ``--device``, ``--batch-size``, ... and
     ``--tile-size``, ... (defaults from the given instances, help under one panel per group) and calls
-    the command with ``engine=Engine(...)`` and ``tiling=Tiling(...)`` built from the parsed values.
+    the command with ``engine=Engine(...)`` and ``tiling=Tiling(...)`` built from the parsed values: as the
+    parameters of those names, or in its ``**groups`` where it only hands them on. A group given as its class
+    (``prediction=Prediction``) takes the class defaults, and its fields without one are required options.
     """
 
     def decorate(fn: F) -> F:
         sig = inspect.signature(fn)
         hints = get_type_hints(fn, include_extras=True)
-        params = [p.replace(annotation=hints[p.name]) for p in sig.parameters.values() if p.name not in groups]
+        params = [
+            p.replace(annotation=hints[p.name])
+            for p in sig.parameters.values()
+            if p.name not in groups and p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
         fields: dict[str, list[str]] = {}
         for group, default in groups.items():
             fields[group] = []
             for f in dataclasses.fields(default):
-                option = FIELD_OPTIONS.get(f"{type(default).__name__}.{f.name}", FIELD_OPTIONS[f.name])
+                option = FIELD_OPTIONS.get(f"{_group_class(default).__name__}.{f.name}", FIELD_OPTIONS[f.name])
                 base, info = option.__origin__, copy.copy(option.__metadata__[0])
                 info.rich_help_panel = group.replace("_", " ").capitalize()
                 ann = Annotated[base, info]
-                kind = inspect.Parameter.KEYWORD_ONLY
-                params.append(inspect.Parameter(f.name, kind, default=getattr(default, f.name), annotation=ann))
+                kind, value = inspect.Parameter.KEYWORD_ONLY, getattr(default, f.name, inspect.Parameter.empty)
+                params.append(inspect.Parameter(f.name, kind, default=value, annotation=ann))
                 fields[group].append(f.name)
 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
             for group, default in groups.items():
-                kwargs[group] = type(default)(**{name: kwargs.pop(name) for name in fields[group]})
+                kwargs[group] = _group_class(default)(**{name: kwargs.pop(name) for name in fields[group]})
             return fn(**kwargs)
 
         del command.__wrapped__  # Typer must read the new signature, not the wrapped one
@@ -403,3 +576,8 @@ def grouped(**groups: Any) -> Callable[[F], F]:
         return command  # type: ignore[return-value]
 
     return decorate
+
+
+def _group_class(group: Any) -> type:
+    """The dataclass of a :func:`grouped` group, given as an instance or as the class itself."""
+    return group if isinstance(group, type) else type(group)

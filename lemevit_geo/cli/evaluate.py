@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -13,32 +11,6 @@ from lemevit_geo import options as o
 from lemevit_geo.cli.app import app
 from lemevit_geo.cli.display import print_json
 from lemevit_geo.options import Display, grouped
-
-Prediction = Annotated[
-    Path,
-    typer.Argument(
-        help="Output to score: a class raster, a change raster, or detections (.gpkg, .parquet, .geojson).",
-        show_default=False,
-    ),
-]
-Reference = Annotated[
-    Path, typer.Argument(help="Reference: a label raster, a change mask, or labelled polygons.", show_default=False)
-]
-EvalTask = Annotated[o.Task | None, typer.Option("--task", help="What the prediction is (default: told by the file).")]
-Iou = Annotated[float, typer.Option("--iou", help="Detections: IoU above which a detection hits a reference object.")]
-LabelColumn = Annotated[
-    str | None,
-    typer.Option("--label-column", help="Class column of the reference polygons (default: class_name or class)."),
-]
-Bounds = Annotated[
-    o.Floats | None,
-    typer.Option(
-        "--bounds",
-        parser=o.parse_floats,
-        metavar="MINX,MINY,MAXX,MAXY",
-        help="Score only this area (in the prediction's CRS).",
-    ),
-]
 
 
 def _fmt(value: Any) -> str:
@@ -81,23 +53,17 @@ def _table(summary: dict[str, Any]) -> Table:
     return table
 
 
-ReportImage = Annotated[
-    Path | None,
-    typer.Option("--image", help="With --report: the image the prediction was made from, drawn under it."),
-]
-
-
 @app.command()
 @grouped(display=Display())
 def evaluate(
-    prediction: Prediction,
-    reference: Reference,
-    task: EvalTask = None,
-    iou: Iou = 0.5,
-    label_column: LabelColumn = None,
-    bounds: Bounds = None,
+    prediction: o.PredictionArg,
+    reference: o.Reference,
+    task: o.EvalTask = None,
+    iou: o.Iou = 0.5,
+    label_column: o.ReferenceLabelColumn = None,
+    bounds: o.Bounds = None,
     report: o.Report = None,
-    image: ReportImage = None,
+    image: o.ReportImage = None,
     overwrite: o.Overwrite = False,
     *,
     display: Display,

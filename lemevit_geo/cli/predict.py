@@ -11,40 +11,25 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
 from lemevit_geo import options as o
 from lemevit_geo.cli.app import app
 from lemevit_geo.cli.display import print_json, report, tile_progress
-from lemevit_geo.options import Display, grouped
+from lemevit_geo.options import Display, Prediction, grouped
 from lemevit_geo.settings import CLASSIFY_ENGINE, DenseOutputs, Detection, Engine, ScaleOut, Sources, Tiling
 
-Before = Annotated[
-    str, typer.Argument(help="Earlier image (with --stac: an item id or datetime range).", show_default=False)
-]
-After = Annotated[str, typer.Argument(help="Later image (warped onto the earlier one's grid if needed).")]
-GridRaster = Annotated[
-    Path | None, typer.Option("--raster", help="Also write a coarse class raster, one pixel per tile.")
-]
-TopK = Annotated[int, typer.Option("--top-k", help="Classes listed per tile.")]
-Objects = Annotated[
-    Path, typer.Option("--output", "-o", help="Polygons to write (.gpkg, .parquet, .geojson).", show_default=False)
-]
-MergeTarget = Annotated[
-    Path,
-    typer.Argument(
-        help="An output whose parts to join (its OUTPUT.parts directory), or a directory of such outputs.",
-        show_default=False,
-    ),
-]
+
+def predict_groups(**settings: Any) -> dict[str, Any]:
+    """The option groups of an inference command: the :class:`Prediction` first, then the command's own
+    ``settings`` groups, then scale-out, sources and display."""
+    return dict(prediction=Prediction, **settings, scale_out=ScaleOut(), sources=Sources(), display=Display())
 
 
 #: The option groups of the dense commands (``segment``, ``change``).
-DENSE_GROUPS: dict[str, Any] = dict(
-    engine=Engine(), tiling=Tiling(), outputs=DenseOutputs(), scale_out=ScaleOut(), sources=Sources(), display=Display()
-)
+DENSE_GROUPS: dict[str, Any] = predict_groups(engine=Engine(), tiling=Tiling(), outputs=DenseOutputs())
 
 
 def reporting(
@@ -101,27 +86,30 @@ def run_scaled(pipeline: Callable[..., dict[str, Any]], display: Display, **kwar
 
 
 def run_images(
+    task: str,
     single: Callable[..., dict[str, Any]],
     scaled: Callable[..., dict[str, Any]],
-    display: Display,
     images: list[str] | None,
     output: Path,
+    *,
+    prediction: Prediction,
     scale_out: ScaleOut,
     sources: Sources,
-    report_path: Path | None,
-    task: str,
+    display: Display,
     **options: Any,
 ) -> None:
     """Run ``single`` in this process on one input to one output without scale-out, else ``scaled`` on them all
-    (the inputs: ``images`` or what ``sources`` finds, with its area and assets), and write the map report of a
-    ``task`` run to ``report_path`` when one is asked for."""
+    (the inputs: ``images`` or what ``sources`` finds, with its area and assets) with the ``prediction`` and
+    ``options`` (the command's own options and settings groups), and write the map report of a ``task`` run
+    when the ``prediction`` asks for one."""
     from lemevit_geo.pipelines.scaleout.driver import expand_inputs, single_output
 
     if not images and not sources.stac:
         raise typer.BadParameter("give at least one image, or --stac to search a catalogue", param_hint="IMAGE...")
     images = sources.resolve(images)
-    wrap = reporting(report_path, task, images, options["model"], options.get("overwrite", False), scale_out)
+    wrap = reporting(prediction.report, task, images, prediction.model, prediction.overwrite, scale_out)
     single, scaled = wrap(single), wrap(scaled)
+    options.update(prediction.keywords())
     inputs = expand_inputs(images)
     if single_output(inputs, output) and not scale_out.used:
         run_with_progress(single, display, image=inputs[0], output=output, **options)
@@ -135,17 +123,7 @@ def segment(
     images: o.Images = None,
     *,
     output: o.Output,
-    model: o.Model,
-    bands: o.Bands = None,
-    overwrite: o.Overwrite = False,
-    allow_pixel_grid: o.AllowPixelGrid = False,
-    report: o.Report = None,
-    engine: Engine,
-    tiling: Tiling,
-    outputs: DenseOutputs,
-    scale_out: ScaleOut,
-    sources: Sources,
-    display: Display,
+    **groups: Any,
 ) -> None:
     """Semantic segmentation: a class raster on exactly the scene's grid (and polygons).
 
@@ -154,23 +132,17 @@ def segment(
     from lemevit_geo.pipelines.inference.segment import segment as run
     from lemevit_geo.pipelines.scaleout.driver import scale_segment
 
-    options = dict(bands=bands, overwrite=overwrite, allow_pixel_grid=allow_pixel_grid, engine=engine, tiling=tiling)
-    options.update(model=model, outputs=outputs)
-    run_images(run, scale_segment, display, images, output, scale_out, sources, report, "segment", **options)
+    run_images("segment", run, scale_segment, images, output, **groups)
 
 
 @app.command()
 @grouped(**DENSE_GROUPS)
 def change(
-    before: Before,
-    after: After,
+    before: o.Before,
+    after: o.After,
     output: o.Output,
-    model: o.Model,
-    bands: o.Bands = None,
-    overwrite: o.Overwrite = False,
-    allow_pixel_grid: o.AllowPixelGrid = False,
-    report: o.Report = None,
     *,
+    prediction: Prediction,
     engine: Engine,
     tiling: Tiling,
     outputs: DenseOutputs,
@@ -184,42 +156,23 @@ def change(
 
     before, after = sources.resolve([before, after], count=2)
     options: dict[str, Any] = {"scale_out": scale_out} if scale_out.used else {}
-    wrap = reporting(report, "change", [before, after], model, overwrite, scale_out)
+    options.update(prediction.keywords(), engine=engine, tiling=tiling, outputs=outputs)
+    wrap = reporting(prediction.report, "change", [before, after], prediction.model, prediction.overwrite, scale_out)
     (run_scaled if scale_out.used else run_with_progress)(
-        wrap(scale_change if scale_out.used else run),
-        display,
-        **options,
-        before=before,
-        after=after,
-        output=output,
-        model=model,
-        bands=bands,
-        overwrite=overwrite,
-        allow_pixel_grid=allow_pixel_grid,
-        engine=engine,
-        tiling=tiling,
-        outputs=outputs,
+        wrap(scale_change if scale_out.used else run), display, before=before, after=after, output=output, **options
     )
 
 
 @app.command()
-@grouped(engine=CLASSIFY_ENGINE, scale_out=ScaleOut(), sources=Sources(), display=Display())
+@grouped(**predict_groups(engine=CLASSIFY_ENGINE))
 def classify(
     images: o.Images = None,
     *,
     output: o.Output,
-    model: o.Model,
-    bands: o.Bands = None,
     tile_size: o.TileSize = None,
-    raster: GridRaster = None,
-    top_k: TopK = 3,
-    overwrite: o.Overwrite = False,
-    allow_pixel_grid: o.AllowPixelGrid = False,
-    report: o.Report = None,
-    engine: Engine,
-    scale_out: ScaleOut,
-    sources: Sources,
-    display: Display,
+    raster: o.GridRaster = None,
+    top_k: o.TopK = 3,
+    **groups: Any,
 ) -> None:
     """Scene classification per tile: one polygon per tile with its class, probability and top-k.
 
@@ -228,23 +181,14 @@ def classify(
     from lemevit_geo.pipelines.inference.classify import classify as run
     from lemevit_geo.pipelines.scaleout.driver import scale_classify
 
-    options = dict(
-        model=model,
-        bands=bands,
-        tile_size=tile_size,
-        raster=raster,
-        top_k=top_k,
-        overwrite=overwrite,
-        allow_pixel_grid=allow_pixel_grid,
-        engine=engine,
-    )
-    run_images(run, scale_classify, display, images, output, scale_out, sources, report, "classify", **options)
+    options = dict(tile_size=tile_size, raster=raster, top_k=top_k)
+    run_images("classify", run, scale_classify, images, output, **options, **groups)
 
 
 @app.command()
 @grouped(display=Display())
 def merge(
-    output: MergeTarget,
+    output: o.MergeTarget,
     overwrite: o.Overwrite = False,
     keep_parts: o.KeepParts = False,
     report: o.Report = None,
@@ -267,23 +211,14 @@ def merge(
 
 
 @app.command()
-@grouped(engine=Engine(), detection=Detection(), scale_out=ScaleOut(), sources=Sources(), display=Display())
+@grouped(**predict_groups(engine=Engine(), detection=Detection()))
 def detect(
     images: o.Images = None,
     *,
-    output: Objects,
-    model: o.Model,
-    bands: o.Bands = None,
+    output: o.Objects,
     tile_size: o.TileSize = None,
     overlap: o.DetectOverlap = None,
-    overwrite: o.Overwrite = False,
-    allow_pixel_grid: o.AllowPixelGrid = False,
-    report: o.Report = None,
-    engine: Engine,
-    detection: Detection,
-    scale_out: ScaleOut,
-    sources: Sources,
-    display: Display,
+    **groups: Any,
 ) -> None:
     """Oriented object detection: one rotated rectangle per object, in the scene's CRS, merged across tiles.
 
@@ -292,14 +227,4 @@ def detect(
     from lemevit_geo.pipelines.inference.detect import detect as run
     from lemevit_geo.pipelines.scaleout.driver import scale_detect
 
-    options = dict(
-        model=model,
-        bands=bands,
-        tile_size=tile_size,
-        overlap=overlap,
-        overwrite=overwrite,
-        allow_pixel_grid=allow_pixel_grid,
-        engine=engine,
-        detection=detection,
-    )
-    run_images(run, scale_detect, display, images, output, scale_out, sources, report, "detect", **options)
+    run_images("detect", run, scale_detect, images, output, tile_size=tile_size, overlap=overlap, **groups)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -16,39 +15,18 @@ from lemevit_geo.cli.display import print_json, report
 from lemevit_geo.options import Display, grouped
 from lemevit_geo.settings import Engine
 
-DemoOut = Annotated[Path, typer.Option("--out", help="Folder for the scene, models and results.")]
-DemoSize = Annotated[int, typer.Option("--size", help="Side of the generated scene in pixels.")]
-DemoEpochs = Annotated[int, typer.Option("--epochs", help="Training epochs per model (time for quality).")]
-DemoSteps = Annotated[int, typer.Option("--steps-per-epoch", help="Batches per epoch.")]
-DemoOverwrite = Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace earlier demo results.")]
-BandCount = Annotated[int, typer.Option("--bands", help="Number of input bands.")]
-Mean = Annotated[
-    o.Floats | None,
-    typer.Option("--mean", parser=o.parse_floats, metavar="M,...", help="Per-band means (default: 127.5 each)."),
-]
-Std = Annotated[
-    o.Floats | None,
-    typer.Option(
-        "--std", parser=o.parse_floats, metavar="S,...", help="Per-band standard deviations (default: 63.75 each)."
-    ),
-]
-Gsd = Annotated[float | None, typer.Option("--gsd", help="Ground sample distance in metres.")]
-OfficialWeights = Annotated[
-    Path | None, typer.Option("--backbone-weights", help="Official LeMeViT checkpoint (.pth) for the backbone.")
-]
-
 
 @app.command()
 @grouped(display=Display())
 def demo(
-    out: DemoOut = Path("lemevit-demo"),
-    size: DemoSize = 2048,
-    epochs: DemoEpochs = 3,
-    steps_per_epoch: DemoSteps = 40,
+    out: o.DemoOut = Path("lemevit-demo"),
+    size: o.DemoSize = 2048,
+    epochs: o.DemoEpochs = 3,
+    steps_per_epoch: o.DemoSteps = 40,
     device: o.Device = "auto",
     precision: o.PrecisionOpt = o.Precision.auto,
     seed: o.Seed = 0,
-    overwrite: DemoOverwrite = True,
+    overwrite: o.DemoOverwrite = True,
     *,
     display: Display,
 ) -> None:
@@ -97,12 +75,12 @@ def bundle_init(
     output: o.Output,
     classes: o.Classes = None,
     arch: o.ArchOpt = o.Arch.tiny,
-    bands: BandCount = 3,
-    mean: Mean = None,
-    std: Std = None,
+    bands: o.BandCount = 3,
+    mean: o.Mean = None,
+    std: o.Std = None,
     tile_size: o.TileSize = None,
-    gsd: Gsd = None,
-    backbone_weights: OfficialWeights = None,
+    gsd: o.Gsd = None,
+    backbone_weights: o.OfficialWeights = None,
     seed: o.Seed = 0,
     overwrite: o.Overwrite = False,
     *,
@@ -112,23 +90,11 @@ def bundle_init(
 
     Classes are given in output order (change: 'no change,change', the default).
     """
+    fields = {name: value for name, value in locals().items() if name != "display"}  # init_bundle()'s, one each
     from lemevit_geo.bundle import read_config
     from lemevit_geo.bundle_init import init_bundle
 
-    path = init_bundle(
-        task=task,
-        arch=arch,
-        classes=classes,
-        bands=bands,
-        mean=mean,
-        std=std,
-        tile_size=tile_size,
-        gsd=gsd,
-        backbone_weights=backbone_weights,
-        seed=seed,
-        output=output,
-        overwrite=overwrite,
-    )
+    path = init_bundle(**fields)
     report({"bundle": str(path), **read_config(path).describe()}, display)
 
 
