@@ -72,6 +72,23 @@ def run_probe(tmp: Path, image: Path, model: Probe, **kw: object) -> dict:
 # -- signals and exit codes -------------------------------------------------------------------------
 
 
+LATE_SIGNAL = """
+import os, signal, sys, time
+from lemevit_geo.cli.app import run_guarded
+run_guarded(lambda: sys.stdout.write("done\\n"))
+os.kill(os.getpid(), getattr(signal, sys.argv[1]))  # as if Ctrl-C came while the interpreter exits
+time.sleep(0.2)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_after_the_command_ended_changes_nothing(sig: str) -> None:
+    """The command has finished (its outputs published): a signal in the last moments is ignored, not a crash
+    with no line (the merge signal soak met it as exit -2), nor an "interrupted" after the fact."""
+    r = subprocess.run([sys.executable, "-c", LATE_SIGNAL, sig], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "done\n", "")
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signals_exit_130_or_143_and_leave_nothing(tmp_path: Path, seg_bundle: Path, sig: int, code: int) -> None:
     scene = write_raster(tmp_path / "scene.tif", textured_scene(1024, 1024))

@@ -106,10 +106,14 @@ class Interrupted(BaseException):
         self.unfinished = writing()  # an output was being written (and is removed on the way out)
 
 
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    # a second signal during the cleanup must not cut it short
+def _ignore_signals() -> None:
+    """SIGINT and SIGTERM do nothing from now on (the interpreter keeps an ignored signal ignored as it exits)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _ignore_signals()  # a second signal during the cleanup must not cut it short
     raise Interrupted(signum)
 
 
@@ -213,7 +217,12 @@ def run_guarded(command: Callable[[], object]) -> None:
 
 def _run(command: Callable[[], object]) -> None:
     try:
-        command()
+        try:
+            command()
+        finally:
+            # the command has ended, one way or another: a late signal must not change how (otherwise one
+            # arriving while the interpreter exits kills it with no line and no documented exit code)
+            _ignore_signals()
         _print_warnings()
     except SystemExit as exc:
         if exc.code in (0, None):
