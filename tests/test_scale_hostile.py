@@ -264,8 +264,8 @@ def test_a_signal_during_merge_cleans_up_and_a_rerun_gives_the_bytes_of_one_proc
         interrupted += 1
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"interrupted ({sig.name})"), err
-        assert not temporaries(tmp_path)
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif.parts"]
+        assert not temporaries(tmp_path), err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif.parts"], err  # err: which moment it met
         left = tree(output.parent / "m.tif.parts")
         assert {k: v for k, v in left.items() if k.startswith("part-")} == {
             k: v for k, v in parts.items() if k.startswith("part-")
